@@ -1,0 +1,120 @@
+"""Full-vocabulary token entropy and token log-probabilities from logits, in row chunks.
+
+For one position with logits z (V entries) at temperature tau, p = softmax(z / tau):
+
+    H(pi, t) = - sum_v p_v log p_v = logsumexp(z/tau) - sum_v p_v (z_v/tau)
+
+We centre by the row maximum m and use e_v = exp((z_v - m)/tau), s = sum_v e_v:
+
+    H = log s - (sum_v e_v (z_v - m)/tau) / s
+
+Memory: rows are processed ``chunk_rows`` at a time, in fp32 whatever the input dtype, so the
+extra memory is two fp32 buffers of chunk_rows x V, i.e. O(chunk x V), not O(B x T x V).
+The default chunk is sized to ~4M elements per buffer (16 MiB), about 27 rows at V = 151,936.
+
+Shapes: logits (..., V) -> entropy (...) in float32.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_float, check_positive
+
+Tensor = torch.Tensor
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 22  # elements per fp32 work buffer (16 MiB)
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+
+
+def _validate(logits: Tensor, temperature: float, chunk_rows: int | None) -> int:
+    check_float("logits", logits)
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
+    check_positive("temperature", temperature)
+    if chunk_rows is None:
+        return default_chunk_rows(logits.shape[-1])
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    return chunk_rows
+
+
+def _raise_if_not_finite(out: Tensor, what: str) -> None:
+    # Checking the (B, T) output is cheap and catches NaN / +inf anywhere in a row of logits.
+    # (-inf logits, i.e. masked-out vocabulary entries, are legitimate and handled.)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"logits contain NaN or +inf values (non-finite {what})")
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
+    """Token entropy H(pi, t) over the full vocabulary. logits (..., V) -> (...) float32.
+
+    Without autograd (the usual case: entropy only builds the ERC mask) the work is done in
+    reused fp32 buffers of ``chunk_rows x V``. If ``logits`` requires grad and grad mode is on
+    (an entropy bonus), a differentiable per-chunk formula is used instead; autograd then keeps
+    what it needs for the backward, as any differentiable entropy must.
+    """
+    chunk_rows = _validate(logits, temperature, chunk_rows)
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    flat = logits.reshape(-1, V)
+    N = flat.shape[0]
+    if N == 0:
+        return torch.zeros(lead, dtype=torch.float32, device=logits.device)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        parts = []
+        for i in range(0, N, chunk_rows):
+            z = flat[i : i + chunk_rows].float() / temperature
+            logp = torch.log_softmax(z, dim=-1)
+            p = logp.exp()
+            # -inf logits have p = 0: 0 * log 0 := 0.
+            parts.append(-(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1))
+        out = torch.cat(parts)
+    else:
+        out = torch.empty(N, dtype=torch.float32, device=logits.device)
+        rows = min(chunk_rows, N)
+        zc = torch.empty(rows, V, dtype=torch.float32, device=logits.device)
+        e = torch.empty_like(zc)
+        lowest = torch.finfo(torch.float32).min
+        with torch.no_grad():
+            for i in range(0, N, rows):
+                x = flat[i : i + rows]
+                n = x.shape[0]
+                zc_, e_ = zc[:n], e[:n]
+                m = x.amax(dim=-1, keepdim=True).float()
+                torch.sub(x, m, out=zc_)  # fp32 (type promotion), one pass
+                if temperature != 1.0:
+                    zc_.div_(temperature)
+                zc_.clamp_(min=lowest)  # -inf -> lowest finite: exp gives 0, and 0 * lowest = 0
+                torch.exp(zc_, out=e_)
+                s = e_.sum(-1)
+                ez = torch.bmm(e_.unsqueeze(1), zc_.unsqueeze(2)).view(n)  # sum_v e_v zc_v, no extra buffer
+                out[i : i + n] = s.log() - ez / s
+    _raise_if_not_finite(out, "entropy")
+    return out.view(lead)
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
+    """log pi(label | .) = z_label/tau - logsumexp(z/tau). logits (..., V), labels (...) -> (...) float32.
+
+    Differentiable; computed in fp32 row chunks.
+    """
+    chunk_rows = _validate(logits, temperature, chunk_rows)
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError("labels must be an int64 or int32 tensor of token ids")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but logits has leading shape {tuple(logits.shape[:-1])}")
+    V = logits.shape[-1]
+    flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
+        raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
+    parts = []
+    for i in range(0, flat.shape[0], chunk_rows):
+        z = flat[i : i + chunk_rows].float()
+        if temperature != 1.0:
+            z = z / temperature
+        parts.append((z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - torch.logsumexp(z, dim=-1)))
+    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+    _raise_if_not_finite(out.detach(), "log-probabilities")
+    return out.view(labels.shape)

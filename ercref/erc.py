@@ -1,0 +1,77 @@
+"""Entropy Ratio Clipping (ERC): one mask, composable with any per-token policy loss.
+
+Paper (Su et al., arXiv 2512.05591), for response i, position t:
+
+    rho_t = (H(pi_theta, t) + 1e-8) / (H(pi_old, t) + 1e-8)
+    I_t   = 1  if  (1 - beta_low) < rho_t < (1 + beta_high)  (strict)  and t is a response token
+    L     = token_mean over ALL response tokens of [ I_t * l_t + (1 - I_t) * sg(l_t) ]
+
+so ERC-clipped tokens keep their forward value, contribute zero gradient, and still count in the
+denominator. The current entropy carries no gradient: it only builds the mask. This matches the
+authors' ``compute_policy_loss_{grpo,gppo}_erc`` (Kwai-Klear/ERC), whose ``torch.where(mask,
+l, l.detach())`` we use as is. Paper default beta_low = beta_high = 0.05 (bounds 0.95 / 1.05).
+
+Shapes: entropy, old_entropy, response_mask, per_token_loss: (B, T).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
+
+Tensor = torch.Tensor
+ENTROPY_EPS = 1e-8
+
+
+def entropy_ratio(entropy: Tensor, old_entropy: Tensor) -> Tensor:
+    """rho_t = (H(pi_theta, t) + 1e-8) / (H(pi_old, t) + 1e-8), without gradient."""
+    return (entropy.detach() + ENTROPY_EPS) / (old_entropy.detach() + ENTROPY_EPS)
+
+
+def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
+              beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ERC indicator and its two clipped sides, all (B, T) bool, plus rho (B, T).
+
+    Returns (keep, clipped_low, clipped_high, rho):
+      keep          = (1 - beta_low) < rho < (1 + beta_high)  and response token   (I_t = 1)
+      clipped_low   = rho <= 1 - beta_low   and response token  (entropy fell too far)
+      clipped_high  = rho >= 1 + beta_high  and response token  (entropy rose too far)
+    """
+    check_float("entropy", entropy)
+    check_float("old_entropy", old_entropy)
+    check_same_shape("old_entropy", old_entropy, "entropy", entropy)
+    mask = as_bool_mask("response_mask", response_mask, entropy, "entropy")
+    check_finite("entropy", entropy)
+    check_finite("old_entropy", old_entropy)
+    check_fraction("beta_low", beta_low)
+    check_positive("beta_high", beta_high)
+    rho = entropy_ratio(entropy, old_entropy)
+    above_low = rho > (1.0 - beta_low)
+    below_high = rho < (1.0 + beta_high)
+    keep = above_low & below_high & mask
+    return keep, ~above_low & mask, ~below_high & mask, rho
+
+
+def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
+              beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, dict[str, float]]:
+    """Wrap any per-token loss l_t (B, T) with ERC: I_t * l_t + (1 - I_t) * sg(l_t).
+
+    Returns the new per-token loss (same forward values, bit for bit) and metrics:
+      erc/clip_frac       fraction of response tokens ERC clips (= 1 - the authors' kept fraction)
+      erc/clip_frac_low   ... with rho <= 1 - beta_low
+      erc/clip_frac_high  ... with rho >= 1 + beta_high
+      entropy/ratio_mean  mean rho over response tokens
+    """
+    check_float("per_token_loss", per_token_loss)
+    check_same_shape("per_token_loss", per_token_loss, "entropy", entropy)
+    keep, low, high, rho = erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
+    mask = low | high | keep
+    n = mask.sum().clamp(min=1)
+    out = torch.where(keep, per_token_loss, per_token_loss.detach())
+    metrics = {
+        "erc/clip_frac": float((mask & ~keep).sum() / n),
+        "erc/clip_frac_low": float(low.sum() / n),
+        "erc/clip_frac_high": float(high.sum() / n),
+        "entropy/ratio_mean": float((rho * mask).sum() / n),
+    }
+    return out, metrics

@@ -1,0 +1,223 @@
+"""Per-token policy losses behind one signature, in one registry.
+
+Every loss has the signature
+
+    loss_fn(logp, old_logp, advantages, response_mask, **hyper) -> (per_token_loss, metrics)
+      logp, old_logp, response_mask : (B, T)      advantages : (B,) or (B, T)
+      per_token_loss                : (B, T)      (aggregate it with ercref.aggregate)
+
+and returns the *loss* (to minimise) l_t = -objective_t. ERC is not a loss: it is the mask in
+``ercref.erc.apply_erc`` that wraps any of these. Notation (as in the papers):
+
+    r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(clamp(logp - old_logp, -20, 20))
+
+Metrics (fractions over response tokens):
+    ppo/clip_frac_low   the low-side clip is active  (A < 0, r < 1 - eps_low for PPO-style losses)
+    ppo/clip_frac_high  the high-side clip is active (A > 0, r > 1 + eps_high)
+    ppo/dual_clip_frac  the dual clip is active      (A < 0, -A r > -A c)
+    kl/approx_old       k1 estimate of KL(pi_old || pi_theta): mean of (old_logp - logp)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+from ._checks import as_bool_mask, check_any, check_finite, check_float, check_fraction, check_positive, check_same_shape
+
+Tensor = torch.Tensor
+LOG_RATIO_CLAMP = 20.0
+LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
+
+
+# ----------------------------------------------------------------------------- helpers
+def prepare_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor):
+    """Validate the four common inputs. Returns (log_ratio, ratio, A (B,T)-broadcastable, mask bool)."""
+    check_float("logp", logp)
+    check_float("old_logp", old_logp)
+    check_float("advantages", advantages)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be 2-D (batch, response_length), got shape {tuple(logp.shape)}")
+    check_same_shape("old_logp", old_logp, "logp", logp)
+    mask = as_bool_mask("response_mask", response_mask, logp, "logp")
+    if advantages.dim() == 1:
+        if advantages.shape[0] != logp.shape[0]:
+            raise ValueError(f"advantages has shape {tuple(advantages.shape)} but logp has batch size {logp.shape[0]}")
+        advantages = advantages.unsqueeze(-1)
+    else:
+        check_same_shape("advantages", advantages, "logp", logp)
+    check_any("response_mask", mask)
+    check_finite("logp", logp.detach())
+    check_finite("old_logp", old_logp)
+    check_finite("advantages", advantages)
+    log_ratio = torch.clamp(logp - old_logp, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+    return log_ratio, torch.exp(log_ratio), advantages, mask
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over the True entries of mask (mask must select at least one entry)."""
+    return (x * mask).sum() / mask.sum()
+
+
+def _frac(cond: Tensor, mask: Tensor) -> float:
+    return float((cond & mask).sum() / mask.sum())
+
+
+def _common_metrics(log_ratio: Tensor, mask: Tensor, low: Tensor, high: Tensor, dual: Tensor | None = None) -> dict[str, float]:
+    m = {
+        "ppo/clip_frac_low": _frac(low, mask),
+        "ppo/clip_frac_high": _frac(high, mask),
+        "ppo/dual_clip_frac": 0.0 if dual is None else _frac(dual, mask),
+        "kl/approx_old": float(masked_mean(-log_ratio.detach(), mask)),
+    }
+    return m
+
+
+def _dual_clip(loss: Tensor, A: Tensor, clip_ratio_c: float | None) -> tuple[Tensor, Tensor | None]:
+    """Dual-clip PPO (Ye et al. 2020): for A < 0, l = min(l, -A c). Returns (loss, active mask)."""
+    if clip_ratio_c is None:
+        return loss, None
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (it bounds the ratio from above for A < 0), got {clip_ratio_c!r}")
+    bound = -A * clip_ratio_c
+    active = (A < 0) & (loss > bound)
+    return torch.where(A < 0, torch.minimum(loss, bound), loss), active
+
+
+def _check_eps(eps_low: float, eps_high: float) -> None:
+    check_fraction("eps_low", eps_low)
+    check_positive("eps_high", eps_high)
+
+
+# ----------------------------------------------------------------------------- losses
+def ppo_clip_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, eps_high: float | None = None,
+                  clip_ratio_c: float | None = None):
+    """PPO-clip, with DAPO's decoupled clip-higher (eps_high) and optional dual clip (c).
+
+        l_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high))
+        if A < 0 and clip_ratio_c:  l_t = min(l_t, -A c)
+
+    eps_high=None means symmetric (eps_high = eps_low). Registered as "ppo", "dual_clip", "dapo".
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    _check_eps(eps_low, eps_high)
+    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    unclipped = -A * r
+    clipped = -A * torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    loss, dual = _dual_clip(loss, A, clip_ratio_c)
+    low = (A < 0) & (r < 1.0 - eps_low)
+    high = (A > 0) & (r > 1.0 + eps_high)
+    return loss, _common_metrics(log_ratio, mask, low, high, dual)
+
+
+def gppo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, eps_high: float = 0.2,
+              beta1: float = 1.0, beta2: float = 1.0, clip_ratio_c: float | None = 10.0):
+    """GPPO, gradient-preserving clipping (Klear-Reasoner, arXiv 2508.07629; CE-GPPO 2509.20712).
+
+    The clip bounds are written with a stop-gradient sg so that the forward value equals
+    clip-higher's but a clipped token keeps a bounded gradient:
+
+        lo_t = (1 - eps_low)  / sg(r_t) * (beta1 r_t + (1 - beta1) sg(r_t))
+        hi_t = (1 + eps_high) / sg(r_t) * (beta2 r_t + (1 - beta2) sg(r_t))
+        l_t  = max(-A r_t, -A clip(r_t, lo_t, hi_t));  dual clip for A < 0 as in PPO
+
+    A token with A < 0, r < 1 - eps_low gets d l / d theta = -beta1 (1 - eps_low) A grad log pi;
+    a token with A > 0, r > 1 + eps_high gets -beta2 (1 + eps_high) A grad log pi. With
+    beta1 = beta2 = 1 this is exactly the authors' ``compute_policy_loss_gppo_erc`` base loss.
+    Note: CE-GPPO's published code also multiplies the *forward value* by beta; we keep the
+    forward value equal to clip-higher's for every beta (the gradient is the same either way).
+    """
+    _check_eps(eps_low, eps_high)
+    for name, b in (("beta1", beta1), ("beta2", beta2)):
+        if not (isinstance(b, (int, float)) and 0 <= b < float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {b!r}")
+    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    rd = r.detach()
+    mix1 = r if beta1 == 1.0 else beta1 * r + (1.0 - beta1) * rd
+    mix2 = r if beta2 == 1.0 else beta2 * r + (1.0 - beta2) * rd
+    lo = (1.0 - eps_low) / rd * mix1
+    hi = (1.0 + eps_high) / rd * mix2
+    loss = torch.maximum(-A * r, -A * torch.clamp(r, lo, hi))
+    loss, dual = _dual_clip(loss, A, clip_ratio_c)
+    low = (A < 0) & (r < 1.0 - eps_low)
+    high = (A > 0) & (r > 1.0 + eps_high)
+    return loss, _common_metrics(log_ratio, mask, low, high, dual)
+
+
+def cispo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, eps_high: float = 0.28):
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clip the importance weight, never the gradient.
+
+        l_t = - sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A * log pi_theta(a_t|s_t)
+
+    Every token keeps a gradient. Clip fractions count tokens whose weight was clipped (any A).
+    Same semantics as verl's ``compute_policy_loss_cispo``.
+    """
+    _check_eps(eps_low, eps_high)
+    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    weight = torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high).detach()
+    loss = -weight * A * logp
+    return loss, _common_metrics(log_ratio, mask, r < 1.0 - eps_low, r > 1.0 + eps_high)
+
+
+def gspo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 3e-4, eps_high: float = 4e-4):
+    """GSPO (arXiv 2507.18071): a sequence-level ratio, applied token by token.
+
+        s_i     = exp( (1/|y_i|) sum_t (logp_t - old_logp_t) )
+        s_i,t   = sg(s_i) * pi_theta(y_i,t) / sg(pi_theta(y_i,t))
+        l_i,t   = max(-A s_i,t, -A clip(s_i,t, 1 - eps_low, 1 + eps_high))
+
+    The paper aggregates with "seq-mean-token-mean". Same semantics as verl's ``gspo``
+    (log s clamped at 10).
+    """
+    _check_eps(eps_low, eps_high)
+    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    maskf = mask.to(logp.dtype)
+    seq_log_ratio = ((logp - old_logp) * maskf).sum(-1) / maskf.sum(-1).clamp(min=1)
+    log_s = torch.clamp(logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1), max=10.0)
+    s = torch.exp(log_s)
+    unclipped = -A * s
+    clipped = -A * torch.clamp(s, 1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    sd = s.detach()
+    return loss, _common_metrics(log_ratio, mask, (A < 0) & (sd < 1.0 - eps_low), (A > 0) & (sd > 1.0 + eps_high))
+
+
+def pg_loss(logp, old_logp, advantages, response_mask):
+    """Plain (importance-weighted) policy gradient, no clipping: l_t = -A r_t.
+
+    At staleness 0 (r = 1) its gradient is the REINFORCE gradient -A grad log pi.
+    """
+    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    none = torch.zeros_like(mask)
+    return -A * r, _common_metrics(log_ratio, mask, none, none)
+
+
+# ----------------------------------------------------------------------------- registry
+class _Registry(dict):
+    def __missing__(self, key):
+        raise ValueError(f"unknown loss name {key!r}; registered losses: {sorted(self)}")
+
+
+LOSSES: dict[str, LossFn] = _Registry()
+
+
+def register_loss(name: str, fn: LossFn, **defaults) -> LossFn:
+    """Register ``fn`` under ``name`` with default hyper-parameters (overridable per call)."""
+    bound = functools.partial(fn, **defaults) if defaults else fn
+    LOSSES[name] = bound
+    return bound
+
+
+def get_loss(name: str) -> LossFn:
+    return LOSSES[name]
+
+
+register_loss("ppo", ppo_clip_loss, eps_low=0.2, eps_high=0.2)
+register_loss("dual_clip", ppo_clip_loss, eps_low=0.2, eps_high=0.2, clip_ratio_c=3.0)
+register_loss("dapo", ppo_clip_loss, eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0)  # the paper's scripts
+register_loss("gppo", gppo_loss, eps_low=0.2, eps_high=0.2, beta1=1.0, beta2=1.0, clip_ratio_c=10.0)
+register_loss("cispo", cispo_loss)
+register_loss("gspo", gspo_loss)
+register_loss("pg", pg_loss)

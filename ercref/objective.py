@@ -1,0 +1,101 @@
+"""The full policy objective of one minibatch: a registered loss, optionally wrapped by ERC,
+aggregated, plus the auxiliary terms. The LM trainer, the toy bandits and the TRL/verl plug-ins
+all call this one function.
+
+    L = agg_t( ERC( l_t ) ) + nll_coef * NLL_{R=1} + kl_coef * agg_t(KL_t) - entropy_coef * agg_t(H_t)
+
+Shapes: logp, old_logp, response_mask, entropy, old_entropy, ref_logp (B, T);
+advantages (B,) or (B, T); rewards (B,).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .aggregation import AGG_MODES, aggregate
+from .auxiliary import KL_ESTIMATORS, kl_penalty, positive_nll
+from .erc import apply_erc
+from .losses import LOSSES, masked_mean
+from ._checks import as_bool_mask, check_fraction, check_positive
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class PolicyLossConfig:
+    loss: str = "dapo"                 # a name in ercref.LOSSES
+    loss_kwargs: dict = field(default_factory=dict)  # overrides of the registered defaults
+    erc: bool = True                   # wrap the loss with Entropy Ratio Clipping
+    beta_low: float = 0.05             # ERC keeps tokens with 1 - beta_low < rho < 1 + beta_high
+    beta_high: float = 0.05
+    agg_mode: str = "token-mean"       # see ercref.aggregation
+    agg_norm: float | None = None      # fixed normaliser for seq-mean-token-sum-norm
+    nll_coef: float = 0.1              # positive-sample NLL (paper: 0.1; 0 disables)
+    kl_coef: float = 0.0               # KL penalty to a reference policy (paper: none)
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0          # entropy bonus (paper: none)
+    track_zero_grad: bool = True       # measure grad/zero_frac (one cheap elementwise backward)
+
+    def __post_init__(self):
+        LOSSES[self.loss]  # raises ValueError naming the unknown loss
+        if self.erc:
+            check_fraction("beta_low", self.beta_low)
+            check_positive("beta_high", self.beta_high)
+        if self.agg_mode not in AGG_MODES:
+            raise ValueError(f"agg_mode must be one of {AGG_MODES}, got {self.agg_mode!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        for name in ("nll_coef", "kl_coef", "entropy_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor,
+                        response_mask: Tensor, entropy: Tensor | None = None, old_entropy: Tensor | None = None,
+                        rewards: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Scalar loss and metrics for one minibatch.
+
+    ``entropy`` is the current policy's token entropy; it is detached for the ERC mask and only
+    differentiated through by the entropy bonus. ``old_entropy`` must come from the same no-grad
+    forward (same snapshot, same temperature) as ``old_logp``.
+    """
+    per_tok, metrics = LOSSES[cfg.loss](logp, old_logp, advantages, response_mask, **cfg.loss_kwargs)
+    mask = as_bool_mask("response_mask", response_mask, logp, "logp")
+    if cfg.erc or entropy is not None or old_entropy is not None:
+        if entropy is None or old_entropy is None:
+            missing = "entropy" if entropy is None else "old_entropy"
+            if cfg.erc:
+                raise ValueError(f"{missing} is required when cfg.erc is True")
+        else:
+            metrics["entropy/new_mean"] = float(masked_mean(entropy.detach(), mask))
+            metrics["entropy/old_mean"] = float(masked_mean(old_entropy, mask))
+    if cfg.erc:
+        per_tok, erc_metrics = apply_erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high)
+        metrics.update(erc_metrics)
+    if cfg.track_zero_grad and logp.requires_grad and torch.is_grad_enabled():
+        (g,) = torch.autograd.grad(per_tok.sum(), logp, retain_graph=True, allow_unused=True)
+        zero = mask if g is None else (g == 0) & mask
+        metrics["grad/zero_frac"] = float(zero.sum() / mask.sum())
+    loss = aggregate(per_tok, mask, cfg.agg_mode, cfg.agg_norm)
+    metrics["loss/policy"] = float(loss.detach())
+    if cfg.nll_coef > 0:
+        if rewards is None:
+            raise ValueError("rewards is required when cfg.nll_coef > 0 (the NLL term uses responses with reward 1)")
+        nll = positive_nll(logp, mask, rewards)
+        metrics["loss/nll_positive"] = float(nll.detach())
+        loss = loss + cfg.nll_coef * nll
+    if cfg.kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("ref_logp is required when cfg.kl_coef > 0")
+        kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.agg_mode, cfg.agg_norm)
+        metrics["kl/ref"] = float(kl.detach())
+        loss = loss + cfg.kl_coef * kl
+    if cfg.entropy_coef > 0:
+        if entropy is None or not entropy.requires_grad:
+            raise ValueError("entropy must be given with grad when cfg.entropy_coef > 0 (entropy bonus)")
+        ent = aggregate(entropy, mask, cfg.agg_mode, cfg.agg_norm)
+        loss = loss - cfg.entropy_coef * ent
+    metrics["loss/total"] = float(loss.detach())
+    return loss, metrics
