@@ -118,3 +118,41 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
     out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
     _raise_if_not_finite(out.detach(), "log-probabilities")
     return out.view(labels.shape)
+
+
+def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0,
+                         chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """Both per-token quantities an update needs, from one pass over each row chunk.
+
+    Returns (logp, entropy), each (...) float32: logp = log pi(label) is differentiable;
+    entropy H(pi, t) is detached (it only builds the ERC mask and the entropy metrics).
+    The logsumexp is shared: H = lse - sum_v p_v z_v with p = exp(z - lse).
+    """
+    chunk_rows = _validate(logits, temperature, chunk_rows)
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError("labels must be an int64 or int32 tensor of token ids")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but logits has leading shape {tuple(logits.shape[:-1])}")
+    V = logits.shape[-1]
+    flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
+        raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
+    lps, ents = [], []
+    lowest = torch.finfo(torch.float32).min
+    for i in range(0, flat.shape[0], chunk_rows):
+        z = flat[i : i + chunk_rows].float()
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)
+        lps.append(z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - lse)
+        with torch.no_grad():
+            zd = z.detach().clamp(min=lowest)
+            p = torch.exp(zd - lse.detach().unsqueeze(-1))
+            ents.append(lse.detach() - torch.bmm(p.unsqueeze(1), zd.unsqueeze(2)).view(-1))
+    if not lps:
+        empty = flat.new_zeros(0, dtype=torch.float32)
+        return empty.view(labels.shape), empty.view(labels.shape)
+    logp, ent = torch.cat(lps), torch.cat(ents)
+    _raise_if_not_finite(ent, "entropy")
+    _raise_if_not_finite(logp.detach(), "log-probabilities")
+    return logp.view(labels.shape), ent.view(labels.shape)
