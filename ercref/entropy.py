@@ -12,7 +12,7 @@ Memory: rows are processed ``chunk_rows`` at a time, in fp32 whatever the input 
 extra memory is two fp32 buffers of chunk_rows x V, i.e. O(chunk x V), not O(B x T x V).
 The default chunk is sized to ~4M elements per buffer (16 MiB), about 27 rows at V = 151,936.
 
-Shapes: logits (..., V) -> entropy (...) in float32.
+Shapes: logits (..., V) -> entropy (...) in float32 (float64 for float64 logits).
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ from ._checks import check_float, check_positive
 Tensor = torch.Tensor
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22  # elements per fp32 work buffer (16 MiB)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64 (for gradcheck), everything else is reduced in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_chunk_rows(vocab_size: int) -> int:
@@ -60,29 +65,30 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
     lead, V = logits.shape[:-1], logits.shape[-1]
     flat = logits.reshape(-1, V)
     N = flat.shape[0]
+    acc = acc_dtype(logits.dtype)
     if N == 0:
-        return torch.zeros(lead, dtype=torch.float32, device=logits.device)
+        return torch.zeros(lead, dtype=acc, device=logits.device)
     if torch.is_grad_enabled() and logits.requires_grad:
         parts = []
         for i in range(0, N, chunk_rows):
-            z = flat[i : i + chunk_rows].float() / temperature
+            z = flat[i : i + chunk_rows].to(acc) / temperature
             logp = torch.log_softmax(z, dim=-1)
             p = logp.exp()
             # -inf logits have p = 0: 0 * log 0 := 0.
             parts.append(-(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1))
         out = torch.cat(parts)
     else:
-        out = torch.empty(N, dtype=torch.float32, device=logits.device)
+        out = torch.empty(N, dtype=acc, device=logits.device)
         rows = min(chunk_rows, N)
-        zc = torch.empty(rows, V, dtype=torch.float32, device=logits.device)
+        zc = torch.empty(rows, V, dtype=acc, device=logits.device)
         e = torch.empty_like(zc)
-        lowest = torch.finfo(torch.float32).min
+        lowest = torch.finfo(acc).min
         with torch.no_grad():
             for i in range(0, N, rows):
                 x = flat[i : i + rows]
                 n = x.shape[0]
                 zc_, e_ = zc[:n], e[:n]
-                m = x.amax(dim=-1, keepdim=True).float()
+                m = x.amax(dim=-1, keepdim=True).to(acc)
                 torch.sub(x, m, out=zc_)  # fp32 (type promotion), one pass
                 if temperature != 1.0:
                     zc_.div_(temperature)
@@ -109,13 +115,14 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
     flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
         raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
+    acc = acc_dtype(logits.dtype)
     parts = []
     for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].float()
+        z = flat[i : i + chunk_rows].to(acc)
         if temperature != 1.0:
             z = z / temperature
         parts.append((z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - torch.logsumexp(z, dim=-1)))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=acc)
     _raise_if_not_finite(out.detach(), "log-probabilities")
     return out.view(labels.shape)
 
@@ -137,10 +144,11 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
     flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
         raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
+    acc = acc_dtype(logits.dtype)
     lps, ents = [], []
-    lowest = torch.finfo(torch.float32).min
+    lowest = torch.finfo(acc).min
     for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].float()
+        z = flat[i : i + chunk_rows].to(acc)
         if temperature != 1.0:
             z = z / temperature
         lse = torch.logsumexp(z, dim=-1)
@@ -150,7 +158,7 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
             p = torch.exp(zd - lse.detach().unsqueeze(-1))
             ents.append(lse.detach() - torch.bmm(p.unsqueeze(1), zd.unsqueeze(2)).view(-1))
     if not lps:
-        empty = flat.new_zeros(0, dtype=torch.float32)
+        empty = flat.new_zeros(0, dtype=acc)
         return empty.view(labels.shape), empty.view(labels.shape)
     logp, ent = torch.cat(lps), torch.cat(ents)
     _raise_if_not_finite(ent, "entropy")
