@@ -89,13 +89,16 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
                 n = x.shape[0]
                 zc_, e_ = zc[:n], e[:n]
                 m = x.amax(dim=-1, keepdim=True).to(acc)
-                torch.sub(x, m, out=zc_)  # fp32 (type promotion), one pass
+                # cast into the buffer, then centre in place: torch.sub(x, m, out=zc_) with a bf16 x
+                # would allocate a third chunk-sized fp32 temporary for the type promotion
+                zc_.copy_(x)
+                zc_.sub_(m)
                 if temperature != 1.0:
                     zc_.div_(temperature)
                 zc_.clamp_(min=lowest)  # -inf -> lowest finite: exp gives 0, and 0 * lowest = 0
                 torch.exp(zc_, out=e_)
                 s = e_.sum(-1)
-                ez = torch.bmm(e_.unsqueeze(1), zc_.unsqueeze(2)).view(n)  # sum_v e_v zc_v, no extra buffer
+                ez = e_.mul_(zc_).sum(-1)  # sum_v e_v zc_v, in place (a bmm here loses ~1e-4 relative)
                 out[i : i + n] = s.log() - ez / s
     _raise_if_not_finite(out, "entropy")
     return out.view(lead)
@@ -133,7 +136,7 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
 
     Returns (logp, entropy), each (...) float32: logp = log pi(label) is differentiable;
     entropy H(pi, t) is detached (it only builds the ERC mask and the entropy metrics).
-    The logsumexp is shared: H = lse - sum_v p_v z_v with p = exp(z - lse).
+    The logsumexp is shared: log p = z - lse, H = -sum_v p_v log p_v.
     """
     chunk_rows = _validate(logits, temperature, chunk_rows)
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
@@ -154,9 +157,8 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
         lse = torch.logsumexp(z, dim=-1)
         lps.append(z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - lse)
         with torch.no_grad():
-            zd = z.detach().clamp(min=lowest)
-            p = torch.exp(zd - lse.detach().unsqueeze(-1))
-            ents.append(lse.detach() - torch.bmm(p.unsqueeze(1), zd.unsqueeze(2)).view(-1))
+            log_p = z.detach().clamp(min=lowest) - lse.detach().unsqueeze(-1)
+            ents.append(-torch.exp(log_p).mul_(log_p).sum(-1))  # H = -sum_v p_v log p_v, centred: no cancellation
     if not lps:
         empty = flat.new_zeros(0, dtype=acc)
         return empty.view(labels.shape), empty.view(labels.shape)
@@ -164,3 +166,35 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
     _raise_if_not_finite(ent, "entropy")
     _raise_if_not_finite(logp.detach(), "log-probabilities")
     return logp.view(labels.shape), ent.view(labels.shape)
+
+
+_COMPILED = {}
+
+
+def _entropy_rows(z: Tensor, inv_temperature: float) -> Tensor:
+    # one pass of max / exp / sum that torch.compile fuses into a single loop over each row
+    z = z.float() * inv_temperature
+    m = z.amax(-1, keepdim=True)
+    e = torch.exp(z - m)
+    s = e.sum(-1)
+    return torch.log(s) - (e * (z - m)).sum(-1) / s
+
+
+def compiled_entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
+    """Same result as :func:`entropy_from_logits` (no gradient), through ``torch.compile``.
+
+    Optional fast path: the first call compiles (~15 s on CPU, needs a C++ compiler), later calls
+    run the fused one-pass kernel, several times faster than eager on CPU. Rows are still
+    processed in chunks, so memory stays O(chunk x V).
+    """
+    chunk_rows = _validate(logits, temperature, chunk_rows)
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_entropy_rows, dynamic=True)
+    fn = _COMPILED["fn"]
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = max(chunk_rows, 256)
+    with torch.no_grad():
+        out = torch.cat([fn(flat[i : i + rows], 1.0 / temperature) for i in range(0, flat.shape[0], rows)]) \
+            if flat.shape[0] else flat.new_zeros(0, dtype=torch.float32)
+    _raise_if_not_finite(out, "entropy")
+    return out.view(logits.shape[:-1])

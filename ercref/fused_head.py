@@ -44,8 +44,7 @@ class _FusedLogpEntropy(torch.autograd.Function):
             lse[i : i + chunk_rows] = l
             logp[i : i + chunk_rows] = z.gather(-1, labels[i : i + chunk_rows, None]).squeeze(-1) - l
             z.sub_(l[:, None])  # z - lse = log p
-            p = z.exp()
-            ent[i : i + chunk_rows] = -(torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1))
+            ent[i : i + chunk_rows] = -(z.exp().mul_(z).sum(-1))
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         ctx.mark_non_differentiable(ent)
