@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
+from ._checks import as_bool_mask, check_any, check_finite, check_float, check_fraction, check_positive, check_same_shape
 
 Tensor = torch.Tensor
 ENTROPY_EPS = 1e-8
@@ -65,8 +65,9 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
     check_float("per_token_loss", per_token_loss)
     check_same_shape("per_token_loss", per_token_loss, "entropy", entropy)
     keep, low, high, rho = erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
-    mask = low | high | keep
-    n = mask.sum().clamp(min=1)
+    mask = low | high | keep  # = the response mask, as bool
+    check_any("response_mask", mask)
+    n = mask.sum()
     out = torch.where(keep, per_token_loss, per_token_loss.detach())
     metrics = {
         "erc/clip_frac": float((mask & ~keep).sum() / n),

@@ -17,7 +17,7 @@ from .aggregation import AGG_MODES, aggregate
 from .auxiliary import KL_ESTIMATORS, kl_penalty, positive_nll
 from .erc import apply_erc
 from .losses import LOSSES, masked_mean
-from ._checks import as_bool_mask, check_fraction, check_positive
+from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
 
 Tensor = torch.Tensor
 
@@ -69,6 +69,10 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
             if cfg.erc:
                 raise ValueError(f"{missing} is required when cfg.erc is True")
         else:
+            for name, x in (("entropy", entropy), ("old_entropy", old_entropy)):
+                check_float(name, x)
+                check_same_shape(name, x, "logp", logp)
+                check_finite(name, x.detach())
             metrics["entropy/new_mean"] = float(masked_mean(entropy.detach(), mask))
             metrics["entropy/old_mean"] = float(masked_mean(old_entropy, mask))
     if cfg.erc:

@@ -1,0 +1,255 @@
+"""Bad input raises a ValueError that names the offending argument, never a silent NaN."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ercref
+from ercref import PolicyLossConfig as Cfg
+
+B, T = 2, 3
+NAN, INF = float("nan"), float("inf")
+
+
+def ok():
+    """A valid fp32 batch: logp, old_logp, advantages, mask, entropy, old_entropy."""
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(B, T, generator=gen)
+    return dict(logp=logp, old_logp=logp - 0.1, advantages=torch.tensor([1.0, -1.0]),
+                response_mask=torch.ones(B, T), entropy=torch.full((B, T), 1.0), old_entropy=torch.full((B, T), 1.1))
+
+
+def with_(**changes):
+    d = ok()
+    for k, v in changes.items():
+        d[k] = v(d[k]) if callable(v) else v
+    return d
+
+
+def poke(value):
+    """Copy of a tensor with one entry set to value."""
+    def f(x):
+        x = x.clone()
+        x.view(-1)[1] = value
+        return x
+    return f
+
+
+def loss_call(name="dapo", **changes):
+    d = with_(**changes)
+    return lambda: ercref.LOSSES[name](d["logp"], d["old_logp"], d["advantages"], d["response_mask"])
+
+
+def objective_call(cfg=None, **changes):
+    d = with_(**changes)
+    cfg = cfg or Cfg(loss="dapo", nll_coef=0.0)
+    return lambda: ercref.compute_policy_loss(cfg, d["logp"], d["old_logp"], d["advantages"], d["response_mask"],
+                                              d["entropy"], d["old_entropy"])
+
+
+def erc_call(beta_low=0.05, beta_high=0.05, **changes):
+    d = with_(**changes)
+    return lambda: ercref.apply_erc(d["logp"], d["entropy"], d["old_entropy"], d["response_mask"], beta_low, beta_high)
+
+
+POLICY_INPUT_CASES = [
+    # (argument named in the message, changes)
+    ("old_logp", dict(old_logp=torch.zeros(B, T + 1))),
+    ("advantages", dict(advantages=torch.zeros(B + 1))),
+    ("advantages", dict(advantages=torch.zeros(B, T + 1))),
+    ("response_mask", dict(response_mask=torch.ones(B, T + 1))),
+    ("response_mask", dict(response_mask=torch.zeros(B, T))),              # all-masked batch
+    ("response_mask", dict(response_mask=torch.full((B, T), 2.0))),        # not 0/1
+    ("^logp", dict(logp=torch.zeros(B, T, dtype=torch.int64))),
+    ("^logp", dict(logp=torch.zeros(B * T))),                              # not (B, T)
+    ("old_logp", dict(old_logp=torch.zeros(B, T, dtype=torch.int32))),
+    ("advantages", dict(advantages=torch.tensor([1, -1]))),
+    ("^logp", dict(logp=poke(NAN))),
+    ("^logp", dict(logp=poke(INF))),
+    ("old_logp", dict(old_logp=poke(-INF))),
+    ("advantages", dict(advantages=poke(NAN))),
+]
+
+
+@pytest.mark.parametrize("name", sorted(ercref.LOSSES))
+@pytest.mark.parametrize("arg,changes", POLICY_INPUT_CASES)
+def test_every_loss_rejects_bad_policy_inputs(name, arg, changes):
+    with pytest.raises(ValueError, match=arg):
+        loss_call(name, **changes)()
+
+
+@pytest.mark.parametrize("arg,changes", POLICY_INPUT_CASES + [
+    ("^entropy", dict(entropy=poke(NAN))),
+    ("^entropy", dict(entropy=poke(INF))),
+    ("old_entropy", dict(old_entropy=poke(NAN))),
+    ("old_entropy", dict(old_entropy=poke(-INF))),
+    ("^entropy", dict(entropy=torch.ones(B, T, dtype=torch.int64))),
+    ("old_entropy", dict(old_entropy=torch.ones(B, T, dtype=torch.int64))),
+    ("entropy", dict(entropy=torch.ones(B, T + 1))),
+    ("entropy", dict(entropy=torch.ones(B, 1))),                          # would broadcast silently
+    ("old_entropy", dict(old_entropy=torch.ones(B, T + 1))),
+    ("^entropy", dict(entropy=None)),                                     # ERC needs the entropies
+    ("old_entropy", dict(old_entropy=None)),
+])
+def test_compute_policy_loss_rejects_bad_inputs(arg, changes):
+    with pytest.raises(ValueError, match=arg):
+        objective_call(**changes)()
+
+
+@pytest.mark.parametrize("arg,changes", [
+    ("entropy", dict(entropy=torch.ones(B, T + 1))),
+    ("entropy", dict(entropy=poke(NAN))),
+    ("old_entropy", dict(old_entropy=poke(INF))),
+    ("old_entropy", dict(old_entropy=torch.ones(B, 1))),
+])
+def test_entropies_are_checked_even_without_erc(arg, changes):
+    with pytest.raises(ValueError, match=arg):
+        objective_call(Cfg(loss="dapo", erc=False, nll_coef=0.0), **changes)()
+
+
+@pytest.mark.parametrize("arg,beta_low,beta_high", [
+    ("beta_low", 0.0, 0.05), ("beta_low", -0.1, 0.05), ("beta_low", 1.0, 0.05), ("beta_low", 1.5, 0.05),
+    ("beta_low", NAN, 0.05), ("beta_high", 0.05, 0.0), ("beta_high", 0.05, -1.0), ("beta_high", 0.05, NAN),
+    ("beta_high", 0.05, INF),
+])
+def test_beta_out_of_range(arg, beta_low, beta_high):
+    with pytest.raises(ValueError, match=arg):
+        erc_call(beta_low, beta_high)()
+    with pytest.raises(ValueError, match=arg):
+        Cfg(erc=True, beta_low=beta_low, beta_high=beta_high)
+
+
+@pytest.mark.parametrize("arg,changes", [
+    ("^entropy", dict(entropy=poke(NAN))), ("old_entropy", dict(old_entropy=poke(INF))),
+    ("entropy", dict(entropy=torch.ones(B, T + 1))), ("response_mask", dict(response_mask=torch.ones(B, T + 1))),
+    ("per_token_loss", dict(logp=torch.zeros(B, T, dtype=torch.int64))),
+])
+def test_apply_erc_rejects_bad_inputs(arg, changes):
+    with pytest.raises(ValueError, match=arg):
+        erc_call(**changes)()
+
+
+@pytest.mark.parametrize("name,kwargs,arg", [
+    ("ppo", dict(eps_low=0.0), "eps_low"), ("ppo", dict(eps_low=1.0), "eps_low"), ("dapo", dict(eps_high=0.0), "eps_high"),
+    ("dapo", dict(clip_ratio_c=1.0), "clip_ratio_c"), ("gppo", dict(beta1=-1.0), "beta1"), ("gppo", dict(beta2=INF), "beta2"),
+    ("cispo", dict(eps_high=-0.1), "eps_high"), ("gspo", dict(eps_low=NAN), "eps_low"),
+])
+def test_bad_loss_hyperparameters(name, kwargs, arg):
+    d = ok()
+    with pytest.raises(ValueError, match=arg):
+        ercref.LOSSES[name](d["logp"], d["old_logp"], d["advantages"], d["response_mask"], **kwargs)
+
+
+def test_unknown_loss_name():
+    with pytest.raises(ValueError, match="nope"):
+        ercref.LOSSES["nope"]
+    with pytest.raises(ValueError, match="nope"):
+        ercref.get_loss("nope")
+    with pytest.raises(ValueError, match="nope"):
+        Cfg(loss="nope")
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    (dict(agg_mode="mean"), "agg_mode"), (dict(kl_estimator="k4"), "kl_estimator"),
+    (dict(nll_coef=-0.1), "nll_coef"), (dict(kl_coef=NAN), "kl_coef"), (dict(entropy_coef=INF), "entropy_coef"),
+])
+def test_bad_config_fields(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        Cfg(**kwargs)
+
+
+def test_missing_terms_inputs():
+    d = ok()
+    args = (d["logp"], d["old_logp"], d["advantages"], d["response_mask"], d["entropy"], d["old_entropy"])
+    with pytest.raises(ValueError, match="rewards"):
+        ercref.compute_policy_loss(Cfg(nll_coef=0.1), *args)
+    with pytest.raises(ValueError, match="ref_logp"):
+        ercref.compute_policy_loss(Cfg(nll_coef=0.0, kl_coef=0.1), *args)
+    with pytest.raises(ValueError, match="ref_logp"):
+        ercref.compute_policy_loss(Cfg(nll_coef=0.0, kl_coef=0.1), *args, ref_logp=poke(NAN)(d["logp"]))
+    with pytest.raises(ValueError, match="^entropy"):
+        ercref.compute_policy_loss(Cfg(nll_coef=0.0, entropy_coef=0.1), *args)  # entropy without grad
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda: ercref.aggregate(torch.ones(B, T), torch.zeros(B, T)), "response_mask"),
+    (lambda: ercref.aggregate(torch.ones(B, T), torch.ones(B, T), "mean"), "mode"),
+    (lambda: ercref.aggregate(torch.ones(B, T), torch.ones(B, T), "seq-mean-token-sum-norm", 0.0), "norm"),
+    (lambda: ercref.aggregate(torch.ones(B, T, dtype=torch.int64), torch.ones(B, T)), "per_token_loss"),
+    (lambda: ercref.aggregate(torch.ones(B, T), torch.ones(B, T + 1)), "response_mask"),
+    (lambda: ercref.kl_penalty(torch.zeros(B, T), torch.zeros(B, T), "k9"), "estimator"),
+    (lambda: ercref.kl_penalty(torch.zeros(B, T), torch.full((B, T), NAN)), "ref_logp"),
+    (lambda: ercref.kl_penalty(torch.zeros(B, T), torch.zeros(B, T + 1)), "ref_logp"),
+    (lambda: ercref.positive_nll(torch.zeros(B, T), torch.ones(B, T), torch.ones(B + 1)), "rewards"),
+    (lambda: ercref.positive_nll(torch.zeros(B, T), torch.ones(B, T), torch.tensor([NAN, 1.0])), "rewards"),
+])
+def test_aggregation_and_auxiliary_bad_input(call, arg):
+    with pytest.raises(ValueError, match=arg):
+        call()
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda: ercref.group_advantages(torch.zeros(0), 4), "rewards"),
+    (lambda: ercref.group_advantages(torch.ones(8), 0), "group_size"),
+    (lambda: ercref.group_advantages(torch.ones(7), 4), "rewards"),
+    (lambda: ercref.group_advantages(torch.ones(2, 4), 4), "rewards"),
+    (lambda: ercref.group_advantages(torch.tensor([1.0, NAN]), 2), "rewards"),
+    (lambda: ercref.group_advantages(torch.tensor([1, 0]), 2), "rewards"),
+    (lambda: ercref.dynamic_sampling_mask(torch.zeros(0), 2), "rewards"),
+    (lambda: ercref.dynamic_sampling_mask(torch.ones(4), 0), "group_size"),
+    (lambda: ercref.overlong_reward(torch.tensor([3]), max_length=10, buffer_length=11), "buffer_length"),
+    (lambda: ercref.overlong_reward(torch.tensor([3]), max_length=0, buffer_length=1), "max_length"),
+    (lambda: ercref.overlong_reward(torch.tensor([3]), max_length=10, buffer_length=0), "buffer_length"),
+    (lambda: ercref.overlong_reward(torch.tensor([NAN]), max_length=10, buffer_length=2), "lengths"),
+])
+def test_advantages_bad_input(call, arg):
+    with pytest.raises(ValueError, match=arg):
+        call()
+
+
+def _logits_with(value):
+    z = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(0))
+    z[1, 2, 4] = value
+    return z
+
+
+@pytest.mark.parametrize("fn", ["entropy_from_logits", "logprobs_from_logits", "logprobs_and_entropy"])
+@pytest.mark.parametrize("logits,kwargs,arg", [
+    (_logits_with(NAN), {}, "logits"),
+    (_logits_with(INF), {}, "logits"),
+    (torch.full((2, 3, 7), -INF), {}, "logits"),           # a row with no live entry
+    (torch.zeros(2, 3, 7, dtype=torch.int64), {}, "logits"),
+    (torch.zeros(2, 3, 0), {}, "logits"),
+    (torch.zeros(2, 3, 7), dict(temperature=0.0), "temperature"),
+    (torch.zeros(2, 3, 7), dict(chunk_rows=0), "chunk_rows"),
+])
+def test_logits_bad_input(fn, logits, kwargs, arg):
+    labels = torch.zeros(2, 3, dtype=torch.int64)
+    call = getattr(ercref, fn)
+    with pytest.raises(ValueError, match=arg):
+        call(logits, **kwargs) if fn == "entropy_from_logits" else call(logits, labels, **kwargs)
+
+
+@pytest.mark.parametrize("fn", ["logprobs_from_logits", "logprobs_and_entropy"])
+@pytest.mark.parametrize("labels", [torch.full((2, 3), 7), torch.full((2, 3), -1), torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.int64)])
+def test_labels_bad_input(fn, labels):
+    with pytest.raises(ValueError, match="labels"):
+        getattr(ercref, fn)(torch.zeros(2, 3, 7), labels)
+
+
+def test_valid_inputs_pass_the_same_checks():
+    """Control for the cases above: the unmodified inputs are accepted everywhere."""
+    loss, m = objective_call()()
+    assert torch.isfinite(loss)
+    for name in ercref.LOSSES:
+        assert torch.isfinite(loss_call(name)()[0]).all()
+    assert torch.isfinite(erc_call()()[0]).all()
+
+
+def test_apply_erc_rejects_an_all_masked_batch():
+    import torch
+    import pytest as _pytest
+    import ercref as _ercref
+    z = torch.zeros(2, 3)
+    with _pytest.raises(ValueError, match="response_mask"):
+        _ercref.apply_erc(z, z + 1, z + 1, torch.zeros(2, 3, dtype=torch.bool))

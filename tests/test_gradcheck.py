@@ -1,0 +1,138 @@
+"""float64 torch.autograd.gradcheck (analytic vs finite-difference gradients) on every registered
+loss with and without ERC, the aggregation modes, the KL estimators, positive_nll, the whole
+objective, and the differentiable entropy.
+
+Finite differences see the forward value only, so inputs are chosen where the analytic gradient
+must equal the derivative of the value:
+  * every log-ratio is at least 0.05 away from a clip kink (1 - eps, 1 + eps, c, the clamp at 20);
+  * GPPO: no token on a gradient-preserving clipped side (there the gradient is, by design, not the
+    derivative of the constant value; tests/test_losses.py checks it against its closed form);
+  * CISPO: every weight clipped (an unclipped weight sg(r) moves with logp; same remark);
+  * ERC: the function's variable is the vector of KEPT tokens' log-probs, the ERC-clipped tokens are
+    held at their values (their gradient is exactly zero, tests/test_erc.py). For GSPO, whose tokens
+    share a sequence ratio, ERC clips whole sequences.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import ercref
+
+F64 = torch.float64
+A_ROWS = [1.0, -1.5, 0.7]  # per-sequence advantages, both signs
+# log-ratios away from every kink of ppo (0.8, 1.2), dapo (0.8, 1.28, c = 10) and dual_clip (c = 3)
+SAFE = {
+    "pos": [-1.5, -0.6, -0.05, 0.1, 0.6, 1.5, 2.5, -0.4],
+    "neg": [-1.5, -0.6, -0.05, 0.1, 0.6, 1.5, 2.5, 0.9],
+}
+GPPO_SAFE = {"pos": [-1.5, -0.6, -0.05, 0.1, -0.4, 0.05, 0.15, -1.0], "neg": [-0.05, 0.1, 0.6, 1.5, 2.5, 0.9, 3.0, -0.1]}
+CISPO_SAFE = {"pos": [-1.5, -0.6, 0.6, 1.5, -0.4, 2.5, 0.9, -1.0], "neg": [-1.5, -0.6, 0.6, 1.5, -0.4, 2.5, 0.9, -1.0]}
+GSPO_ROW_SHIFT = [0.3, -0.3, 1e-4]  # sequence ratio clipped high, clipped low, inside (eps 3e-4 / 4e-4)
+
+
+def _inputs(name: str, T: int = 8):
+    gen = torch.Generator().manual_seed(0)
+    A = torch.tensor(A_ROWS, dtype=F64)
+    old = -0.5 - 3 * torch.rand(3, T, generator=gen, dtype=F64)
+    if name == "gspo":
+        noise = 0.05 * torch.randn(3, T, generator=gen, dtype=F64)
+        delta = torch.tensor(GSPO_ROW_SHIFT, dtype=F64).unsqueeze(-1) + noise - noise.mean(-1, keepdim=True)
+    else:
+        table = {"gppo": GPPO_SAFE, "cispo": CISPO_SAFE}.get(name, SAFE)
+        delta = torch.tensor([table["pos" if a > 0 else "neg"][:T] for a in A_ROWS], dtype=F64)
+        delta = delta[:, torch.randperm(T, generator=gen)]
+    mask = torch.ones(3, T, dtype=torch.bool)
+    if name != "gspo":  # (GSPO's row shift is defined over all tokens of the row)
+        mask[0, 3] = mask[2, 6] = False
+    return old + delta, old, A, mask
+
+
+@pytest.mark.parametrize("agg_mode", ercref.AGG_MODES)
+@pytest.mark.parametrize("name", sorted(ercref.LOSSES))
+def test_gradcheck_every_loss_without_erc(name, agg_mode):
+    logp, old, A, mask = _inputs(name)
+    f = lambda lp: ercref.aggregate(ercref.LOSSES[name](lp, old, A, mask)[0], mask, agg_mode)  # noqa: E731
+    assert gradcheck(f, (logp.requires_grad_(True),), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def _erc_entropies(name: str, mask: torch.Tensor):
+    """old entropy 1; new entropy 1.0 (kept) or 1.5 (clipped at beta 0.2)."""
+    gen = torch.Generator().manual_seed(1)
+    if name == "gspo":
+        clipped = torch.tensor([[True], [False], [False]]).expand_as(mask)
+    else:
+        clipped = torch.rand(mask.shape, generator=gen) < 0.35
+    old = torch.ones(mask.shape, dtype=F64)
+    return torch.where(clipped, 1.5, 1.0).to(F64), old, ~clipped & mask
+
+
+@pytest.mark.parametrize("name", sorted(ercref.LOSSES))
+def test_gradcheck_every_loss_with_erc_on_the_kept_tokens(name):
+    logp0, old, A, mask = _inputs(name)
+    ent, old_ent, kept = _erc_entropies(name, mask)
+    assert kept.any() and (mask & ~kept).any()
+    idx = kept.nonzero(as_tuple=True)
+
+    def f(x):
+        lp = logp0.index_put(idx, x)  # ERC-clipped (and masked) tokens stay at their values
+        per_tok, _ = ercref.LOSSES[name](lp, old, A, mask)
+        per_tok, _ = ercref.apply_erc(per_tok, ent, old_ent, mask, 0.2, 0.2)
+        return ercref.aggregate(per_tok, mask, "token-mean")
+
+    assert gradcheck(f, (logp0[idx].clone().requires_grad_(True),), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("agg_mode", ercref.AGG_MODES)
+def test_gradcheck_full_objective_erc_nll_kl(agg_mode):
+    logp0, old, A, mask = _inputs("dapo")
+    ent, old_ent, kept = _erc_entropies("dapo", mask)
+    ref = logp0 - 0.3
+    rewards = torch.tensor([1.0, -1.0, 1.0], dtype=F64)
+    idx = kept.nonzero(as_tuple=True)
+    cfg = ercref.PolicyLossConfig(loss="dapo", erc=True, beta_low=0.2, beta_high=0.2, agg_mode=agg_mode,
+                                  nll_coef=0.1, kl_coef=0.05, kl_estimator="k3", track_zero_grad=False)
+
+    def f(x):
+        # the NLL and KL terms are not ERC-masked: the clipped tokens are held fixed here so that the
+        # finite differences only see tokens whose every term carries a gradient
+        lp = logp0.index_put(idx, x)
+        return ercref.compute_policy_loss(cfg, lp, old, A, mask, ent, old_ent, rewards, ref)[0]
+
+    assert gradcheck(f, (logp0[idx].clone().requires_grad_(True),), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("agg_mode", ercref.AGG_MODES)
+def test_gradcheck_aggregation(agg_mode):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 6, generator=gen, dtype=F64, requires_grad=True)
+    mask = torch.rand(4, 6, generator=gen) < 0.6
+    mask[0] = False  # a sequence without response tokens
+    mask[1, 0] = True
+    assert gradcheck(lambda t: ercref.aggregate(t, mask, agg_mode, norm=5.0 if "norm" in agg_mode else None), (x,))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_gradcheck_kl_penalty(estimator):
+    gen = torch.Generator().manual_seed(3)
+    logp = -3 * torch.rand(3, 5, generator=gen, dtype=F64)
+    ref = logp + 0.5 * torch.randn(3, 5, generator=gen, dtype=F64)
+    assert gradcheck(lambda a, b: ercref.kl_penalty(a, b, estimator),
+                     (logp.requires_grad_(True), ref.requires_grad_(True)))
+
+
+def test_gradcheck_positive_nll():
+    gen = torch.Generator().manual_seed(4)
+    logp = -3 * torch.rand(4, 5, generator=gen, dtype=F64)
+    mask = torch.rand(4, 5, generator=gen) < 0.7
+    mask[:, 0] = True
+    rewards = torch.tensor([1.0, 0.0, 1.0, -1.0], dtype=F64)
+    assert gradcheck(lambda lp: ercref.positive_nll(lp, mask, rewards), (logp.requires_grad_(True),))
+
+
+@pytest.mark.parametrize("temperature,chunk_rows", [(1.0, 2), (0.7, None), (1.3, 5)])
+def test_gradcheck_entropy_from_logits(temperature, chunk_rows):
+    logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(5), dtype=F64)
+    f = lambda z: ercref.entropy_from_logits(z, temperature=temperature, chunk_rows=chunk_rows)  # noqa: E731
+    assert gradcheck(f, (logits.requires_grad_(True),))
