@@ -1,6 +1,6 @@
 """What ERC costs inside one loss-plus-backward call, measured against the same call without ERC.
 
-    python benchmarks/bench_erc_cost.py [--batch 16] [--seq 512] [--vocab 49152] [--repeats 7]
+    python benchmarks/bench_erc_cost.py [--batch 8] [--seq 512] [--vocab 49152] [--repeats 7]
 
 The call goes from LM-head logits (B, T, V) to the backward of the scalar loss, as a trainer's
 update does: log-probs and the current entropy from one chunked pass (the entropy is computed in
@@ -23,7 +23,7 @@ import ercref
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=49_152)
     ap.add_argument("--repeats", type=int, default=7)

@@ -104,30 +104,88 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
     return out.view(lead)
 
 
-def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
-    """log pi(label | .) = z_label/tau - logsumexp(z/tau). logits (..., V), labels (...) -> (...) float32.
-
-    Differentiable; computed in fp32 row chunks.
-    """
-    chunk_rows = _validate(logits, temperature, chunk_rows)
+def _check_labels(logits: Tensor, labels: Tensor) -> Tensor:
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
         raise ValueError("labels must be an int64 or int32 tensor of token ids")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels has shape {tuple(labels.shape)} but logits has leading shape {tuple(logits.shape[:-1])}")
     V = logits.shape[-1]
-    flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
+    lab = labels.reshape(-1).long()
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
         raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
-    acc = acc_dtype(logits.dtype)
-    parts = []
-    for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].to(acc)
-        if temperature != 1.0:
-            z = z / temperature
-        parts.append((z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - torch.logsumexp(z, dim=-1)))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=acc)
-    _raise_if_not_finite(out.detach(), "log-probabilities")
-    return out.view(labels.shape)
+    return lab
+
+
+class _ChunkedLogProb(torch.autograd.Function):
+    """log pi(label) and H from logits (N, V), chunk by chunk, with an analytic chunked backward.
+
+    Forward keeps only lse (N,). Backward writes d logp / d z = (onehot(label) - p) / tau into the
+    gradient of the logits one chunk at a time (slicing inside autograd would instead allocate a
+    full-size zero tensor per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, lab: Tensor, temperature: float, chunk_rows: int, want_entropy: bool):
+        N, acc = flat.shape[0], acc_dtype(flat.dtype)
+        logp = torch.empty(N, dtype=acc, device=flat.device)
+        lse = torch.empty_like(logp)
+        ent = torch.empty_like(logp) if want_entropy else None
+        lowest = torch.finfo(acc).min
+        for i in range(0, N, chunk_rows):
+            z = flat[i : i + chunk_rows].to(acc, copy=temperature != 1.0)
+            if temperature != 1.0:
+                z.div_(temperature)
+            l = torch.logsumexp(z, dim=-1)
+            lse[i : i + chunk_rows] = l
+            logp[i : i + chunk_rows] = z.gather(-1, lab[i : i + chunk_rows, None]).squeeze(-1) - l
+            if want_entropy:
+                log_p = z.clamp(min=lowest).sub_(l[:, None])  # centred: H = -sum p log p, no cancellation
+                ent[i : i + chunk_rows] = -torch.exp(log_p).mul_(log_p).sum(-1)
+        ctx.save_for_backward(flat, lab, lse)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        if want_entropy:
+            ctx.mark_non_differentiable(ent)
+            return logp, ent
+        return logp, lse.new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_ent):
+        flat, lab, lse = ctx.saved_tensors
+        tau, rows = ctx.temperature, ctx.chunk_rows
+        acc = acc_dtype(flat.dtype)
+        grad = torch.empty_like(flat)
+        for i in range(0, flat.shape[0], rows):
+            g = grad_logp[i : i + rows].to(acc)
+            z = flat[i : i + rows].to(acc, copy=True)
+            if tau != 1.0:
+                z.div_(tau)
+            z.sub_(lse[i : i + rows, None]).exp_().mul_(-g[:, None])  # -g p
+            z.scatter_add_(-1, lab[i : i + rows, None], g[:, None])  # + g onehot
+            if tau != 1.0:
+                z.div_(tau)
+            grad[i : i + rows] = z
+        return grad, None, None, None, None
+
+
+def _logprobs(logits, labels, temperature, chunk_rows, want_entropy):
+    chunk_rows = _validate(logits, temperature, chunk_rows)
+    lab = _check_labels(logits, labels)
+    flat = logits.reshape(-1, logits.shape[-1])
+    logp, ent = _ChunkedLogProb.apply(flat, lab, float(temperature), chunk_rows, want_entropy)
+    _raise_if_not_finite(logp.detach(), "log-probabilities")
+    if want_entropy:
+        _raise_if_not_finite(ent, "entropy")
+        return logp.view(labels.shape), ent.view(labels.shape)
+    return logp.view(labels.shape)
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
+    """log pi(label | .) = z_label/tau - logsumexp(z/tau). logits (..., V), labels (...) -> (...) float32.
+
+    Differentiable, with O(chunk x V) extra memory in forward and backward (beyond the logits'
+    own gradient); computed in fp32 row chunks.
+    """
+    return _logprobs(logits, labels, temperature, chunk_rows, want_entropy=False)
 
 
 def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0,
@@ -138,34 +196,7 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.
     entropy H(pi, t) is detached (it only builds the ERC mask and the entropy metrics).
     The logsumexp is shared: log p = z - lse, H = -sum_v p_v log p_v.
     """
-    chunk_rows = _validate(logits, temperature, chunk_rows)
-    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError("labels must be an int64 or int32 tensor of token ids")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels has shape {tuple(labels.shape)} but logits has leading shape {tuple(logits.shape[:-1])}")
-    V = logits.shape[-1]
-    flat, lab = logits.reshape(-1, V), labels.reshape(-1, 1).long()
-    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
-        raise ValueError(f"labels must lie in [0, {V}) (the vocabulary size of logits)")
-    acc = acc_dtype(logits.dtype)
-    lps, ents = [], []
-    lowest = torch.finfo(acc).min
-    for i in range(0, flat.shape[0], chunk_rows):
-        z = flat[i : i + chunk_rows].to(acc)
-        if temperature != 1.0:
-            z = z / temperature
-        lse = torch.logsumexp(z, dim=-1)
-        lps.append(z.gather(-1, lab[i : i + chunk_rows]).squeeze(-1) - lse)
-        with torch.no_grad():
-            log_p = z.detach().clamp(min=lowest) - lse.detach().unsqueeze(-1)
-            ents.append(-torch.exp(log_p).mul_(log_p).sum(-1))  # H = -sum_v p_v log p_v, centred: no cancellation
-    if not lps:
-        empty = flat.new_zeros(0, dtype=acc)
-        return empty.view(labels.shape), empty.view(labels.shape)
-    logp, ent = torch.cat(lps), torch.cat(ents)
-    _raise_if_not_finite(ent, "entropy")
-    _raise_if_not_finite(logp.detach(), "log-probabilities")
-    return logp.view(labels.shape), ent.view(labels.shape)
+    return _logprobs(logits, labels, temperature, chunk_rows, want_entropy=True)
 
 
 _COMPILED = {}
