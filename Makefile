@@ -34,6 +34,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
+# the real-browser test alone (also part of `make test`); installs Debian's chromium if missing
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_browser.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entropy.py
 	$(BIN)/python benchmarks/bench_erc_cost.py
