@@ -1,0 +1,363 @@
+"""Prompts and reference answers: seeded synthetic math tasks, and loaders for GSM8K, MATH-500
+and verl-format records (local JSONL / parquet, or the hub through ``datasets``).
+
+Every loader returns a list of records with one shape:
+
+    {"prompt": str | [{"role", "content"}, ...],   # a user message, or chat messages (verl)
+     "answer": str,                                 # reference answer for the judge
+     "source": str}                                 # task / data set name
+
+Synthetic tasks (``make_synthetic(task, n, level, seed, style)``):
+    arith      arithmetic; level 1: a+b (one digit), 2: two-digit + and -, 3: two-digit x one-digit,
+               4: (a op b) op c with two-digit operands
+    mc-arith   4-option multiple choice over a+b (one digit), "answer with the letter"; the answer is A-D
+    word       short one-step word problems (addition / subtraction of small numbers)
+style "bare" gives the shortest prompt ("3+5=", for the tiny character model); "instruct" a
+sentence for an instruct model.
+
+Run ``python -m ercref.lm.data --write-fixtures`` to (re)write the small files under data/ that the
+tests read: data/synthetic/*.jsonl and data/fixtures/{gsm8k,math500,verl}_sample.{jsonl,parquet}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
+FIXTURE_DIR = DATA_DIR / "fixtures"
+SYNTHETIC_DIR = DATA_DIR / "synthetic"
+
+SYNTHETIC_TASKS = ("arith", "mc-arith", "word")
+REAL_TASKS = ("gsm8k", "math500", "verl")
+HUB_DEFAULTS = {"gsm8k": ("openai/gsm8k", "main"), "math500": ("HuggingFaceH4/MATH-500", None)}
+LETTERS = "ABCD"
+
+
+# ----------------------------------------------------------------------------- synthetic
+def _arith(rng: random.Random, level: int) -> tuple[str, int]:
+    if level == 1:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return f"{a}+{b}", a + b
+    if level == 2:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        if rng.random() < 0.5:
+            return f"{a}+{b}", a + b
+        a, b = max(a, b), min(a, b)
+        return f"{a}-{b}", a - b
+    if level == 3:
+        a, b = rng.randint(10, 99), rng.randint(2, 9)
+        return f"{a}*{b}", a * b
+    if level == 4:
+        a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(2, 9)
+        op1, op2 = rng.choice("+-"), rng.choice("+*")
+        expr = f"({a}{op1}{b}){op2}{c}"
+        inner = a + b if op1 == "+" else a - b
+        return expr, inner + c if op2 == "+" else inner * c
+    raise ValueError(f"level must be 1, 2, 3 or 4 for task 'arith', got {level!r}")
+
+
+def _mc_arith(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    s = a + b
+    wrong = set()
+    while len(wrong) < 3:
+        w = s + rng.choice([-3, -2, -1, 1, 2, 3])
+        if w >= 0:
+            wrong.add(w)
+    options = [s] + sorted(wrong)
+    rng.shuffle(options)
+    letter = LETTERS[options.index(s)]
+    lines = "\n".join(f"{LETTERS[i]}) {v}" for i, v in enumerate(options))
+    return f"What is {a} + {b}?\n{lines}\nAnswer with the letter only.", letter
+
+
+_NAMES = ("Tom", "Ann", "Sam", "Mia", "Leo", "Eva")
+_ITEMS = ("apples", "pens", "cards", "books", "coins", "shells")
+
+
+def _word(rng: random.Random) -> tuple[str, int]:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(2, 9), rng.randint(1, 9)
+    if rng.random() < 0.5:
+        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?", a + b
+    a = a + b
+    return f"{name} has {a} {item} and gives away {b}. How many {item} are left?", a - b
+
+
+def make_synthetic(task: str, n: int, level: int = 1, seed: int = 0, style: str = "bare") -> list[dict]:
+    """n seeded records of a synthetic task (see module docstring). Deterministic in (task, n, level, seed, style)."""
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"task must be one of {SYNTHETIC_TASKS}, got {task!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if style not in ("bare", "instruct"):
+        raise ValueError(f"style must be 'bare' or 'instruct', got {style!r}")
+    rng = random.Random(f"{task}-{level}-{seed}")
+    out = []
+    for _ in range(n):
+        if task == "arith":
+            expr, ans = _arith(rng, level)
+            prompt = f"{expr}=" if style == "bare" else f"What is {expr}? Answer with just the number."
+            out.append({"prompt": prompt, "answer": str(ans), "source": f"arith-{level}"})
+        elif task == "mc-arith":
+            prompt, letter = _mc_arith(rng)
+            out.append({"prompt": prompt, "answer": letter, "source": "mc-arith"})
+        else:
+            prompt, ans = _word(rng)
+            if style == "instruct":
+                prompt += " Answer with just the number."
+            out.append({"prompt": prompt, "answer": str(ans), "source": "word"})
+    return out
+
+
+def train_eval_split(task: str, num_train: int, num_eval: int, level: int = 1, seed: int = 0,
+                     style: str = "bare") -> tuple[list[dict], list[dict]]:
+    """Disjoint train and eval sets (eval prompts never appear in train, when the task has enough
+    distinct prompts; single-digit tasks have only 100 sums, so they overlap by construction)."""
+    train = make_synthetic(task, num_train, level, seed, style)
+    eval_ = make_synthetic(task, num_eval, level, seed + 10_000, style)
+    seen = {r["prompt"] for r in train}
+    disjoint = [r for r in eval_ if r["prompt"] not in seen]
+    return train, (disjoint if len(disjoint) >= max(1, num_eval // 2) else eval_)
+
+
+# ----------------------------------------------------------------------------- files
+def write_jsonl(records: list[dict], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line_number, row) pairs of a .jsonl / .json (list) / .parquet file. Line numbers are 1-based
+    (parquet: row index + 1). ValueError for a missing file (naming it) or an unparsable line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"data file {str(p)!r} does not exist")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [(i + 1, row) for i, row in enumerate(pq.read_table(p).to_pylist())]
+    if p.suffix == ".json":
+        data = json.loads(p.read_text())
+        if not isinstance(data, list):
+            raise ValueError(f"data file {str(p)!r}: a .json data file must hold a list of records")
+        return [(i + 1, row) for i, row in enumerate(data)]
+    rows = []
+    with open(p) as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"data file {str(p)!r} line {i}: not valid JSON ({e})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"data file {str(p)!r} line {i}: a record must be a JSON object")
+            rows.append((i, row))
+    return rows
+
+
+def _field(row: dict, dotted: str, where: str) -> Any:
+    cur: Any = row
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            raise ValueError(f"{where}: malformed record, missing field {dotted!r}")
+        cur = cur[part]
+    return cur
+
+
+# ----------------------------------------------------------------------------- record formats
+def gsm8k_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution: the text after '####', without commas."""
+    if "####" not in solution:
+        raise ValueError("GSM8K answer has no '#### <number>' line")
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+GSM8K_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+
+
+def from_gsm8k(row: dict, where: str) -> dict:
+    q, a = _field(row, "question", where), _field(row, "answer", where)
+    try:
+        ans = gsm8k_answer(str(a))
+    except ValueError as e:
+        raise ValueError(f"{where}: malformed record, field 'answer' has no '#### <number>' line") from e
+    return {"prompt": f"{q} {GSM8K_INSTRUCTION}", "answer": ans, "source": "gsm8k"}
+
+
+def from_math500(row: dict, where: str) -> dict:
+    return {"prompt": f"{_field(row, 'problem', where)} {GSM8K_INSTRUCTION}",
+            "answer": str(_field(row, "answer", where)), "source": "math500"}
+
+
+def from_verl(row: dict, where: str) -> dict:
+    """verl RL format: prompt = list of chat messages, answer = reward_model.ground_truth."""
+    prompt = _field(row, "prompt", where)
+    if hasattr(prompt, "tolist"):  # numpy array from parquet via pandas
+        prompt = prompt.tolist()
+    if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)):
+        raise ValueError(f"{where}: malformed record, field 'prompt' must be a non-empty list of "
+                         "{'role', 'content'} messages")
+    gt = _field(row, "reward_model.ground_truth", where)
+    if isinstance(gt, (list, tuple)):
+        gt = gt[0]
+    return {"prompt": [{"role": m["role"], "content": m["content"]} for m in prompt], "answer": str(gt),
+            "source": str(row.get("data_source", "verl"))}
+
+
+CONVERTERS = {"gsm8k": from_gsm8k, "math500": from_math500, "verl": from_verl}
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith((".jsonl", ".json", ".parquet"))
+
+
+def load_dataset_records(kind: str, path: str, split: str = "train", limit: int | None = None) -> list[dict]:
+    """Records of a real data set. ``path`` is a local .jsonl/.json/.parquet file, or (when it is not
+    a local file and does not look like one) a hub dataset id loaded with ``datasets.load_dataset``.
+
+    ValueError: unknown kind, a missing local file (named), a malformed record (file, line, field).
+    """
+    if kind not in CONVERTERS:
+        raise ValueError(f"kind must be one of {sorted(CONVERTERS)}, got {kind!r}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"path must be a file path or hub dataset id, got {path!r}")
+    name = str(path)
+    if Path(name).expanduser().is_file() or _looks_local(name):
+        rows = read_rows(name)
+    else:
+        rows = _hub_rows(kind, name, split)
+    conv = CONVERTERS[kind]
+    out = [conv(row, f"data file {name!r} line {i}") for i, row in rows[: limit if limit else None]]
+    if not out:
+        raise ValueError(f"data file {name!r} holds no records")
+    return out
+
+
+def _hub_rows(kind: str, name: str, split: str) -> list[tuple[int, dict]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ValueError(f"{name!r} is not a local file, and loading it from the hub needs `datasets`") from e
+    config = HUB_DEFAULTS.get(kind, (None, None))[1] if name == HUB_DEFAULTS.get(kind, (None,))[0] else None
+    ds = datasets.load_dataset(name, config, split=split)
+    return [(i + 1, dict(row)) for i, row in enumerate(ds)]
+
+
+def with_system_prompt(record: dict, system_prompt: str | None) -> dict:
+    """Prepend a system message (a string prompt becomes [system, user] messages); a record whose
+    messages already start with a system message is left as is."""
+    if not system_prompt:
+        return record
+    p = record["prompt"]
+    msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+    if msgs and msgs[0]["role"] == "system":
+        return record
+    return dict(record, prompt=[{"role": "system", "content": system_prompt}] + msgs)
+
+
+def load_task(cfg_data) -> tuple[list[dict], list[dict]]:
+    """(train, eval) records for a DataConfig (system prompt applied)."""
+    d = cfg_data
+    if d.task in SYNTHETIC_TASKS:
+        train, eval_ = train_eval_split(d.task, d.num_train, d.num_eval, d.level, d.seed, d.style)
+    else:
+        train = load_dataset_records(d.task, d.path, d.split)
+        if d.eval_path:
+            eval_ = load_dataset_records(d.task, d.eval_path, d.eval_split, limit=d.num_eval)
+        else:
+            eval_ = train[: d.num_eval]
+    return [with_system_prompt(r, d.system_prompt) for r in train], [with_system_prompt(r, d.system_prompt) for r in eval_]
+
+
+# ----------------------------------------------------------------------------- fixtures
+GSM8K_SAMPLE = [
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                 "How many clips did Natalia sell altogether in April and May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+               "altogether in April and May.\n#### 72"},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                 "How much did she earn?",
+     "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = "
+               "$<<0.2*50=10>>10.\n#### 10"},
+    {"question": "A shop sells 1,250 pencils a week. How many pencils does it sell in 4 weeks?",
+     "answer": "It sells 1,250 x 4 = <<1250*4=5000>>5,000 pencils.\n#### 5,000"},
+]
+MATH500_SAMPLE = [
+    {"problem": "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.  Enter your answer "
+                "in the form $(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$",
+     "solution": "We have that $r = \\sqrt{0^2 + 3^2} = 3.$  ... $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$",
+     "answer": "\\left( 3, \\frac{\\pi}{2} \\right)", "subject": "Precalculus", "level": 2,
+     "unique_id": "test/precalculus/807.json"},
+    {"problem": "What is the value of $\\frac{1}{2} + \\frac{1}{4}$?",
+     "solution": "$\\frac{1}{2} + \\frac{1}{4} = \\frac{3}{4}$, so the answer is $\\boxed{\\frac{3}{4}}$.",
+     "answer": "\\frac{3}{4}", "subject": "Prealgebra", "level": 1, "unique_id": "fixture/1.json"},
+]
+VERL_SAMPLE = [
+    {"data_source": "KlearReasoner-MathSub-30K",
+     "prompt": [{"role": "user", "content": "Compute $7 \\times 8$. Please reason step by step, and put your "
+                                            "final answer within \\boxed{}."}],
+     "ability": "math", "reward_model": {"style": "rule", "ground_truth": "56"},
+     "extra_info": {"index": 0, "split": "train"}},
+    {"data_source": "KlearReasoner-MathSub-30K",
+     "prompt": [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Simplify $\\frac{6}{8}$. Put your final answer within \\boxed{}."}],
+     "ability": "math", "reward_model": {"style": "rule", "ground_truth": "\\frac{3}{4}"},
+     "extra_info": {"index": 1, "split": "train"}},
+]
+
+
+def write_parquet(rows: list[dict], path: str | os.PathLike) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_fixtures(out_dir: str | os.PathLike | None = None, synthetic_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write small sample files in the GSM8K, MATH-500 and verl formats (JSONL and parquet) and the
+    synthetic task files. Returns the paths written."""
+    out = Path(out_dir) if out_dir else FIXTURE_DIR
+    syn = Path(synthetic_dir) if synthetic_dir else SYNTHETIC_DIR
+    paths = []
+    for name, rows in (("gsm8k", GSM8K_SAMPLE), ("math500", MATH500_SAMPLE), ("verl", VERL_SAMPLE)):
+        paths.append(write_jsonl(rows, out / f"{name}_sample.jsonl"))
+        paths.append(write_parquet(rows, out / f"{name}_sample.parquet"))
+    for task, level, style in (("arith", 1, "bare"), ("arith", 2, "instruct"), ("arith", 4, "instruct"),
+                               ("mc-arith", 1, "instruct"), ("word", 1, "instruct")):
+        name = f"{task}-L{level}-{style}.jsonl"
+        paths.append(write_jsonl(make_synthetic(task, 50, level, seed=0, style=style), syn / name))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write-fixtures", action="store_true", help="write data/fixtures and data/synthetic")
+    args = ap.parse_args(argv)
+    if args.write_fixtures:
+        for p in write_fixtures():
+            print(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
+    else:
+        ap.print_help()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""The RL loop, in one readable file (nanoGPT / CleanRL style).
+
+One training step (``Trainer.train_step``):
+
+    1. take n prompts from the data stream; roll out G samples each (rollout.rollout), which also
+       returns old log-probs and old entropies from one no-grad forward of this policy snapshot
+    2. score rewards (rewards.score_responses)                                       (N,) N = n*G
+    3. group advantages A_i = (R_i - mean_g R) / (std_g R + 1e-6)   (ercref.group_advantages)
+    4. optionally drop groups whose rewards are all equal          (ercref.dynamic_sampling_mask)
+    5. split the kept groups into K minibatches of train.minibatch_prompts prompts and take K
+       AdamW steps; minibatch k is k optimizer steps stale (staleness k = 0..K-1):
+           logp, H = response_logprobs(policy)          (H detached: it only builds the ERC mask)
+           loss    = ercref.compute_policy_loss(PolicyLossConfig, logp, old_logp, A, mask, H, old_H, R)
+       gradient clipping; the LR scheduler (linear warm-up) steps once per training step, as verl.
+
+Then logs (metrics_log), periodic evaluation (avg@k / pass@k), and an atomic checkpoint
+(checkpoint.py) that lets a killed run continue exactly as if it had never stopped.
+
+Before RL, ``sft.steps`` > 0 runs a supervised warm-up (next-token loss on correct answers), used by
+the cpu-tiny preset whose model starts random.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ercref import PolicyLossConfig, compute_policy_loss, dynamic_sampling_mask, group_advantages
+
+from . import checkpoint as ckpt
+from .config import Config, resolve_device
+from .data import load_task
+from .metrics_log import RunLog, plot_run
+from .models import load_model
+from .rewards import score_responses
+from .rollout import RolloutBatch, encode_prompts, response_logprobs, rollout
+
+# Fault injection for the kill-and-resume tests: SIGKILL this process (no cleanup) right after
+# checkpoint N is written, or in the middle of step N (after its first minibatch is logged).
+CRASH_ENV = "ERCREF_CRASH_AFTER_CHECKPOINT"
+CRASH_DURING_ENV = "ERCREF_CRASH_DURING_STEP"
+
+
+def _maybe_crash(env: str, step: int) -> None:
+    value = os.environ.get(env)
+    if value is not None and int(value) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def policy_loss_config(cfg: Config) -> PolicyLossConfig:
+    lc = cfg.loss
+    kwargs = dict(lc.loss_kwargs)
+    for name in ("eps_low", "eps_high", "clip_ratio_c"):
+        if getattr(lc, name) is not None:
+            kwargs[name] = getattr(lc, name)
+    return PolicyLossConfig(loss=lc.name, loss_kwargs=kwargs, erc=lc.erc, beta_low=lc.beta_low, beta_high=lc.beta_high,
+                            agg_mode=lc.agg_mode, nll_coef=lc.nll_coef, kl_coef=0.0, entropy_coef=0.0)
+
+
+def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
+    """correct (n_prompts, k) bool -> (avg@k, pass@k): mean accuracy over all samples, and the
+    fraction of prompts with at least one correct sample (the unbiased pass@k with n = k)."""
+    c = correct.float()
+    return float(c.mean()), float(c.max(-1).values.mean())
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.device = resolve_device(cfg)
+        self._threads_before = torch.get_num_threads()
+        if cfg.train.threads:  # restored at the end of fit()
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)
+        self.model, self.tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype],
+                                          trust_remote_code=cfg.model.trust_remote_code, device=self.device,
+                                          seed=cfg.model.init_seed)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.autocast = torch.bfloat16 if cfg.model.bf16_autocast else None
+        self.train_set, self.eval_set = load_task(cfg.data)
+        if not self.train_set:
+            raise ValueError("the training set is empty")
+        self.pcfg = policy_loss_config(cfg)
+        o = cfg.optim
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)
+        warm = o.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.step = 0            # completed training steps
+        self.cursor = 0          # prompts consumed from the training stream
+        self.vllm = None
+        if cfg.rollout.backend == "vllm":
+            from .rollout import VLLMGenerator
+            self.vllm = VLLMGenerator(cfg.model.name, self.tok, self.device, "bfloat16",
+                                      cfg.rollout.vllm_gpu_memory_utilization,
+                                      cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.train.seed)
+        self.log = RunLog(self.out, cfg.train.tensorboard)
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        last = ckpt.latest_checkpoint(self.ckpt_dir) if resume else None
+        if resume and last is None:
+            warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
+        if last is not None:
+            self._restore(ckpt.load_checkpoint(last))
+        else:  # a fresh run: clear outputs of an earlier run in the same folder
+            stale = ckpt.list_checkpoints(self.ckpt_dir)
+            if stale:
+                warnings.warn(f"starting a fresh run in {self.out}: removing {len(stale)} old checkpoint(s) "
+                              "(use --resume to continue instead)")
+                for _, p in stale:
+                    p.unlink()
+            if self.log.path.exists():
+                self.log.path.unlink()
+            if cfg.sft.steps:
+                self.sft_warmup()
+
+    # ------------------------------------------------------------------ data
+    def next_prompts(self, n: int) -> list[dict]:
+        """The next n records of an endless stream: each epoch is a permutation seeded by (seed, epoch)."""
+        N = len(self.train_set)
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.cursor, N)
+            perm = np.random.RandomState([self.cfg.data.seed, epoch]).permutation(N)
+            out.append(self.train_set[perm[i]])
+            self.cursor += 1
+        return out
+
+    # ------------------------------------------------------------------ SFT warm-up
+    def sft_warmup(self) -> None:
+        """sft.steps AdamW steps of -mean log pi(answer + EOS | prompt) on random training records."""
+        s = self.cfg.sft
+        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=0.0)
+        rng = random.Random(self.cfg.train.seed + 1)
+        self.model.train()
+        for i in range(s.steps):
+            recs = [rng.choice(self.train_set) for _ in range(s.batch_size)]
+            ids, am = encode_prompts(self.tok, [r["prompt"] for r in recs], self.cfg.data.max_prompt_tokens, self.device)
+            ans = self.tok([r["answer"] + self.tok.eos_token for r in recs], add_special_tokens=False,
+                           padding="longest", padding_side="right", return_tensors="pt")
+            a_ids, a_mask = ans["input_ids"].to(self.device), ans["attention_mask"].to(self.device)
+            logp, _ = response_logprobs(self.model, torch.cat([ids, a_ids], 1), torch.cat([am, a_mask], 1),
+                                        ids.shape[1], 1.0, self.cfg.model.fused_head)
+            loss = -(logp * a_mask).sum() / a_mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i % 20 == 0 or i == s.steps - 1:
+                self.log.write({"kind": "sft", "sft_step": i, "sft/loss": float(loss.detach())})
+        self.model.eval()
+
+    # ------------------------------------------------------------------ rollout + rewards
+    def make_rollout(self, records: list[dict], group_size: int, temperature: float, top_p: float,
+                     max_new_tokens: int) -> RolloutBatch:
+        gen_fn = None
+        if self.vllm is not None:
+            gen_fn = lambda ids, am: self.vllm(ids, am, max_new_tokens, temperature, top_p)  # noqa: E731
+        return rollout(self.model, self.tok, [r["prompt"] for r in records], [r["answer"] for r in records],
+                       group_size, max_new_tokens, temperature, top_p, self.cfg.data.max_prompt_tokens,
+                       self.cfg.rollout.generation_batch_size, self.cfg.model.fused_head, self.autocast, gen_fn)
+
+    def score(self, batch: RolloutBatch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return score_responses(batch.texts, batch.answers, self.cfg.reward, batch.response_lengths.cpu(), max_new_tokens)
+
+    # ------------------------------------------------------------------ one training step
+    def minibatches(self, keep: torch.Tensor) -> list[torch.Tensor]:
+        """Row indices of each minibatch: kept groups in order, minibatch_prompts groups each."""
+        G = self.cfg.rollout.group_size
+        groups = keep.view(-1, G)[:, 0].nonzero().flatten()
+        mp = self.cfg.train.minibatch_prompts
+        out = []
+        for i in range(0, len(groups), mp):
+            g = groups[i : i + mp]
+            out.append((g.unsqueeze(-1) * G + torch.arange(G)).flatten())
+        return out
+
+    def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on one minibatch (gradient accumulated over micro-batches, each
+        weighted by its share of response tokens: exact for the token-mean policy term)."""
+        dev = self.device
+        n = mb.sequences.shape[0]
+        micro = self.cfg.train.micro_batch_size or n
+        total_tok = float(mb.response_mask.sum())
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        acc: dict[str, float] = {}
+        max_diff = 0.0
+        for i in range(0, n, micro):
+            sl = slice(i, i + micro)
+            rmask = mb.response_mask[sl].to(dev)
+            with (torch.autocast(device_type=torch.device(dev).type, dtype=self.autocast)
+                  if self.autocast is not None else _null()):
+                logp, ent = response_logprobs(self.model, mb.sequences[sl].to(dev), mb.attention_mask[sl].to(dev),
+                                              mb.prompt_len, self.cfg.rollout.temperature, self.cfg.model.fused_head)
+            logp, ent = logp.float(), ent.float()
+            old = mb.old_logp[sl].to(dev)
+            loss, m = compute_policy_loss(self.pcfg, logp, old, adv[sl].to(dev), rmask, entropy=ent,
+                                          old_entropy=mb.old_entropy[sl].to(dev), rewards=rewards[sl].to(dev))
+            w = float(rmask.sum()) / total_tok
+            (loss * w).backward()
+            for k, v in m.items():
+                acc[k] = acc.get(k, 0.0) + w * v
+            max_diff = max(max_diff, float(((logp.detach() - old).abs() * rmask).max()))
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.opt.step()
+        self.model.eval()
+        acc["grad/norm"] = float(gnorm)
+        acc["logp/max_abs_diff_old"] = max_diff
+        acc["lr"] = self.opt.param_groups[0]["lr"]
+        acc["tokens"] = total_tok
+        return acc
+
+    def train_step(self) -> dict:
+        cfg, r = self.cfg, self.cfg.rollout
+        step = self.step + 1
+        t0 = time.perf_counter()
+        records = self.next_prompts(r.prompts_per_step)
+        batch = self.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
+        rewards, correct = self.score(batch, r.max_new_tokens)
+        adv = group_advantages(rewards, r.group_size, scale_by_std=cfg.loss.scale_adv_by_std)
+        keep = dynamic_sampling_mask(rewards, r.group_size) if cfg.loss.dynamic_sampling else torch.ones_like(correct)
+        t_upd = time.perf_counter()
+        mb_metrics = []
+        for k, idx in enumerate(self.minibatches(keep)):
+            m = self.update_minibatch(batch.select(idx), adv[idx], rewards[idx])
+            rec = {"kind": "minibatch", "step": step, "staleness": k, **m}
+            self.log.write(rec)
+            mb_metrics.append(m)
+            _maybe_crash(CRASH_DURING_ENV, step)
+        if self.vllm is not None and mb_metrics:
+            self.vllm.load_weights(self.model)  # the next rollout samples from the updated policy
+        with warnings.catch_warnings():  # a step with no kept group takes no optimizer step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.sched.step()
+        t_end = time.perf_counter()
+        lens = batch.response_lengths.float()
+        rm = batch.response_mask
+        out = {
+            "kind": "step", "step": step,
+            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "reward/accuracy": float(correct.float().mean()),
+            "len/response_mean": float(lens.mean()),
+            "len/truncated_frac": float((~_ends_with_eos(batch, self)).float().mean()),
+            "entropy/old_mean": float((batch.old_entropy * rm).sum() / rm.sum()),
+            "batch/seq_width": int(batch.sequences.shape[1]),
+            "batch/tokens": int(batch.attention_mask.sum()),
+            "batch/kept_groups": int(keep.view(-1, r.group_size)[:, 0].sum()),
+            "batch/minibatches": len(mb_metrics),
+        }
+        if mb_metrics:  # means over minibatches; entropy/old_mean above is over the whole batch
+            for key in mb_metrics[0]:
+                if key in ("tokens", "entropy/old_mean"):
+                    continue
+                out[key] = sum(m[key] for m in mb_metrics) / len(mb_metrics)
+            out["lr"] = mb_metrics[-1]["lr"]
+        out["time/generate_s"] = batch.time_generate_s
+        out["time/old_logprob_s"] = batch.time_old_logprob_s
+        out["time/update_s"] = t_end - t_upd
+        out["time/step_s"] = t_end - t0
+        out["perf/tokens_per_s"] = float(rm.sum()) / max(t_end - t0, 1e-9)
+        out["perf/update_tokens_per_s"] = sum(m["tokens"] for m in mb_metrics) / max(t_end - t_upd, 1e-9)
+        self.step = step
+        self.log.write(out)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        """avg@k and pass@k on the eval set at the eval temperature / top-p. Runs under its own
+        RNG seeded by (seed, step), so evaluating never changes the training trajectory."""
+        t = self.cfg.train
+        k = t.eval_k
+        max_new = t.eval_max_new_tokens or self.cfg.rollout.max_new_tokens
+        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+            torch.manual_seed(t.seed * 100_003 + self.step)
+            batch = rollout(self.model, self.tok, [r["prompt"] for r in self.eval_set],
+                            [r["answer"] for r in self.eval_set], k, max_new, t.eval_temperature, t.eval_top_p,
+                            self.cfg.data.max_prompt_tokens, self.cfg.rollout.generation_batch_size,
+                            self.cfg.model.fused_head, self.autocast, with_logprobs=False)
+        rewards, correct = self.score(batch, max_new)
+        avg, pas = pass_at_k(correct.view(-1, k))
+        rec = {"kind": "eval", "step": self.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,
+               "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
+               "eval/prompts": len(self.eval_set), "eval/sample": batch.texts[0]}
+        self.log.write(rec)
+        return rec
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "cursor": self.cursor, "config": self.cfg.to_dict()}
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, self.cfg.train.keep_last)
+        _maybe_crash(CRASH_ENV, self.step)
+        return path
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.cursor = state["cursor"]
+        self.step = state["step"]
+        ckpt.set_rng_state(state["rng"])
+        self.log.truncate_after(self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list[dict]:
+        t = self.cfg.train
+        history = []
+        if self.step == 0:
+            self.evaluate()
+        bar = None
+        if t.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=t.steps, initial=self.step, desc="ercref", dynamic_ncols=True)
+        while self.step < t.steps:
+            rec = self.train_step()
+            history.append(rec)
+            last = self.step == t.steps
+            if (t.eval_every and self.step % t.eval_every == 0) or last:
+                self.evaluate()
+            if (t.save_every and self.step % t.save_every == 0) or last:
+                self.save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{rec['reward/mean']:.3f}", acc=f"{rec['reward/accuracy']:.2f}",
+                                erc=f"{rec.get('erc/clip_frac', 0):.3f}")
+        if bar is not None:
+            bar.close()
+        if t.plot:
+            plot_run(self.log.path, self.out / "plot.png", title=f"{self.cfg.preset or 'run'}: {self.cfg.model.name}, "
+                     f"loss={self.cfg.loss.name}{'+ERC' if self.cfg.loss.erc else ''}")
+        self.log.close()
+        torch.set_num_threads(self._threads_before)
+        return history
+
+
+def _ends_with_eos(batch: RolloutBatch, trainer: Trainer) -> torch.Tensor:
+    from .rollout import eos_ids
+
+    """(N,) bool: the response stopped at an EOS (False: cut at max_new_tokens)."""
+    resp = batch.sequences[:, batch.prompt_len:]
+    last = resp.gather(1, (batch.response_lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.isin(last, torch.tensor(eos_ids(trainer.model, trainer.tok), device=last.device))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False) -> list[dict]:
+    return Trainer(cfg, out_dir, resume).fit()
