@@ -1,0 +1,524 @@
+"""Multi-seed comparisons for notebooks 03-05: run arms x seeds with the engine, cache the logs
+under data/results/, load them back. Orchestration only: every number comes from the engine's
+Trainer (ercref.lm.trainer) and the core (ercref.erc_masks for the token view).
+
+Cached layout of one experiment ``NAME`` (small files, committed):
+
+    data/results/NAME.jsonl         every engine log line (kinds step / minibatch / eval / sft),
+                                    plus "label" (arm) and "seed"
+    data/results/NAME_tokens.jsonl  per-token captures (optional): one line per response at the
+                                    capture steps, with the token strings, old / new entropy,
+                                    importance ratio and the ERC state per token
+    data/results/NAME.meta.json     preset, base overrides, arms, seeds, wall time, machine
+
+Regenerate (``python -m ercref.lm.experiments --help``):
+
+    python -m ercref.lm.experiments tiny      # notebook 03: 10 arms x 3 seeds, ~10 min (1 torch thread)
+    python -m ercref.lm.experiments smollm2   # notebook 04: 2 arms x 3 seeds, ~10 min per run (1 thread)
+
+Arms can run in parallel processes (one torch thread each), then be merged:
+
+    python -m ercref.lm.experiments smollm2 --labels DAPO --results-dir /tmp/a
+    python -m ercref.lm.experiments smollm2 --labels DAPO+ERC --results-dir /tmp/b
+    python -m ercref.lm.experiments smollm2 --merge-from /tmp/a /tmp/b
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ercref import erc_masks
+
+from .config import Config, make_config
+from .data import load_dataset_records, write_jsonl
+from .rollout import response_logprobs
+from .token_view import token_strings
+from .trainer import Trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = REPO_ROOT / "data" / "results"
+DOCS_IMG_DIR = REPO_ROOT / "docs" / "img"
+QUICK_ENV = "ERCREF_QUICK"
+
+
+def quick_mode() -> bool:
+    """True when ERCREF_QUICK is set to a non-empty value other than 0 (CI)."""
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------- experiment specs
+@dataclass
+class Experiment:
+    """A named comparison: a preset plus shared overrides, and arms (label -> extra overrides)."""
+    name: str
+    preset: str
+    base: dict
+    arms: dict[str, dict]
+    seeds: list[int]
+    capture_steps: list[int] = field(default_factory=list)
+
+    def config(self, label: str, seed: int, extra: dict | None = None) -> Config:
+        if label not in self.arms:
+            raise ValueError(f"label must be one of {list(self.arms)}, got {label!r}")
+        over = {**self.base, **self.arms[label], "train.seed": seed, **(extra or {})}
+        return make_config(self.preset, overrides=over)
+
+
+def erc_arm(loss: str, beta: float | None, **extra) -> dict:
+    """Overrides of one arm: loss name, ERC on (beta_low = beta_high = beta) or off (beta None)."""
+    arm = {"loss.name": loss, "loss.erc": beta is not None, **extra}
+    if beta is not None:
+        arm.update({"loss.beta_low": float(beta), "loss.beta_high": float(beta)})
+    return arm
+
+
+def arm_label(loss: str, beta: float | None) -> str:
+    return loss.upper() if beta is None else f"{loss.upper()}+ERC b={beta:g}"
+
+
+# Notebook 03: the tiny model on single-digit addition (cpu-tiny preset), 4 optimizer steps per batch.
+TINY_BETAS = (0.02, 0.05, 0.1, 0.2)
+GPPO_EPS = {"loss.eps_low": 0.2, "loss.eps_high": 0.2}   # GPPO+ERC in the paper: eps 0.2 / 0.2
+TINY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False}
+
+
+def tiny_experiment(seeds=(0, 1, 2), betas=TINY_BETAS, steps: int = 20, sft_steps: int = 120) -> Experiment:
+    arms = {arm_label("dapo", None): erc_arm("dapo", None), arm_label("gppo", None): erc_arm("gppo", None, **GPPO_EPS)}
+    for b in betas:
+        arms[arm_label("dapo", b)] = erc_arm("dapo", b)
+        arms[arm_label("gppo", b)] = erc_arm("gppo", b, **GPPO_EPS)
+    base = {**TINY_BASE, "train.steps": steps, "sft.steps": sft_steps}
+    return Experiment("tiny_beta_sweep", "cpu-tiny", base, arms, list(seeds))
+
+
+# Notebook 04: SmolLM2-135M-Instruct, 4-option multiple choice, DAPO vs DAPO+ERC (beta 0.05).
+SMOL_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 10,
+             "rollout.prompts_per_step": 8, "rollout.group_size": 4, "rollout.max_new_tokens": 12,
+             "train.minibatch_prompts": 2,          # K = 4 optimizer steps per rollout batch
+             "train.eval_k": 2, "data.num_eval": 32}
+
+
+def smollm2_experiment(seeds=(0, 1, 2), steps: int = 10, capture_steps=(3, 6, 9)) -> Experiment:
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05)}
+    return Experiment("smollm2_dapo_vs_erc", "cpu-smollm2", {**SMOL_BASE, "train.steps": steps}, arms,
+                      list(seeds), [s for s in capture_steps if s <= steps])
+
+
+# ----------------------------------------------------------------------------- the trainer used here
+_SFT_CACHE: dict[str, dict] = {}
+
+
+class ExperimentTrainer(Trainer):
+    """The engine's Trainer plus three hooks for notebooks (no change to the training math):
+
+    * ``on_step(trainer, step_record)`` after every training step (live plots, progress bars);
+    * per-token capture at ``capture_steps``: before each minibatch update, one extra no-grad
+      forward gives the entropy the update sees; ERC's states come from ercref.erc_masks with the
+      run's beta (for an arm without ERC: the tokens ERC *would* clip);
+    * the supervised warm-up is computed once per (model, seed, sft, data) config in a process
+      and reused by the other arms (it does not depend on the RL loss);
+    and ``checkpoints=False`` skips checkpoint files (cached comparisons do not need them).
+    """
+
+    def __init__(self, cfg: Config, out_dir, resume: bool = False, on_step: Callable | None = None,
+                 capture_steps=(), checkpoints: bool = True, capture_beta: float = 0.05):
+        self.on_step = on_step
+        self.capture_steps = set(capture_steps)
+        self.checkpoints = checkpoints
+        self.capture_beta = capture_beta
+        self.token_records: list[dict] = []
+        self._mb_index = 0
+        super().__init__(cfg, out_dir, resume)
+
+    def _sft_key(self) -> str:
+        c = self.cfg
+        return json.dumps([c.model.name, c.model.init_seed, c.train.seed, c.sft.__dict__, c.data.__dict__], sort_keys=True,
+                          default=str)
+
+    def sft_warmup(self) -> None:
+        key = self._sft_key()
+        if key in _SFT_CACHE:
+            self.model.load_state_dict(_SFT_CACHE[key])
+            self.model.eval()
+            return
+        super().sft_warmup()
+        _SFT_CACHE[key] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self):
+        return super().save() if self.checkpoints else None
+
+    def train_step(self) -> dict:
+        self._mb_index = 0
+        rec = super().train_step()
+        if self.on_step is not None:
+            self.on_step(self, rec)
+        return rec
+
+    def update_minibatch(self, mb, adv, rewards):
+        step = self.step + 1
+        if step in self.capture_steps:
+            self._capture(mb, adv, step, self._mb_index)
+        self._mb_index += 1
+        return super().update_minibatch(mb, adv, rewards)
+
+    @torch.no_grad()
+    def _capture(self, mb, adv, step: int, staleness: int) -> None:
+        dev = self.device
+        was = self.model.training
+        self.model.train()  # the same mode as the update's forward
+        logp, ent = response_logprobs(self.model, mb.sequences.to(dev), mb.attention_mask.to(dev), mb.prompt_len,
+                                      self.cfg.rollout.temperature, self.cfg.model.fused_head)
+        self.model.train(was)
+        lo = self.cfg.loss
+        b_lo, b_hi = (lo.beta_low, lo.beta_high) if lo.erc else (self.capture_beta, self.capture_beta)
+        rmask = mb.response_mask.to(dev)
+        keep, low, high, rho = erc_masks(ent.float(), mb.old_entropy.to(dev), rmask, b_lo, b_hi)
+        ratio = torch.exp((logp.float() - mb.old_logp.to(dev)).clamp(-20, 20))
+        resp = mb.sequences[:, mb.prompt_len:]
+        for i in range(resp.shape[0]):
+            n = int(rmask[i].sum())
+            state = [(-1 if bool(low[i, t]) else 1 if bool(high[i, t]) else 0) for t in range(n)]
+            self.token_records.append({
+                "step": step, "staleness": staleness, "row": i, "advantage": float(adv[i]),
+                "text": mb.texts[i], "answer": mb.answers[i],
+                "tokens": token_strings(self.tok, resp[i, :n].tolist()),
+                "old_entropy": [round(float(x), 6) for x in mb.old_entropy[i, :n]],
+                "entropy": [round(float(x), 6) for x in ent[i, :n]],
+                "rho": [round(float(x), 6) for x in rho[i, :n]],
+                "ratio": [round(float(x), 6) for x in ratio[i, :n]],
+                "erc_state": state, "erc_applied": bool(lo.erc), "beta_low": b_lo, "beta_high": b_hi,
+            })
+
+
+# ----------------------------------------------------------------------------- running
+def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, on_step: Callable | None = None,
+            capture_steps=(), checkpoints: bool = True, resume: bool = False) -> tuple[list[dict], list[dict]]:
+    """Train one config to cfg.train.steps; returns (log records, token records), each tagged with
+    label and seed (seed defaults to cfg.train.seed)."""
+    seed = cfg.train.seed if seed is None else seed
+    tr = ExperimentTrainer(cfg, out_dir, resume=resume, on_step=on_step, capture_steps=capture_steps,
+                           checkpoints=checkpoints)
+    tr.fit()
+    from .metrics_log import read_log
+
+    logs = [dict(r, label=label, seed=seed) for r in read_log(tr.log.path)]
+    toks = [dict(r, label=label, seed=seed) for r in tr.token_records]
+    return logs, toks
+
+
+def run_experiment(exp: Experiment, results_dir=None, labels: list[str] | None = None, extra: dict | None = None,
+                   work_dir=None, verbose: bool = True) -> "Results":
+    """Run every (seed, arm) of ``exp`` (seeds outer, so paired arms finish together), appending to
+    the cache files after each run (a partial run leaves usable results). Returns the Results."""
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    results_dir.mkdir(parents=True, exist_ok=True)
+    labels = labels or list(exp.arms)
+    paths = cache_paths(exp.name, results_dir)
+    for p in (paths["log"], paths["tokens"]):
+        p.unlink(missing_ok=True)
+    tmp_root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"ercref-{exp.name}-"))
+    t0 = time.perf_counter()
+    run_times = []
+    try:
+        for seed in exp.seeds:
+            for label in labels:
+                cfg = exp.config(label, seed, extra)
+                t1 = time.perf_counter()
+                logs, toks = run_arm(cfg, tmp_root / f"{_slug(label)}-s{seed}", label, seed,
+                                     capture_steps=exp.capture_steps, checkpoints=False)
+                dt = time.perf_counter() - t1
+                run_times.append({"label": label, "seed": seed, "wall_s": round(dt, 1)})
+                _append_jsonl(paths["log"], logs)
+                if toks:
+                    _append_jsonl(paths["tokens"], toks)
+                if verbose:
+                    steps = [r for r in logs if r["kind"] == "step"]
+                    print(f"[{exp.name}] {label} seed {seed}: {len(steps)} steps in {dt:.1f} s", flush=True)
+                _write_meta(paths["meta"], exp, extra, labels, run_times, time.perf_counter() - t0, complete=False)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+    _write_meta(paths["meta"], exp, extra, labels, run_times, time.perf_counter() - t0, complete=True)
+    return load_results(exp.name, results_dir)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def compact(record: dict, digits: int = 6) -> dict:
+    """Floats rounded to ``digits`` significant digits (cached files stay small; the metrics are
+    float32 anyway, whose resolution is ~7 digits)."""
+    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in record.items()}
+
+
+def _append_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "a") as fh:
+        for r in records:
+            fh.write(json.dumps(compact(r)) + "\n")
+
+
+def _write_meta(path: Path, exp: Experiment, extra, labels, run_times, wall_s: float, complete: bool) -> None:
+    meta = {"name": exp.name, "preset": exp.preset, "base_overrides": exp.base, "extra_overrides": extra or {},
+            "arms": {k: exp.arms[k] for k in labels}, "seeds": exp.seeds, "capture_steps": exp.capture_steps,
+            "runs": run_times, "wall_s": round(wall_s, 1), "complete": complete,
+            "machine": {"cpus": os.cpu_count(), "torch_threads": 1, "platform": platform.platform(),
+                        "torch": torch.__version__},
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.write_text(json.dumps(meta, indent=2))
+
+
+# ----------------------------------------------------------------------------- loading
+def cache_paths(name: str, results_dir=None) -> dict[str, Path]:
+    d = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    return {"log": d / f"{name}.jsonl", "tokens": d / f"{name}_tokens.jsonl", "meta": d / f"{name}.meta.json"}
+
+
+@dataclass
+class Results:
+    """One experiment's logs as DataFrames (columns: the engine's metric names, label, seed)."""
+    name: str
+    log: pd.DataFrame
+    tokens: pd.DataFrame | None
+    meta: dict
+
+    def kind(self, kind: str) -> pd.DataFrame:
+        return self.log[self.log["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return self.kind("step")
+
+    @property
+    def minibatches(self) -> pd.DataFrame:
+        return self.kind("minibatch")
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        return self.kind("eval")
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(self.log["label"]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(set(int(s) for s in self.log["seed"]))
+
+
+def load_results(name: str, results_dir=None) -> Results:
+    """Results of a cached experiment; ValueError naming the file when it is missing or empty."""
+    paths = cache_paths(name, results_dir)
+    if not paths["log"].is_file():
+        raise ValueError(f"no cached results {str(paths['log'])!r}; regenerate with "
+                         f"`python -m ercref.lm.experiments` (see its --help)")
+    recs = [json.loads(l) for l in paths["log"].read_text().splitlines() if l.strip()]
+    if not recs:
+        raise ValueError(f"cached results {str(paths['log'])!r} hold no records")
+    for r in recs:
+        if "label" not in r or "seed" not in r:
+            raise ValueError(f"cached results {str(paths['log'])!r}: a record has no label/seed")
+    tokens = None
+    if paths["tokens"].is_file():
+        tokens = pd.DataFrame.from_records([json.loads(l) for l in paths["tokens"].read_text().splitlines() if l.strip()])
+    meta = json.loads(paths["meta"].read_text()) if paths["meta"].is_file() else {}
+    return Results(name, pd.DataFrame.from_records(recs), tokens, meta)
+
+
+def merge_results(name: str, parts: list, results_dir=None) -> Results:
+    """Combine caches of one experiment written in parts (e.g. arms run by parallel processes, each
+    with its own --results-dir) into ``results_dir``. Meta: the union of arms, seeds and runs;
+    ``wall_s`` is the longest part (elapsed, parts in parallel), ``run_wall_s`` the sum over runs."""
+    logs, toks, metas = [], [], []
+    for d in parts:
+        paths = cache_paths(name, d)
+        if not paths["log"].is_file() or not paths["meta"].is_file():
+            raise ValueError(f"part {str(d)!r} holds no complete cache of {name!r}")
+        logs.append(paths["log"].read_text())
+        if paths["tokens"].is_file():
+            toks.append(paths["tokens"].read_text())
+        metas.append(json.loads(paths["meta"].read_text()))
+    out = cache_paths(name, results_dir)
+    out["log"].parent.mkdir(parents=True, exist_ok=True)
+    out["log"].write_text("".join(logs))
+    if toks:
+        out["tokens"].write_text("".join(toks))
+    meta = dict(metas[0])
+    runs = [r for m in metas for r in m["runs"]]   # the runs each part finished (a part may have been stopped early)
+    arms = {k: v for m in metas for k, v in m["arms"].items()}
+    meta["arms"] = {k: arms[k] for k in dict.fromkeys(r["label"] for r in runs)}
+    meta["seeds"] = sorted({r["seed"] for r in runs})
+    meta["runs"] = runs
+    meta["wall_s"] = max(m["wall_s"] for m in metas)
+    meta["run_wall_s"] = round(sum(r["wall_s"] for r in runs), 1)
+    meta["parallel_parts"] = len(metas)
+    done = {(r["label"], r["seed"]) for r in runs}
+    meta["complete"] = all((a, s) in done for a in meta["arms"] for s in meta["seeds"])  # every arm x seed
+    out["meta"].write_text(json.dumps(meta, indent=2))
+    return load_results(name, results_dir)
+
+
+def results_from_records(name: str, logs: list[dict], tokens: list[dict] | None = None, meta: dict | None = None) -> Results:
+    """Results from in-memory records (a run made in the notebook)."""
+    return Results(name, pd.DataFrame.from_records(logs), pd.DataFrame.from_records(tokens) if tokens else None, meta or {})
+
+
+def token_table(tokens: pd.DataFrame) -> pd.DataFrame:
+    """One row per response token of the captures: label, seed, step, staleness, old_entropy,
+    entropy, rho, ratio, erc_state (-1 / 0 / +1), clipped (bool)."""
+    rows = []
+    for r in tokens.itertuples(index=False):
+        for t in range(len(r.tokens)):
+            rows.append({"label": r.label, "seed": r.seed, "step": r.step, "staleness": r.staleness,
+                         "token": r.tokens[t], "old_entropy": r.old_entropy[t], "entropy": r.entropy[t],
+                         "rho": r.rho[t], "ratio": r.ratio[t], "erc_state": r.erc_state[t],
+                         "clipped": r.erc_state[t] != 0, "erc_applied": r.erc_applied})
+    return pd.DataFrame.from_records(rows)
+
+
+# ----------------------------------------------------------------------------- GPU notebook helpers
+def cuda_report() -> dict:
+    """{"available", "message", and when available "name", "total_gb", "free_gb"}: a plain check
+    to run before loading a 1.5B model."""
+    if not torch.cuda.is_available():
+        return {"available": False, "message": "No CUDA GPU found (torch.cuda.is_available() is False): the paper "
+                "recipe needs one; this notebook runs its quick CPU path with the tiny model instead."}
+    free, total = torch.cuda.mem_get_info()
+    name = torch.cuda.get_device_name(0)
+    msg = f"CUDA GPU: {name}, {total / 2**30:.1f} GB total, {free / 2**30:.1f} GB free."
+    if total < 40 * 2**30:
+        msg += (" Under 40 GB: the paper's 16K-token responses with 1024 sequences per step will not fit; "
+                "lower rollout.max_new_tokens / rollout.prompts_per_step / train.micro_batch_size.")
+    return {"available": True, "message": msg, "name": name, "total_gb": total / 2**30, "free_gb": free / 2**30}
+
+
+# The paper's recipe (arXiv 2512.05591 section 4 and the authors' scripts) in the engine's field names.
+PAPER_RECIPE = {
+    "model.name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "data.path": "Kwai-Klear/KlearReasoner-MathSub-30K",
+    "data.max_prompt_tokens": 4096,
+    "rollout.prompts_per_step": 128, "rollout.group_size": 8,
+    "rollout.max_new_tokens": 16384, "rollout.temperature": 1.0, "rollout.top_p": 1.0,
+    "reward.judge": "math", "reward.scheme": "paper", "reward.correct": 1.0, "reward.wrong": -1.0,
+    "reward.no_think_close": -0.5, "reward.overlong_shaping": False,
+    "loss.name": "dapo", "loss.eps_low": 0.2, "loss.eps_high": 0.28, "loss.clip_ratio_c": 10.0,
+    "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
+    "loss.agg_mode": "token-mean", "loss.dynamic_sampling": True,
+    "optim.lr": 1e-6, "optim.warmup_steps": 10, "optim.weight_decay": 0.1, "optim.grad_clip": 1.0,
+    "train.minibatch_prompts": 16,
+    "train.eval_k": 32, "train.eval_temperature": 0.6, "train.eval_top_p": 0.95, "train.eval_max_new_tokens": 32768,
+}
+PAPER_NOT_IN_CONFIG = [
+    "generation batch of 256 prompts filtered to 128 by dynamic sampling: the engine drops all-equal groups "
+    "without refilling the batch, so a step can train on fewer than 128 prompts",
+    "rollouts with vLLM in the authors' verl fork: set rollout.backend=vllm when vllm is installed (HF generate otherwise)",
+    "evaluation on AIME24 / AIME25 / HMMT25 / MATH-500: this notebook evaluates AIME24, AIME25 and MATH-500",
+]
+
+
+def recipe_diff(cfg: Config, recipe: dict | None = None) -> pd.DataFrame:
+    """Rows (field, paper, config) for every recipe field where cfg differs from the paper."""
+    recipe = PAPER_RECIPE if recipe is None else recipe
+    flat = {f"{sec}.{k}": v for sec, fields in cfg.to_dict().items() if isinstance(fields, dict) for k, v in fields.items()}
+    rows = []
+    for key, paper in recipe.items():
+        if key not in flat:
+            raise ValueError(f"recipe field {key!r} is not a config field")
+        mine = flat[key]
+        same = (mine == paper) if not isinstance(paper, float) else (isinstance(mine, (int, float)) and abs(mine - paper) <= 1e-12)
+        if not same:
+            rows.append({"field": key, "paper": paper, "config": mine})
+    return pd.DataFrame(rows, columns=["field", "paper", "config"])
+
+
+def write_verl_file(records: list[dict], path, data_source: str = "synthetic") -> Path:
+    """Synthetic records -> a verl-format JSONL (prompt as chat messages, answer in
+    reward_model.ground_truth): a local stand-in for the hub data in quick mode."""
+    rows = [{"data_source": data_source, "prompt": [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str)
+             else r["prompt"], "reward_model": {"style": "rule", "ground_truth": r["answer"]}} for r in records]
+    return write_jsonl(rows, path)
+
+
+# Benchmarks: (loader kind, hub id or local file, split). AIME rows have problem / answer fields, as MATH-500.
+BENCHMARKS = {
+    "AIME24": ("math500", "HuggingFaceH4/aime_2024", "train"),
+    "AIME25": ("math500", "math-ai/aime25", "test"),
+    "MATH-500": ("math500", "HuggingFaceH4/MATH-500", "test"),
+}
+
+
+def evaluate_benchmarks(trainer: Trainer, benchmarks: dict[str, tuple], limit: int | None = None) -> pd.DataFrame:
+    """avg@k and pass@k of the trainer's policy on each benchmark (name -> (kind, path, split)),
+    with the run's eval settings (train.eval_k, eval temperature / top-p, math-verify judge when
+    reward.judge is "math"). One row per benchmark."""
+    from .data import with_system_prompt
+
+    saved = trainer.eval_set
+    rows = []
+    try:
+        for name, (kind, path, split) in benchmarks.items():
+            recs = load_dataset_records(kind, path, split, limit=limit)
+            trainer.eval_set = [with_system_prompt(r, trainer.cfg.data.system_prompt) for r in recs]
+            rec = trainer.evaluate()
+            k = trainer.cfg.train.eval_k
+            rows.append({"benchmark": name, "prompts": len(recs), "k": k, f"avg@k": rec[f"eval/avg@{k}"],
+                         "pass@k": rec[f"eval/pass@{k}"], "mean length": rec["eval/len_mean"]})
+    finally:
+        trainer.eval_set = saved
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ercref.lm.experiments",
+                                 description="Regenerate the cached comparisons the notebooks re-plot (data/results/).")
+    ap.add_argument("which", choices=["tiny", "smollm2", "all"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    ap.add_argument("--steps", type=int, default=None, help="RL steps per run")
+    ap.add_argument("--results-dir", default=None, help=f"default {RESULTS_DIR}")
+    ap.add_argument("--labels", nargs="+", default=None, help="run only these arms (e.g. to split arms over processes, "
+                    "then combine the folders with merge_results)")
+    ap.add_argument("--merge-from", nargs="+", default=None, metavar="DIR",
+                    help="instead of running: merge the caches of this experiment found in these folders")
+    args = ap.parse_args(argv)
+    todo = []
+    if args.which in ("tiny", "all"):
+        kw = {}
+        if args.seeds:
+            kw["seeds"] = args.seeds
+        if args.steps:
+            kw["steps"] = args.steps
+        todo.append(tiny_experiment(**kw))
+    if args.which in ("smollm2", "all"):
+        kw = {}
+        if args.seeds:
+            kw["seeds"] = args.seeds
+        if args.steps:
+            kw["steps"] = args.steps
+        todo.append(smollm2_experiment(**kw))
+    if args.merge_from:
+        for exp in todo:
+            res = merge_results(exp.name, args.merge_from, args.results_dir)
+            print(f"[{exp.name}] merged {len(args.merge_from)} parts: arms {res.labels}, seeds {res.seeds}")
+        return 0
+    for exp in todo:
+        t0 = time.perf_counter()
+        res = run_experiment(exp, args.results_dir, labels=args.labels)
+        print(f"[{exp.name}] done: {len(res.labels)} arms x {len(res.seeds)} seeds in {time.perf_counter() - t0:.0f} s "
+              f"-> {cache_paths(exp.name, args.results_dir)['log']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
