@@ -13,10 +13,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-TIMEOUT_PER_CELL_S = 900
+TIMEOUT_PER_CELL_S = 300
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
@@ -50,8 +51,18 @@ def test_kernel_is_this_interpreter(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_clean(path: Path):
-    nb = nbformat.read(path, as_version=4)
-    execute(nb, path.parent)  # raises CellExecutionError (with the cell and traceback) on any error
+    # Rarely, the jupyter client and an idle kernel both wait on a lost message (seen here under
+    # heavy load); that surfaces as a cell timeout. One fresh-kernel retry is allowed and reported;
+    # a cell *error* (CellExecutionError) is never retried.
+    for attempt in (1, 2):
+        nb = nbformat.read(path, as_version=4)
+        try:
+            execute(nb, path.parent)  # raises CellExecutionError (with the cell and traceback) on any error
+            break
+        except (CellTimeoutError, DeadKernelError) as e:
+            if attempt == 2:
+                raise
+            print(f"RETRY {path.name}: attempt 1 hit {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     n_code = sum(c.cell_type == "code" for c in nb.cells)
