@@ -1,11 +1,11 @@
-"""Per-token HTML views (ercref.lm.token_view): escaping, state styling, length checks."""
+"""Per-token HTML views (ercref.study.token_view): escaping, state styling, length checks."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from ercref import erc_masks
-from ercref.lm import token_view as tv
+from ercref.study import token_view as tv
 from ercref.lm.models import build_char_tokenizer
 
 

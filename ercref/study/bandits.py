@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from ._checks import check_fraction, check_positive
-from .advantages import group_advantages
-from .entropy import logprobs_and_entropy
-from .erc import erc_masks
-from .objective import PolicyLossConfig, compute_policy_loss
+from ercref._checks import check_fraction, check_positive
+from ercref.advantages import group_advantages
+from ercref.entropy import logprobs_and_entropy
+from ercref.erc import erc_masks
+from ercref.objective import PolicyLossConfig, compute_policy_loss
 
 Tensor = torch.Tensor
 ENVS = ("k_armed", "contextual")

@@ -11,16 +11,16 @@ Cached layout of one experiment ``NAME`` (small files, committed):
                                     importance ratio and the ERC state per token
     data/results/NAME.meta.json     preset, base overrides, arms, seeds, wall time, machine
 
-Regenerate (``python -m ercref.lm.experiments --help``):
+Regenerate (``python -m ercref.study.experiments --help``):
 
-    python -m ercref.lm.experiments tiny      # notebook 03: 10 arms x 3 seeds, ~10 min (1 torch thread)
-    python -m ercref.lm.experiments smollm2   # notebook 04: 2 arms x 3 seeds, ~10 min per run (1 thread)
+    python -m ercref.study.experiments tiny      # notebook 03: 10 arms x 3 seeds, ~10 min (1 torch thread)
+    python -m ercref.study.experiments smollm2   # notebook 04: 2 arms x 3 seeds, ~10 min per run (1 thread)
 
 Arms can run in parallel processes (one torch thread each), then be merged:
 
-    python -m ercref.lm.experiments smollm2 --labels DAPO --results-dir /tmp/a
-    python -m ercref.lm.experiments smollm2 --labels DAPO+ERC --results-dir /tmp/b
-    python -m ercref.lm.experiments smollm2 --merge-from /tmp/a /tmp/b
+    python -m ercref.study.experiments smollm2 --labels DAPO --results-dir /tmp/a
+    python -m ercref.study.experiments smollm2 --labels DAPO+ERC --results-dir /tmp/b
+    python -m ercref.study.experiments smollm2 --merge-from /tmp/a /tmp/b
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ import torch
 
 from ercref import erc_masks
 
-from .config import Config, make_config
-from .data import load_dataset_records, write_jsonl
-from .rollout import response_logprobs
+from ercref.lm.config import Config, make_config
+from ercref.lm.data import load_dataset_records, write_jsonl
+from ercref.lm.rollout import response_logprobs
 from .token_view import token_strings
-from .trainer import Trainer
+from ercref.lm.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "data" / "results"
@@ -210,7 +210,7 @@ def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, o
     tr = ExperimentTrainer(cfg, out_dir, resume=resume, on_step=on_step, capture_steps=capture_steps,
                            checkpoints=checkpoints)
     tr.fit()
-    from .metrics_log import read_log
+    from ercref.lm.metrics_log import read_log
 
     logs = [dict(r, label=label, seed=seed) for r in read_log(tr.log.path)]
     toks = [dict(r, label=label, seed=seed) for r in tr.token_records]
@@ -322,7 +322,7 @@ def load_results(name: str, results_dir=None) -> Results:
     paths = cache_paths(name, results_dir)
     if not paths["log"].is_file():
         raise ValueError(f"no cached results {str(paths['log'])!r}; regenerate with "
-                         f"`python -m ercref.lm.experiments` (see its --help)")
+                         f"`python -m ercref.study.experiments` (see its --help)")
     recs = [json.loads(l) for l in paths["log"].read_text().splitlines() if l.strip()]
     if not recs:
         raise ValueError(f"cached results {str(paths['log'])!r} hold no records")
@@ -462,7 +462,7 @@ def evaluate_benchmarks(trainer: Trainer, benchmarks: dict[str, tuple], limit: i
     """avg@k and pass@k of the trainer's policy on each benchmark (name -> (kind, path, split)),
     with the run's eval settings (train.eval_k, eval temperature / top-p, math-verify judge when
     reward.judge is "math"). One row per benchmark."""
-    from .data import with_system_prompt
+    from ercref.lm.data import with_system_prompt
 
     saved = trainer.eval_set
     rows = []
@@ -481,7 +481,7 @@ def evaluate_benchmarks(trainer: Trainer, benchmarks: dict[str, tuple], limit: i
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ercref.lm.experiments",
+    ap = argparse.ArgumentParser(prog="python -m ercref.study.experiments",
                                  description="Regenerate the cached comparisons the notebooks re-plot (data/results/).")
     ap.add_argument("which", choices=["tiny", "smollm2", "all"])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")

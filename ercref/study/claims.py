@@ -3,7 +3,7 @@ from the numbers (never typed in).
 
 Every measure is one number per (arm, seed); arms are compared per seed (paired: the same seed
 gives the same initial model, warm-up and prompt order), and intervals are Student-t 95 %
-intervals over seeds (ercref.viz.mean_interval).
+intervals over seeds (ercref.study.plots.mean_interval).
 
 Verdict rules (the strings a notebook prints):
     clip_rate_verdict     "reproduced" when ERC's clip rate over all minibatches lies in
@@ -26,7 +26,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ercref.viz import mean_interval
+from ercref.study.plots import mean_interval
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 STALE_ONLY = "reproduced only when minibatches are stale (k >= 1)"

@@ -1,4 +1,4 @@
-"""Figures of LM runs for notebooks 03-05 (style from ercref.viz): per-step curves with seed bands,
+"""Figures of LM runs for notebooks 03-05 (style from ercref.study.plots): per-step curves with seed bands,
 clip fractions per minibatch staleness, and a live plot redrawn from a run's JSONL log.
 
 Plotting only: the numbers are the engine's logged metrics.
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ercref.viz import PALETTE, mean_interval, metric_panels
+from ercref.study.plots import PALETTE, mean_interval, metric_panels
 
 STEP_PANELS = [
     ("reward/accuracy", "training accuracy", "fraction correct"),
