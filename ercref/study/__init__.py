@@ -1,0 +1,11 @@
+"""ercref.study: teaching and experiment tools built on the engine (ercref.lm) and the core.
+
+    bandits      toy K-armed and contextual bandits for notebook 01 (one update = the core objective)
+    experiments  multi-seed arm runner over the engine's Trainer (callbacks), result cache with provenance
+    claims       Student-t intervals, paired differences and verdict strings computed from numbers
+    plots        the one plotting module: style, seed bands, run curves, live plots
+    token_view   per-token tables and HTML highlighting of ERC's clipped tokens
+
+Nothing here defines loss math: every number comes from ercref's core or the engine.
+Imports matplotlib / pandas (the core and the engine do not).
+"""
