@@ -10,15 +10,18 @@ Tokens whose gradient ERC stopped are still response tokens: they stay in every 
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from ._checks import as_bool_mask, check_any, check_float
 
 Tensor = torch.Tensor
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AGG_MODES: tuple[str, ...] = get_args(AggMode)
 
 
-def aggregate(per_token_loss: Tensor, response_mask: Tensor, mode: str = "token-mean", norm: float | None = None) -> Tensor:
+def aggregate(per_token_loss: Tensor, response_mask: Tensor, mode: AggMode = "token-mean", norm: float | None = None) -> Tensor:
     check_float("per_token_loss", per_token_loss)
     mask = as_bool_mask("response_mask", response_mask, per_token_loss, "per_token_loss")
     check_any("response_mask", mask)

@@ -9,16 +9,19 @@ Shapes: logp, ref_logp, entropy, response_mask (B, T); rewards (B,).
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from ._checks import as_bool_mask, check_finite, check_float, check_same_shape
 from .aggregation import aggregate
 
 Tensor = torch.Tensor
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
     """Per-token estimate of KL(pi_theta || pi_ref) for tokens sampled from pi_theta. (B, T)."""
     check_float("ref_logp", ref_logp)
     check_same_shape("ref_logp", ref_logp, "logp", logp)

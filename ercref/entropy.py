@@ -16,6 +16,8 @@ Shapes: logits (..., V) -> entropy (...) in float32 (float64 for float64 logits)
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ._checks import check_float, check_positive
@@ -116,6 +118,59 @@ def _check_labels(logits: Tensor, labels: Tensor) -> Tensor:
     return lab
 
 
+# ----------------------------------------------------------------------------- shared tile math
+# One (rows, V) tile of logits at a time; used here (logits given) and by ercref.fused_head
+# (logits recomputed from hidden states and the LM-head weight, tile by tile).
+
+def _tile_logp_entropy(z: Tensor, lab: Tensor, temperature: float, want_entropy: bool,
+                       owned: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """For a tile of raw logits z (rows, V) in the accumulation dtype and labels lab (rows,), with
+    z' = z / tau: returns (lse = logsumexp(z'), log pi(label) = z'_label - lse, H or None).
+
+    H = -sum_v p_v log p_v from the centred log p = z' - lse (no cancellation); -inf logits
+    (masked vocabulary entries) become the lowest finite value, so p = 0 and 0 * lowest = 0.
+    ``owned``: z is a temporary the function may overwrite (saves tile-sized buffers); otherwise
+    (a view of the caller's logits) it is left untouched.
+    """
+    if temperature != 1.0:
+        z, owned = (z.div_(temperature) if owned else z / temperature), True
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, lab[:, None]).squeeze(-1) - lse
+    if not want_entropy:
+        return lse, logp, None
+    lowest = torch.finfo(z.dtype).min
+    log_p = (z.clamp_(min=lowest) if owned else z.clamp(min=lowest)).sub_(lse[:, None])
+    return lse, logp, -torch.exp(log_p).mul_(log_p).sum(-1)
+
+
+def _chunked_logp_entropy(tile: Callable[[slice], Tensor], n_rows: int, chunk_rows: int, lab: Tensor,
+                          temperature: float, want_entropy: bool, owned: bool, acc: torch.dtype,
+                          device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(logp, lse, H or None), each (n_rows,) in ``acc``, from the tiles ``tile(rows)`` of raw
+    logits (acc dtype), ``chunk_rows`` rows at a time; ``owned`` as in _tile_logp_entropy."""
+    logp = torch.empty(n_rows, dtype=acc, device=device)
+    lse = torch.empty_like(logp)
+    ent = torch.empty_like(logp) if want_entropy else None
+    for i in range(0, n_rows, chunk_rows):
+        sl = slice(i, i + chunk_rows)
+        lse[sl], logp[sl], e = _tile_logp_entropy(tile(sl), lab[sl], temperature, want_entropy, owned)
+        if want_entropy:
+            ent[sl] = e
+    return logp, lse, ent
+
+
+def _tile_dlogits_(z: Tensor, lse: Tensor, lab: Tensor, g: Tensor, temperature: float) -> Tensor:
+    """In place on an owned tile z of raw logits (rows, V), accumulation dtype: returns
+    z <- g (onehot(label) - softmax(z / tau)) / tau = g * d log pi(label) / d z."""
+    if temperature != 1.0:
+        z.div_(temperature)
+    z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g p
+    z.scatter_add_(-1, lab[:, None], g[:, None])  # + g onehot
+    if temperature != 1.0:
+        z.div_(temperature)
+    return z
+
+
 class _ChunkedLogProb(torch.autograd.Function):
     """log pi(label) and H from logits (N, V), chunk by chunk, with an analytic chunked backward.
 
@@ -126,21 +181,10 @@ class _ChunkedLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: Tensor, lab: Tensor, temperature: float, chunk_rows: int, want_entropy: bool):
-        N, acc = flat.shape[0], acc_dtype(flat.dtype)
-        logp = torch.empty(N, dtype=acc, device=flat.device)
-        lse = torch.empty_like(logp)
-        ent = torch.empty_like(logp) if want_entropy else None
-        lowest = torch.finfo(acc).min
-        for i in range(0, N, chunk_rows):
-            z = flat[i : i + chunk_rows].to(acc, copy=temperature != 1.0)
-            if temperature != 1.0:
-                z.div_(temperature)
-            l = torch.logsumexp(z, dim=-1)
-            lse[i : i + chunk_rows] = l
-            logp[i : i + chunk_rows] = z.gather(-1, lab[i : i + chunk_rows, None]).squeeze(-1) - l
-            if want_entropy:
-                log_p = z.clamp(min=lowest).sub_(l[:, None])  # centred: H = -sum p log p, no cancellation
-                ent[i : i + chunk_rows] = -torch.exp(log_p).mul_(log_p).sum(-1)
+        acc = acc_dtype(flat.dtype)
+        # .to(acc) copies a low-precision tile (owned); an fp32/fp64 tile is a view of the input
+        logp, lse, ent = _chunked_logp_entropy(lambda sl: flat[sl].to(acc), flat.shape[0], chunk_rows, lab,
+                                               temperature, want_entropy, flat.dtype != acc, acc, flat.device)
         ctx.save_for_backward(flat, lab, lse)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         if want_entropy:
@@ -155,15 +199,8 @@ class _ChunkedLogProb(torch.autograd.Function):
         acc = acc_dtype(flat.dtype)
         grad = torch.empty_like(flat)
         for i in range(0, flat.shape[0], rows):
-            g = grad_logp[i : i + rows].to(acc)
-            z = flat[i : i + rows].to(acc, copy=True)
-            if tau != 1.0:
-                z.div_(tau)
-            z.sub_(lse[i : i + rows, None]).exp_().mul_(-g[:, None])  # -g p
-            z.scatter_add_(-1, lab[i : i + rows, None], g[:, None])  # + g onehot
-            if tau != 1.0:
-                z.div_(tau)
-            grad[i : i + rows] = z
+            sl = slice(i, i + rows)
+            grad[sl] = _tile_dlogits_(flat[sl].to(acc, copy=True), lse[sl], lab[sl], grad_logp[sl].to(acc), tau)
         return grad, None, None, None, None
 
 

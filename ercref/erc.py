@@ -53,10 +53,11 @@ def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
 
 
 def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
-              beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, dict[str, float]]:
+              beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, dict[str, Tensor]]:
     """Wrap any per-token loss l_t (B, T) with ERC: I_t * l_t + (1 - I_t) * sg(l_t).
 
-    Returns the new per-token loss (same forward values, bit for bit) and metrics:
+    Returns the new per-token loss (same forward values, bit for bit) and metrics (detached 0-d
+    tensors; ``ercref.metrics_to_floats`` converts them with one host sync):
       erc/clip_frac       fraction of response tokens ERC clips (= 1 - the authors' kept fraction)
       erc/clip_frac_low   ... with rho <= 1 - beta_low
       erc/clip_frac_high  ... with rho >= 1 + beta_high
@@ -70,9 +71,9 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
     n = mask.sum()
     out = torch.where(keep, per_token_loss, per_token_loss.detach())
     metrics = {
-        "erc/clip_frac": float((mask & ~keep).sum() / n),
-        "erc/clip_frac_low": float(low.sum() / n),
-        "erc/clip_frac_high": float(high.sum() / n),
-        "entropy/ratio_mean": float((rho * mask).sum() / n),
+        "erc/clip_frac": (mask & ~keep).sum() / n,
+        "erc/clip_frac_low": low.sum() / n,
+        "erc/clip_frac_high": high.sum() / n,
+        "entropy/ratio_mean": (rho * mask).sum() / n,  # rho is already detached
     }
     return out, metrics

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_float, check_positive
-from .entropy import acc_dtype
+from .entropy import _chunked_logp_entropy, _tile_dlogits_, acc_dtype
 
 Tensor = torch.Tensor
 DEFAULT_TILE_ELEMENTS = 1 << 22
@@ -32,19 +32,10 @@ DEFAULT_TILE_ELEMENTS = 1 << 22
 class _FusedLogpEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float, chunk_rows: int):
-        N, acc = hidden.shape[0], acc_dtype(hidden.dtype)
-        logp = torch.empty(N, dtype=acc, device=hidden.device)
-        ent = torch.empty_like(logp)
-        lse = torch.empty_like(logp)
-        for i in range(0, N, chunk_rows):
-            z = (hidden[i : i + chunk_rows] @ weight.T).to(acc)
-            if temperature != 1.0:
-                z.div_(temperature)
-            l = torch.logsumexp(z, dim=-1)
-            lse[i : i + chunk_rows] = l
-            logp[i : i + chunk_rows] = z.gather(-1, labels[i : i + chunk_rows, None]).squeeze(-1) - l
-            z.sub_(l[:, None])  # z - lse = log p
-            ent[i : i + chunk_rows] = -(z.exp().mul_(z).sum(-1))
+        acc = acc_dtype(hidden.dtype)
+        # each tile is a fresh matmul output (owned: the shared tile math may overwrite it)
+        logp, lse, ent = _chunked_logp_entropy(lambda sl: (hidden[sl] @ weight.T).to(acc), hidden.shape[0], chunk_rows,
+                                               labels, temperature, True, True, acc, hidden.device)
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         ctx.mark_non_differentiable(ent)
@@ -59,19 +50,11 @@ class _FusedLogpEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         for i in range(0, hidden.shape[0], rows):
-            h = hidden[i : i + rows]
-            g = grad_logp[i : i + rows].to(acc)
-            z = (h @ weight.T).to(acc)
-            if tau != 1.0:
-                z.div_(tau)
-            z.sub_(lse[i : i + rows, None]).exp_()  # p
-            z.mul_(-g[:, None])  # -g p
-            z.scatter_add_(-1, labels[i : i + rows, None], g[:, None])  # + g onehot
-            if tau != 1.0:
-                z.div_(tau)
-            dz = z.to(hidden.dtype)
+            sl = slice(i, i + rows)
+            h = hidden[sl]
+            dz = _tile_dlogits_((h @ weight.T).to(acc), lse[sl], labels[sl], grad_logp[sl].to(acc), tau).to(hidden.dtype)
             if need_h:
-                grad_h[i : i + rows] = dz @ weight
+                grad_h[sl] = dz @ weight
             if need_w:
                 grad_w.addmm_(dz.T.to(acc), h.to(acc))
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None

@@ -11,7 +11,8 @@ and returns the *loss* (to minimise) l_t = -objective_t. ERC is not a loss: it i
 
     r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(clamp(logp - old_logp, -20, 20))
 
-Metrics (fractions over response tokens):
+Metrics are detached 0-d tensors (no host sync here; ``ercref.metrics_to_floats`` converts a
+whole dict with one). Fractions are over response tokens:
     ppo/clip_frac_low   the low-side clip is active  (A < 0, r < 1 - eps_low for PPO-style losses)
     ppo/clip_frac_high  the high-side clip is active (A > 0, r > 1 + eps_high)
     ppo/dual_clip_frac  the dual clip is active      (A < 0, -A r > -A c)
@@ -20,6 +21,7 @@ Metrics (fractions over response tokens):
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 import torch
@@ -28,7 +30,7 @@ from ._checks import as_bool_mask, check_any, check_finite, check_float, check_f
 
 Tensor = torch.Tensor
 LOG_RATIO_CLAMP = 20.0
-LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
+LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -60,18 +62,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum()
 
 
-def _frac(cond: Tensor, mask: Tensor) -> float:
-    return float((cond & mask).sum() / mask.sum())
+def _frac(cond: Tensor, mask: Tensor) -> Tensor:
+    """Fraction (0-d float tensor, on the device, no sync) of the True entries of mask where cond holds."""
+    return (cond & mask).sum() / mask.sum()
 
 
-def _common_metrics(log_ratio: Tensor, mask: Tensor, low: Tensor, high: Tensor, dual: Tensor | None = None) -> dict[str, float]:
-    m = {
+def _common_metrics(log_ratio: Tensor, mask: Tensor, low: Tensor, high: Tensor, dual: Tensor | None = None) -> dict[str, Tensor]:
+    return {
         "ppo/clip_frac_low": _frac(low, mask),
         "ppo/clip_frac_high": _frac(high, mask),
-        "ppo/dual_clip_frac": 0.0 if dual is None else _frac(dual, mask),
-        "kl/approx_old": float(masked_mean(-log_ratio.detach(), mask)),
+        "ppo/dual_clip_frac": torch.zeros((), device=mask.device) if dual is None else _frac(dual, mask),
+        "kl/approx_old": masked_mean(-log_ratio.detach(), mask),
     }
-    return m
 
 
 def _dual_clip(loss: Tensor, A: Tensor, clip_ratio_c: float | None) -> tuple[Tensor, Tensor | None]:
@@ -212,6 +214,19 @@ def register_loss(name: str, fn: LossFn, **defaults) -> LossFn:
 
 def get_loss(name: str) -> LossFn:
     return LOSSES[name]
+
+
+_COMMON_INPUTS = ("logp", "old_logp", "advantages", "response_mask")
+
+
+def loss_keywords(name: str) -> dict[str, inspect.Parameter] | None:
+    """The hyper-parameters loss ``name`` takes, by keyword (the parameters of its function after
+    the four common inputs), with their registered defaults. None if it accepts any (``**kw``)."""
+    params = inspect.signature(LOSSES[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {k: p for k, p in params.items()
+            if k not in _COMMON_INPUTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 register_loss("ppo", ppo_clip_loss, eps_low=0.2, eps_high=0.2)

@@ -9,14 +9,16 @@ advantages (B,) or (B, T); rewards (B,).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Real
 
 import torch
 
-from .aggregation import AGG_MODES, aggregate
-from .auxiliary import KL_ESTIMATORS, kl_penalty, positive_nll
+from .aggregation import AGG_MODES, AggMode, aggregate
+from .auxiliary import KL_ESTIMATORS, KLEstimator, kl_penalty, positive_nll
 from .erc import apply_erc
-from .losses import LOSSES, masked_mean
+from .losses import LOSSES, loss_keywords, masked_mean
 from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
 
 Tensor = torch.Tensor
@@ -24,26 +26,29 @@ Tensor = torch.Tensor
 
 @dataclass
 class PolicyLossConfig:
-    loss: str = "dapo"                 # a name in ercref.LOSSES
-    loss_kwargs: dict = field(default_factory=dict)  # overrides of the registered defaults
+    loss: str = "dapo"                 # per-token loss, a name in ercref.LOSSES
+    loss_kwargs: dict[str, float] = field(default_factory=dict)  # overrides of the loss's hyper-parameters (e.g. eps_high, beta1)
     erc: bool = True                   # wrap the loss with Entropy Ratio Clipping
-    beta_low: float = 0.05             # ERC keeps tokens with 1 - beta_low < rho < 1 + beta_high
-    beta_high: float = 0.05
-    agg_mode: str = "token-mean"       # see ercref.aggregation
-    agg_norm: float | None = None      # fixed normaliser for seq-mean-token-sum-norm
-    nll_coef: float = 0.1              # positive-sample NLL (paper: 0.1; 0 disables)
-    kl_coef: float = 0.0               # KL penalty to a reference policy (paper: none)
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0          # entropy bonus (paper: none)
+    beta_low: float = 0.05             # ERC keeps a token if 1 - beta_low < H_new / H_old (paper: 0.05)
+    beta_high: float = 0.05            # ... and H_new / H_old < 1 + beta_high (paper: 0.05)
+    agg_mode: AggMode = "token-mean"   # token-mean (DAPO/ERC), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr.GRPO)
+    agg_norm: float | None = None      # fixed normaliser for seq-mean-token-sum-norm (None: response length T)
+    nll_coef: float = 0.1              # positive-sample NLL weight (paper: 0.1; 0 disables)
+    kl_coef: float = 0.0               # KL penalty to a reference policy, needs ref_logp (paper: none)
+    kl_estimator: KLEstimator = "k3"   # KL estimator: k1, k2 or k3 (Schulman)
+    entropy_coef: float = 0.0          # entropy bonus, needs entropy with grad (paper: none)
     track_zero_grad: bool = True       # measure grad/zero_frac (one cheap elementwise backward)
 
     def __post_init__(self):
         LOSSES[self.loss]  # raises ValueError naming the unknown loss
+        self._check_loss_kwargs()
         if self.erc:
             check_fraction("beta_low", self.beta_low)
             check_positive("beta_high", self.beta_high)
         if self.agg_mode not in AGG_MODES:
             raise ValueError(f"agg_mode must be one of {AGG_MODES}, got {self.agg_mode!r}")
+        if self.agg_norm is not None:
+            check_positive("agg_norm", self.agg_norm)
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         for name in ("nll_coef", "kl_coef", "entropy_coef"):
@@ -51,11 +56,30 @@ class PolicyLossConfig:
             if not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
+    def _check_loss_kwargs(self) -> None:
+        """Every key must be a keyword the loss takes; every value a finite number (or None where
+        the loss accepts None, e.g. clip_ratio_c=None disables the dual clip)."""
+        if not isinstance(self.loss_kwargs, dict):
+            raise ValueError(f"loss_kwargs must be a dict, got {type(self.loss_kwargs).__name__}")
+        valid = loss_keywords(self.loss)
+        for key, value in self.loss_kwargs.items():
+            if valid is not None and key not in valid:
+                raise ValueError(f"loss_kwargs: loss {self.loss!r} takes no keyword {key!r}; "
+                                 f"its keywords are {sorted(valid) or 'none'}")
+            param = None if valid is None else valid[key]
+            if value is None and param is not None and (param.default is None or "None" in str(param.annotation)):
+                continue
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise ValueError(f"loss_kwargs[{key!r}] must be a finite number, got {value!r}")
+
 
 def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor,
                         response_mask: Tensor, entropy: Tensor | None = None, old_entropy: Tensor | None = None,
-                        rewards: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                        rewards: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss and metrics for one minibatch.
+
+    Metrics are detached 0-d tensors on the inputs' device (no host sync); convert them for logging
+    with ``ercref.metrics_to_floats`` (one sync for the whole dict).
 
     ``entropy`` is the current policy's token entropy; it is detached for the ERC mask and only
     differentiated through by the entropy bonus. ``old_entropy`` must come from the same no-grad
@@ -73,33 +97,33 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
                 check_float(name, x)
                 check_same_shape(name, x, "logp", logp)
                 check_finite(name, x.detach())
-            metrics["entropy/new_mean"] = float(masked_mean(entropy.detach(), mask))
-            metrics["entropy/old_mean"] = float(masked_mean(old_entropy, mask))
+            metrics["entropy/new_mean"] = masked_mean(entropy.detach(), mask)
+            metrics["entropy/old_mean"] = masked_mean(old_entropy.detach(), mask)
     if cfg.erc:
         per_tok, erc_metrics = apply_erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high)
         metrics.update(erc_metrics)
     if cfg.track_zero_grad and logp.requires_grad and torch.is_grad_enabled():
         (g,) = torch.autograd.grad(per_tok.sum(), logp, retain_graph=True, allow_unused=True)
         zero = mask if g is None else (g == 0) & mask
-        metrics["grad/zero_frac"] = float(zero.sum() / mask.sum())
+        metrics["grad/zero_frac"] = zero.sum() / mask.sum()
     loss = aggregate(per_tok, mask, cfg.agg_mode, cfg.agg_norm)
-    metrics["loss/policy"] = float(loss.detach())
+    metrics["loss/policy"] = loss.detach()
     if cfg.nll_coef > 0:
         if rewards is None:
             raise ValueError("rewards is required when cfg.nll_coef > 0 (the NLL term uses responses with reward 1)")
         nll = positive_nll(logp, mask, rewards)
-        metrics["loss/nll_positive"] = float(nll.detach())
+        metrics["loss/nll_positive"] = nll.detach()
         loss = loss + cfg.nll_coef * nll
     if cfg.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("ref_logp is required when cfg.kl_coef > 0")
         kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.agg_mode, cfg.agg_norm)
-        metrics["kl/ref"] = float(kl.detach())
+        metrics["kl/ref"] = kl.detach()
         loss = loss + cfg.kl_coef * kl
     if cfg.entropy_coef > 0:
         if entropy is None or not entropy.requires_grad:
             raise ValueError("entropy must be given with grad when cfg.entropy_coef > 0 (entropy bonus)")
         ent = aggregate(entropy, mask, cfg.agg_mode, cfg.agg_norm)
         loss = loss - cfg.entropy_coef * ent
-    metrics["loss/total"] = float(loss.detach())
+    metrics["loss/total"] = loss.detach()
     return loss, metrics

@@ -77,9 +77,9 @@ def test_dapo_and_gppo_with_erc_match_authors_semantics_on_1200_random_cases():
             assert abs(float(got.detach()) - float(ref.detach())) <= tol, (case, label)
             g = _grad(got, b.logp)
             assert float((g - ref_g).abs().max()) <= tol, (case, label)
-        # metrics are python floats of float32 fractions: compare at float32 resolution
-        assert abs(metrics["erc/clip_frac"] - (1.0 - ref_kept)) <= 1e-6, case
-        assert abs(m_erc["erc/clip_frac"] - (1.0 - ref_kept)) <= 1e-6, case
+        # metrics are 0-d float32 fractions: compare at float32 resolution
+        assert abs(float(metrics["erc/clip_frac"]) - (1.0 - ref_kept)) <= 1e-6, case
+        assert abs(float(m_erc["erc/clip_frac"]) - (1.0 - ref_kept)) <= 1e-6, case
 
         A = b.advantages if b.advantages.dim() == 2 else b.advantages.unsqueeze(-1).expand(B, T)
         rho = (b.entropy + 1e-8) / (b.old_entropy + 1e-8)

@@ -158,6 +158,49 @@ def test_bad_config_fields(kwargs, arg):
         Cfg(**kwargs)
 
 
+PPO_KW = "['clip_ratio_c', 'eps_high', 'eps_low']"
+
+
+@pytest.mark.parametrize("loss,key,listed", [
+    ("dapo", "beta1", PPO_KW), ("ppo", "eps", PPO_KW), ("pg", "eps_low", "none"),
+    ("cispo", "clip_ratio_c", "['eps_high', 'eps_low']"), ("gspo", "clip_ratio_c", "['eps_high', 'eps_low']"),
+    ("gppo", "beta3", "['beta1', 'beta2', 'clip_ratio_c', 'eps_high', 'eps_low']"),
+])
+def test_loss_kwargs_rejects_a_keyword_the_loss_does_not_take(loss, key, listed):
+    with pytest.raises(ValueError, match=f"{loss!r} takes no keyword {key!r}") as e:
+        Cfg(loss=loss, loss_kwargs={key: 0.5})
+    assert str(e.value).endswith(listed)  # the message lists what the loss does take
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF, "0.2", None, True, [0.2]])
+def test_loss_kwargs_rejects_non_finite_or_non_number_values(value):
+    with pytest.raises(ValueError, match="loss_kwargs\\['eps_low'\\]"):
+        Cfg(loss="dapo", loss_kwargs={"eps_low": value})
+
+
+def test_loss_kwargs_accepts_valid_keywords_and_none_where_the_loss_does():
+    Cfg(loss="gppo", loss_kwargs={"beta1": 0.5, "beta2": 2, "clip_ratio_c": None})
+    Cfg(loss="dapo", loss_kwargs={"eps_high": 0.28, "clip_ratio_c": None})  # None disables the dual clip
+    Cfg(loss="pg")
+
+
+@pytest.mark.parametrize("norm", [0.0, -1.0, NAN, INF, "8"])
+def test_agg_norm_must_be_finite_positive_or_none(norm):
+    with pytest.raises(ValueError, match="agg_norm"):
+        Cfg(agg_mode="seq-mean-token-sum-norm", agg_norm=norm)
+    Cfg(agg_mode="seq-mean-token-sum-norm", agg_norm=None)
+    Cfg(agg_mode="seq-mean-token-sum-norm", agg_norm=8)
+
+
+def test_config_literals_match_the_runtime_tuples():
+    import typing
+
+    hints = typing.get_type_hints(Cfg)
+    assert typing.get_args(hints["agg_mode"]) == ercref.AGG_MODES
+    from ercref.auxiliary import KL_ESTIMATORS
+    assert typing.get_args(hints["kl_estimator"]) == KL_ESTIMATORS == ("k1", "k2", "k3")
+
+
 def test_missing_terms_inputs():
     d = ok()
     args = (d["logp"], d["old_logp"], d["advantages"], d["response_mask"], d["entropy"], d["old_entropy"])

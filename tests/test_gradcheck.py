@@ -136,3 +136,63 @@ def test_gradcheck_entropy_from_logits(temperature, chunk_rows):
     logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(5), dtype=F64)
     f = lambda z: ercref.entropy_from_logits(z, temperature=temperature, chunk_rows=chunk_rows)  # noqa: E731
     assert gradcheck(f, (logits.requires_grad_(True),))
+
+
+# ----------------------------------------------------------------------------- auxiliary terms in the objective
+def _agg_weights(mask: torch.Tensor, agg_mode: str, norm: float | None) -> torch.Tensor:
+    """d agg(x) / d x as a (B, T) float64 tensor: every mode is linear in x."""
+    m = mask.to(F64)
+    if agg_mode == "token-mean":
+        return m / m.sum()
+    n = m.sum(-1, keepdim=True)
+    seqs = float((n > 0).sum())
+    if agg_mode == "seq-mean-token-mean":
+        return torch.where(n > 0, m / n.clamp(min=1), torch.zeros_like(m)) / seqs
+    return m / (seqs * (mask.shape[-1] if norm is None else norm))
+
+
+def _aux_batch(dtype):
+    gen = torch.Generator().manual_seed(9)
+    B, T = 4, 7
+    logp = (-3 * torch.rand(B, T, generator=gen, dtype=F64)).to(dtype).requires_grad_(True)
+    ref = logp.detach() + 0.8 * torch.randn(B, T, generator=gen, dtype=F64).to(dtype)
+    old_ent = (0.2 + torch.rand(B, T, generator=gen, dtype=F64)).to(dtype)
+    ent = (old_ent * (1 + 0.3 * torch.randn(B, T, generator=gen, dtype=F64).to(dtype))).abs().requires_grad_(True)
+    mask = torch.rand(B, T, generator=gen) < 0.7
+    mask[0] = False  # a sequence without response tokens
+    mask[1:, 0] = True
+    return logp, ref, ent, old_ent, mask
+
+
+@pytest.mark.parametrize("agg_mode,norm", [("token-mean", None), ("seq-mean-token-mean", None),
+                                           ("seq-mean-token-sum-norm", None), ("seq-mean-token-sum-norm", 3.0)])
+def test_entropy_bonus_gradient_is_minus_coef_times_aggregation_gradient(agg_mode, norm):
+    logp, _, ent, old_ent, mask = _aux_batch(torch.float32)
+    coef = 0.3
+    # ERC on: the entropy also builds the mask, which must add no gradient of its own
+    cfg = ercref.PolicyLossConfig(loss="dapo", erc=True, agg_mode=agg_mode, agg_norm=norm, nll_coef=0.0,
+                                  entropy_coef=coef)
+    loss, _ = ercref.compute_policy_loss(cfg, logp, logp.detach() - 0.1, torch.randn(4), mask, ent, old_ent)
+    (g,) = torch.autograd.grad(loss, ent)
+    expected = -coef * _agg_weights(mask, agg_mode, norm)
+    torch.testing.assert_close(g.to(F64), expected, rtol=1e-6, atol=1e-9)
+    assert torch.all(g[~mask] == 0)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+@pytest.mark.parametrize("agg_mode", ercref.AGG_MODES)
+def test_kl_term_gradient_wrt_logp_matches_a_float64_reference(estimator, agg_mode):
+    logp, ref, ent, old_ent, mask = _aux_batch(torch.float32)
+    coef = 0.2
+    cfg = ercref.PolicyLossConfig(loss="pg", erc=True, agg_mode=agg_mode, nll_coef=0.0, kl_coef=coef,
+                                  kl_estimator=estimator)
+    zero_adv = torch.zeros(4)  # the policy term -A r then has exactly zero gradient: only KL remains
+    loss, m = ercref.compute_policy_loss(cfg, logp, logp.detach(), zero_adv, mask, ent.detach(), old_ent,
+                                         ref_logp=ref)
+    (g,) = torch.autograd.grad(loss, logp)
+    d = ref.to(F64) - logp.detach().to(F64)  # KL(pi || ref) estimators with d = log ref - log pi
+    dk = {"k1": torch.ones_like(d), "k2": -d, "k3": 1 - d.exp()}[estimator]  # d k / d logp
+    kl = {"k1": -d, "k2": 0.5 * d * d, "k3": d.exp() - d - 1}[estimator]
+    w = _agg_weights(mask, agg_mode, None)
+    torch.testing.assert_close(g.to(F64), coef * w * dk, rtol=1e-5, atol=1e-7)
+    assert float(m["kl/ref"]) == pytest.approx(float((w * kl).sum()), rel=1e-5)

@@ -96,6 +96,7 @@ def test_registered_erc_loss_zeroes_gradient_of_entropy_clipped_tokens_inside_ve
     ppo_active = ((adv > 0) & (logp.exp() / old.exp() > 1.28)) | ((adv < 0) & (logp.exp() / old.exp() < 0.8))
     assert torch.all(logp.grad[kept & ~ppo_active] != 0)
     assert metrics["actor/erc_clip_frac"] == pytest.approx(clipped.sum().item() / mask.sum().item())
+    assert all(type(v) is float for v in metrics.values())  # python floats, like verl's own losses
 
 
 def test_erc_loss_outside_entropy_context_explains_what_is_missing():

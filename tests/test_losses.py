@@ -198,3 +198,72 @@ def test_bf16_inputs_give_finite_loss_close_to_fp32(name):
     _, m32 = ercref.apply_erc(p32, ent.float(), ent_old.float(), mask, 0.2, 0.2)
     assert torch.isfinite(out).all() and m16["erc/clip_frac"] == pytest.approx(m32["erc/clip_frac"])
     assert math.isfinite(m16["erc/clip_frac"])
+
+
+# ----------------------------------------------------------------------------- metrics: 0-d tensors, one sync
+def _all_terms_call(name, dtype=torch.float32):
+    """compute_policy_loss with every term on (ERC, NLL, KL, entropy bonus, grad/zero_frac)."""
+    gen = torch.Generator().manual_seed(5)
+    b = random_batch(gen, 4, 6, per_token_adv=True)
+    logp = b.logp.detach().to(dtype).requires_grad_(True)
+    entropy = b.entropy.detach().to(dtype).requires_grad_(True)
+    cfg = ercref.PolicyLossConfig(loss=name, erc=True, nll_coef=0.1, kl_coef=0.05, entropy_coef=0.01,
+                                  beta_low=0.2, beta_high=0.2)
+    rewards = torch.tensor([1.0, 0.0, 1.0, -1.0], dtype=dtype)
+    return ercref.compute_policy_loss(cfg, logp, b.old_logp.to(dtype), b.advantages.to(dtype), b.mask, entropy,
+                                      b.old_entropy.to(dtype), rewards=rewards, ref_logp=b.old_logp.to(dtype) - 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(ercref.LOSSES))
+def test_every_metric_is_a_detached_0d_tensor_and_metrics_to_floats_gives_the_same_numbers(name):
+    loss, m = _all_terms_call(name)
+    expected = {"ppo/clip_frac_low", "ppo/clip_frac_high", "ppo/dual_clip_frac", "kl/approx_old", "entropy/new_mean",
+                "entropy/old_mean", "erc/clip_frac", "erc/clip_frac_low", "erc/clip_frac_high", "entropy/ratio_mean",
+                "grad/zero_frac", "loss/policy", "loss/nll_positive", "kl/ref", "loss/total"}
+    assert set(m) == expected
+    for k, v in m.items():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and v.is_floating_point(), k
+        assert not v.requires_grad, k
+    floats = ercref.metrics_to_floats(m)
+    assert list(floats) == list(m)  # same keys, same order
+    for k, v in m.items():
+        assert type(floats[k]) is float and floats[k] == float(v), k  # exactly the value float() gives
+    assert floats["loss/total"] == float(loss.detach())
+    # the registry and apply_erc on their own return 0-d tensors as well
+    b = random_batch(torch.Generator().manual_seed(6), 3, 5)
+    per_tok, m_loss = ercref.LOSSES[name](b.logp, b.old_logp, b.advantages, b.mask)
+    _, m_erc = ercref.apply_erc(per_tok, b.entropy, b.old_entropy, b.mask)
+    for k, v in {**m_loss, **m_erc}.items():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad, k
+
+
+def test_metrics_to_floats_syncs_once_and_accepts_numbers_and_any_dtype(monkeypatch):
+    import numpy as np
+
+    metrics = {"a": torch.tensor(0.25), "n": 3, "b": torch.tensor(1.5, dtype=torch.bfloat16),
+               "c": torch.tensor(1 / 3, dtype=F64), "i": torch.tensor(7), "np": np.float32(0.5), "flag": True}
+    seen = []
+    real_tolist = torch.Tensor.tolist
+
+    def tolist(self):
+        seen.append(tuple(self.shape))
+        return real_tolist(self)
+
+    def no_per_value_sync(self, *a):
+        raise AssertionError("metrics_to_floats must not convert tensors one by one")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    monkeypatch.setattr(torch.Tensor, "item", no_per_value_sync)
+    monkeypatch.setattr(torch.Tensor, "__float__", no_per_value_sync)
+    out = ercref.metrics_to_floats(metrics)
+    monkeypatch.undo()
+    assert seen == [(4,)]  # one stacked transfer for the four tensors
+    assert out == {"a": 0.25, "n": 3.0, "b": 1.5, "c": 1 / 3, "i": 7.0, "np": 0.5, "flag": 1.0}
+    assert list(out) == list(metrics) and all(type(v) is float for v in out.values())
+    assert ercref.metrics_to_floats({}) == {}
+
+
+@pytest.mark.parametrize("bad", [torch.ones(2), torch.ones(0), "0.5", None])
+def test_metrics_to_floats_rejects_non_scalars_naming_the_key(bad):
+    with pytest.raises(ValueError, match="'bad_key'"):
+        ercref.metrics_to_floats({"ok": torch.tensor(1.0), "bad_key": bad})

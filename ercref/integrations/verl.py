@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 
 import torch
 
 from ..erc import apply_erc
-from ..losses import LOSSES
+from ..losses import LOSSES, loss_keywords
+from ..metrics import metrics_to_floats
 
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss  # noqa: E402  (the engine is required here)
 
@@ -49,8 +49,7 @@ def erc_entropies(entropy: torch.Tensor, old_entropy: torch.Tensor):
 
 def _hyper_from_verl_config(base: str, config) -> dict:
     """Map verl's ActorConfig clip fields onto the keyword names of ercref loss ``base``."""
-    fn = LOSSES[base]
-    params = inspect.signature(getattr(fn, "func", fn)).parameters
+    params = loss_keywords(base) or {}
     hyper = {}
     if config is not None:
         if "eps_low" in params:
@@ -77,7 +76,7 @@ def make_verl_policy_loss(base: str, erc: bool = True, beta_low: float = 0.05, b
             "actor/pg_clipfrac_lower": m["ppo/dual_clip_frac"],
             "actor/ppo_kl": m["kl/approx_old"],
         }
-        if erc:
+        if erc:  # (metrics stay 0-d tensors until the single host sync below)
             ent = _ENTROPIES.get()
             if ent is None:
                 raise RuntimeError(
@@ -88,7 +87,9 @@ def make_verl_policy_loss(base: str, erc: bool = True, beta_low: float = 0.05, b
             metrics.update({f"actor/{k.replace('/', '_')}": v for k, v in m_erc.items()})
         info = getattr(config, "global_batch_info", None) or {}
         loss = agg_loss(loss_mat=per_tok, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **info)
-        return loss, metrics
+        # python floats, like verl's own policy losses (its legacy actor np.mean's lists of them):
+        # one host sync for all of them instead of one .item() each
+        return loss, metrics_to_floats(metrics)
 
     policy_loss.__name__ = f"ercref_{base}{'_erc' if erc else ''}"
     return policy_loss
