@@ -15,7 +15,7 @@ from ercref.lm.data import load_dataset_records, make_synthetic
 from ercref.study.experiments import (PAPER_RECIPE, cache_paths, cuda_report, load_results, merge_results, recipe_diff,
                                    run_experiment,
                                    tiny_experiment, token_table, write_verl_file)
-from ercref.study.run_plots import LivePlot
+from ercref.study.plots import LivePlot
 
 
 # ----------------------------------------------------------------------------- verdicts

@@ -81,7 +81,7 @@ def test_verl_loader_keeps_chat_messages(fixtures, ext):
 def test_checked_in_fixtures_match_the_writer(tmp_path):
     """data/fixtures in the repo are exactly what `python -m ercref.lm.data --write-fixtures` writes."""
     D.write_fixtures(tmp_path, tmp_path / "syn")
-    for name in ("gsm8k_sample.jsonl", "math500_sample.jsonl", "verl_sample.jsonl"):
+    for name in ("gsm8k_sample.jsonl", "math500_sample.jsonl", "verl_sample.jsonl", "aime_verl_sample.json"):
         assert (D.FIXTURE_DIR / name).read_text() == (tmp_path / name).read_text()
 
 
@@ -113,6 +113,73 @@ def test_malformed_record_names_file_line_and_field(tmp_path):
     j.write_text('{"question": "q", "answer": "#### 1"}\n{not json\n')
     with pytest.raises(ValueError, match=r"broken\.jsonl.*line 2"):
         D.load_dataset_records("gsm8k", str(j))
+
+
+# verl format of the authors' AIME evaluation files: JSON Lines saved as .json, bare problem, no instruction
+AIME_ROWS = [
+    {"prompt": [{"role": "user", "content": "Find the remainder when $2^{10}$ is divided by $1000$."}],
+     "reward_model": {"ground_truth": "24"}, "data_source": "math_longcot_math_verify", "ability": "MATH"},
+    {"prompt": [{"role": "user", "content": "How many primes are less than $30$?"}],
+     "reward_model": {"ground_truth": "10", "style": "rule-lighteval/MATH_v2"}, "data_source": "math_longcot_math_verify"},
+    {"prompt": [{"role": "user", "content": "Compute $1+2+\\cdots+20$."}],
+     "reward_model": {"ground_truth": "210"}, "data_source": "math_longcot_math_verify", "__index_level_0__": 0.0},
+]
+
+
+def test_json_lines_saved_as_json_loads_through_the_trainer_task_loader(tmp_path):
+    from ercref.lm.config import DataConfig
+
+    p = tmp_path / "aime.json"
+    p.write_text("".join(json.dumps(r) + "\n" for r in AIME_ROWS))
+    with pytest.raises(json.JSONDecodeError):  # not one JSON document: the case read_rows must handle
+        json.loads(p.read_text())
+    assert [i for i, _ in D.read_rows(p)] == [1, 2, 3]
+    recs = D.load_dataset_records("verl", str(p))
+    assert [r["answer"] for r in recs] == ["24", "10", "210"]
+    assert recs[0]["prompt"] == [{"role": "user", "content": AIME_ROWS[0]["prompt"][0]["content"]}]  # bare problem
+    assert {r["source"] for r in recs} == {"math_longcot_math_verify"}
+    train, eval_ = D.load_task(DataConfig(task="verl", path=str(p), eval_path=str(p), num_eval=2))
+    assert train == recs and eval_ == recs[:2]
+
+
+def test_json_array_and_single_object_files(tmp_path):
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps(AIME_ROWS, indent=2))
+    assert [r["answer"] for r in D.load_dataset_records("verl", str(arr))] == ["24", "10", "210"]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(AIME_ROWS[1], indent=2))
+    assert [r["answer"] for r in D.load_dataset_records("verl", str(one))] == ["10"]
+    bad = tmp_path / "mixed.json"
+    bad.write_text(json.dumps([AIME_ROWS[0], "not a record"]))
+    with pytest.raises(ValueError, match=r"mixed\.json.*record 2.*JSON object"):
+        D.read_rows(bad)
+
+
+def test_shipped_aime_fixture_is_json_lines_with_bare_problems():
+    p = D.FIXTURE_DIR / "aime_verl_sample.json"
+    assert len(p.read_text().splitlines()) == 3
+    recs = D.load_dataset_records("verl", str(p))
+    assert [r["answer"] for r in recs] == ["87", "24", "39"]
+    assert all(len(r["prompt"]) == 1 and r["prompt"][0]["role"] == "user" and "boxed" not in r["prompt"][0]["content"]
+               for r in recs)
+
+
+@pytest.mark.parametrize("name", ["aime.json", "aime.jsonl"])
+def test_malformed_line_names_file_and_line(tmp_path, name):
+    p = tmp_path / name
+    lines = [json.dumps(r) for r in AIME_ROWS]
+    lines[1] = lines[1][:-5]  # cut: line 2 is not valid JSON
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}.*line 2: not valid JSON") as e:
+        D.load_dataset_records("verl", str(p))
+    assert not isinstance(e.value, json.JSONDecodeError)  # a plain ValueError with the location, not the parser's
+    p.write_text("{broken\n" + lines[0] + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}.*line 1: not valid JSON"):
+        D.read_rows(p)
+    arr = tmp_path / "arr.json"
+    arr.write_text("[\n" + lines[0] + ",\n{oops}\n]")
+    with pytest.raises(ValueError, match=r"arr\.json.*line 3: not valid JSON"):
+        D.read_rows(arr)
 
 
 def test_unknown_kind():

@@ -236,11 +236,52 @@ def test_valid_cache_is_not_reconverted(tmp_path, monkeypatch):
     assert M.convert_smollm2(cache) == cache
 
 
-def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(M.CACHE_ENV, str(tmp_path))
-    assert M.default_cache_dir() == tmp_path / M.SMOLLM2_NAME
-    monkeypatch.delenv(M.CACHE_ENV)
-    assert M.default_cache_dir() == M.REPO_ROOT / "data" / "cache" / M.SMOLLM2_NAME
+def test_default_cache_dir_is_the_user_cache_never_the_source_tree(monkeypatch, tmp_path):
+    from ercref import paths
+
+    assert M.CACHE_ENV == paths.CACHE_DIR_ENV == "ERCREF_CACHE_DIR"
+    monkeypatch.setenv("ERCREF_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.cache_dir() == tmp_path / "mine"
+    assert M.default_cache_dir() == tmp_path / "mine" / M.SMOLLM2_NAME
+    monkeypatch.delenv("ERCREF_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert M.default_cache_dir() == paths.cache_dir() / M.SMOLLM2_NAME == tmp_path / "xdg" / "ercref" / M.SMOLLM2_NAME
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")       # the XDG spec: relative values are ignored
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert paths.cache_dir() == tmp_path / "home" / ".cache" / "ercref"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert M.default_cache_dir() == tmp_path / "home" / ".cache" / "ercref" / M.SMOLLM2_NAME
+    assert not M.default_cache_dir().is_relative_to(paths.REPO_ROOT)
+    assert paths.REPO_ROOT == M.REPO_ROOT and (paths.REPO_ROOT / "ercref" / "paths.py").is_file()
+    assert paths.DATA_DIR == paths.REPO_ROOT / "data"
+
+
+def test_second_converter_waits_for_the_lock_and_reuses_the_finished_cache(tmp_path, monkeypatch):
+    import threading
+
+    from filelock import FileLock
+
+    gguf = M.smollm2_gguf_path()
+    cache = tmp_path / "smollm2"
+
+    def boom(*a):
+        raise AssertionError("converted although another process finished the cache")
+
+    monkeypatch.setattr(M, "_convert_gguf", boom)
+    other = FileLock(str(M.lock_path(cache)))                         # "another process" converting
+    other.acquire()
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(path=M.convert_smollm2(cache)))
+    try:
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()                                      # blocked on the lock
+        cache.mkdir()
+        _fake_convert(gguf, cache)                                    # the other process finishes
+    finally:
+        other.release()
+    waiter.join(30)
+    assert got == {"path": cache} and M.smollm2_cache_is_valid(cache, gguf)
 
 
 # ----------------------------------------------------------------------------- SmolLM2 end to end (slow)

