@@ -12,6 +12,22 @@ Memory: rows are processed ``chunk_rows`` at a time, in fp32 whatever the input 
 extra memory is two fp32 buffers of chunk_rows x V, i.e. O(chunk x V), not O(B x T x V).
 The default chunk is sized to ~4M elements per buffer (16 MiB), about 27 rows at V = 151,936.
 
+Log-probability of the sampled token and its gradient (the policy-gradient path):
+
+    log pi(label) = z_label/tau - lse,   lse = logsumexp(z/tau)
+    d log pi(label) / d z_v = (onehot(label)_v - p_v) / tau
+
+With ``entropy_grad=True`` (an entropy bonus -c * agg(H)) the entropy carries a gradient too:
+
+    dH / d z_v = -p_v (log p_v + H) / tau
+
+so the chunked backward, with upstream gradients g_logp and g_H (one per row), writes
+
+    dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau
+
+one recomputed row chunk at a time (only lse and H, each (N,), are saved). Masked entries
+(z = -inf) have p = 0 and get a zero gradient.
+
 Shapes: logits (..., V) -> entropy (...) in float32 (float64 for float64 logits).
 """
 from __future__ import annotations
@@ -159,12 +175,22 @@ def _chunked_logp_entropy(tile: Callable[[slice], Tensor], n_rows: int, chunk_ro
     return logp, lse, ent
 
 
-def _tile_dlogits_(z: Tensor, lse: Tensor, lab: Tensor, g: Tensor, temperature: float) -> Tensor:
+def _tile_dlogits_(z: Tensor, lse: Tensor, lab: Tensor, g: Tensor, temperature: float,
+                   g_ent: Tensor | None = None, ent: Tensor | None = None) -> Tensor:
     """In place on an owned tile z of raw logits (rows, V), accumulation dtype: returns
-    z <- g (onehot(label) - softmax(z / tau)) / tau = g * d log pi(label) / d z."""
+    z <- g (onehot(label) - softmax(z / tau)) / tau = g * d log pi(label) / d z, plus, when
+    ``g_ent`` (rows,) is given with the forward's entropy ``ent`` (rows,), g_ent * dH / dz =
+    -g_ent p (log p + H) / tau (one more tile-sized buffer, for p)."""
     if temperature != 1.0:
         z.div_(temperature)
-    z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g p
+    if g_ent is None:
+        z.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g p
+    else:
+        # log p = z' - lse, with -inf -> lowest finite so that p = 0 and p (log p + H) = 0 * finite = 0
+        log_p = z.clamp_(min=torch.finfo(z.dtype).min).sub_(lse[:, None])
+        p = torch.exp(log_p)
+        # p (log p + H) first (finite), then * -g_H: -g_H p (log p + H) - g p
+        z = log_p.add_(ent[:, None]).mul_(p).mul_(-g_ent[:, None]).addcmul_(p, g[:, None], value=-1)
     z.scatter_add_(-1, lab[:, None], g[:, None])  # + g onehot
     if temperature != 1.0:
         z.div_(temperature)
@@ -174,44 +200,60 @@ def _tile_dlogits_(z: Tensor, lse: Tensor, lab: Tensor, g: Tensor, temperature: 
 class _ChunkedLogProb(torch.autograd.Function):
     """log pi(label) and H from logits (N, V), chunk by chunk, with an analytic chunked backward.
 
-    Forward keeps only lse (N,). Backward writes d logp / d z = (onehot(label) - p) / tau into the
+    Forward keeps only lse (N,) (and H (N,) when ``entropy_grad``). Backward writes
+    d logp / d z = (onehot(label) - p) / tau (+ g_H dH/dz = -g_H p (log p + H) / tau) into the
     gradient of the logits one chunk at a time (slicing inside autograd would instead allocate a
     full-size zero tensor per chunk).
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, lab: Tensor, temperature: float, chunk_rows: int, want_entropy: bool):
+    def forward(ctx, flat: Tensor, lab: Tensor, temperature: float, chunk_rows: int, want_entropy: bool,
+                entropy_grad: bool = False):
         acc = acc_dtype(flat.dtype)
         # .to(acc) copies a low-precision tile (owned); an fp32/fp64 tile is a view of the input
         logp, lse, ent = _chunked_logp_entropy(lambda sl: flat[sl].to(acc), flat.shape[0], chunk_rows, lab,
                                                temperature, want_entropy, flat.dtype != acc, acc, flat.device)
+        ctx.temperature, ctx.chunk_rows, ctx.entropy_grad = temperature, chunk_rows, entropy_grad
+        if entropy_grad:
+            ctx.save_for_backward(flat, lab, lse, ent)
+            ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
+            return logp, ent
         ctx.save_for_backward(flat, lab, lse)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         if want_entropy:
             ctx.mark_non_differentiable(ent)
             return logp, ent
         return logp, lse.new_zeros(0)
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_ent):
-        flat, lab, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp: Tensor, grad_ent):
         tau, rows = ctx.temperature, ctx.chunk_rows
+        if ctx.entropy_grad:
+            flat, lab, lse, ent = ctx.saved_tensors
+            if grad_logp is None and grad_ent is None:
+                return None, None, None, None, None, None
+            if grad_logp is None:
+                grad_logp = torch.zeros_like(lse)
+        else:
+            (flat, lab, lse), ent, grad_ent = ctx.saved_tensors, None, None
         acc = acc_dtype(flat.dtype)
         grad = torch.empty_like(flat)
         for i in range(0, flat.shape[0], rows):
             sl = slice(i, i + rows)
-            grad[sl] = _tile_dlogits_(flat[sl].to(acc, copy=True), lse[sl], lab[sl], grad_logp[sl].to(acc), tau)
-        return grad, None, None, None, None
+            g_ent = None if grad_ent is None else grad_ent[sl].to(acc)
+            grad[sl] = _tile_dlogits_(flat[sl].to(acc, copy=True), lse[sl], lab[sl], grad_logp[sl].to(acc), tau,
+                                      g_ent, None if g_ent is None else ent[sl])
+        return grad, None, None, None, None, None
 
 
-def _logprobs(logits, labels, temperature, chunk_rows, want_entropy):
+def _logprobs(logits, labels, temperature, chunk_rows, want_entropy, entropy_grad=False):
     chunk_rows = _validate(logits, temperature, chunk_rows)
     lab = _check_labels(logits, labels)
     flat = logits.reshape(-1, logits.shape[-1])
-    logp, ent = _ChunkedLogProb.apply(flat, lab, float(temperature), chunk_rows, want_entropy)
+    logp, ent = _ChunkedLogProb.apply(flat, lab, float(temperature), chunk_rows, want_entropy,
+                                      bool(entropy_grad) and want_entropy)
     _raise_if_not_finite(logp.detach(), "log-probabilities")
     if want_entropy:
-        _raise_if_not_finite(ent, "entropy")
+        _raise_if_not_finite(ent.detach(), "entropy")
         return logp.view(labels.shape), ent.view(labels.shape)
     return logp.view(labels.shape)
 
@@ -226,14 +268,16 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
 
 
 def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature: float = 1.0,
-                         chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+                         chunk_rows: int | None = None, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
     """Both per-token quantities an update needs, from one pass over each row chunk.
 
     Returns (logp, entropy), each (...) float32: logp = log pi(label) is differentiable;
-    entropy H(pi, t) is detached (it only builds the ERC mask and the entropy metrics).
+    entropy H(pi, t) is detached (it only builds the ERC mask and the entropy metrics) unless
+    ``entropy_grad=True`` (an entropy bonus), when it carries dH/dz = -p (log p + H) / tau
+    through the same chunked backward (O(chunk x V) memory; H (N,) is saved).
     The logsumexp is shared: log p = z - lse, H = -sum_v p_v log p_v.
     """
-    return _logprobs(logits, labels, temperature, chunk_rows, want_entropy=True)
+    return _logprobs(logits, labels, temperature, chunk_rows, want_entropy=True, entropy_grad=entropy_grad)
 
 
 _COMPILED = {}

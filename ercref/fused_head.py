@@ -6,13 +6,19 @@ For a row h (D,) of the last hidden state, LM-head weight W (V, D), temperature 
     z = W h / tau,   lse = logsumexp(z),   logp = z_label - lse,   H = lse - sum_v softmax(z)_v z_v
 
 Forward: rows are processed ``chunk_rows`` at a time (one (chunk, V) logits tile alive at once);
-only lse (N,) is saved. Backward recomputes the tile and uses
+only lse (N,) is saved (and H (N,) with ``entropy_grad=True``). Backward recomputes the tile and uses
 
     d logp / d z = onehot(label) - softmax(z)   ->   dz = g (onehot - p) / tau
     dh = dz W,   dW += dz^T h
 
 so peak extra memory is O(chunk x V) in both passes, for one more GEMM than the unfused path
-(the tile is recomputed). The entropy output carries no gradient (it builds the ERC mask).
+(the tile is recomputed). By default the entropy output carries no gradient (it builds the ERC
+mask). With ``entropy_grad=True`` (an entropy bonus -c * agg(H)) it does, through the same
+recomputed tile, with upstream gradients g_logp and g_H per row:
+
+    dH / d z = -p (log p + H)   ->   dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau
+
+(one more (chunk, V) buffer in the backward, for p).
 Pure torch: runs on CPU and CUDA; bf16/fp16 inputs are multiplied in their dtype and reduced in fp32.
 
 Shapes: hidden (..., D), weight (V, D), labels (...) -> logp (...), entropy (...) float32
@@ -31,20 +37,32 @@ DEFAULT_TILE_ELEMENTS = 1 << 22
 
 class _FusedLogpEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float, chunk_rows: int):
+    def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float, chunk_rows: int,
+                entropy_grad: bool = False):
         acc = acc_dtype(hidden.dtype)
         # each tile is a fresh matmul output (owned: the shared tile math may overwrite it)
         logp, lse, ent = _chunked_logp_entropy(lambda sl: (hidden[sl] @ weight.T).to(acc), hidden.shape[0], chunk_rows,
                                                labels, temperature, True, True, acc, hidden.device)
-        ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-        ctx.mark_non_differentiable(ent)
+        ctx.temperature, ctx.chunk_rows, ctx.entropy_grad = temperature, chunk_rows, entropy_grad
+        if entropy_grad:
+            ctx.save_for_backward(hidden, weight, labels, lse, ent)
+            ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
+        else:
+            ctx.save_for_backward(hidden, weight, labels, lse)
+            ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_ent: Tensor):
-        hidden, weight, labels, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor):
         tau, rows = ctx.temperature, ctx.chunk_rows
+        if ctx.entropy_grad:
+            hidden, weight, labels, lse, ent = ctx.saved_tensors
+            if grad_logp is None and grad_ent is None:
+                return None, None, None, None, None, None
+            if grad_logp is None:
+                grad_logp = torch.zeros_like(lse)
+        else:
+            (hidden, weight, labels, lse), ent, grad_ent = ctx.saved_tensors, None, None
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = acc_dtype(hidden.dtype)
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -52,17 +70,24 @@ class _FusedLogpEntropy(torch.autograd.Function):
         for i in range(0, hidden.shape[0], rows):
             sl = slice(i, i + rows)
             h = hidden[sl]
-            dz = _tile_dlogits_((h @ weight.T).to(acc), lse[sl], labels[sl], grad_logp[sl].to(acc), tau).to(hidden.dtype)
+            g_ent = None if grad_ent is None else grad_ent[sl].to(acc)
+            # dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau   (tile z = h W^T recomputed)
+            dz = _tile_dlogits_((h @ weight.T).to(acc), lse[sl], labels[sl], grad_logp[sl].to(acc), tau,
+                                g_ent, None if g_ent is None else ent[sl]).to(hidden.dtype)
             if need_h:
-                grad_h[sl] = dz @ weight
+                grad_h[sl] = dz @ weight  # dh = dz W
             if need_w:
-                grad_w.addmm_(dz.T.to(acc), h.to(acc))
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+                grad_w.addmm_(dz.T.to(acc), h.to(acc))  # dW += dz^T h
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
 
 
 def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float = 1.0,
-                               chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
-    """(logp, entropy) for every position, from hidden (..., D) and LM-head weight (V, D)."""
+                               chunk_rows: int | None = None, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+    """(logp, entropy) for every position, from hidden (..., D) and LM-head weight (V, D).
+
+    logp is differentiable; entropy is detached unless ``entropy_grad=True`` (an entropy bonus),
+    when it carries dH/dz = -p (log p + H) / tau back to hidden and weight.
+    """
     check_float("hidden", hidden)
     check_float("weight", weight)
     check_positive("temperature", temperature)
@@ -83,7 +108,7 @@ def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, t
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= V):
         raise ValueError(f"labels must lie in [0, {V}) (the number of rows of weight)")
     h = hidden.reshape(-1, hidden.shape[-1])
-    logp, ent = _FusedLogpEntropy.apply(h, weight, lab, float(temperature), chunk_rows)
-    if not bool(torch.isfinite(ent).all()) or not bool(torch.isfinite(logp.detach()).all()):
+    logp, ent = _FusedLogpEntropy.apply(h, weight, lab, float(temperature), chunk_rows, bool(entropy_grad))
+    if not bool(torch.isfinite(ent.detach()).all()) or not bool(torch.isfinite(logp.detach()).all()):
         raise ValueError("hidden or weight contain NaN or inf values (non-finite log-probabilities)")
     return logp.view(labels.shape), ent.view(labels.shape)

@@ -113,6 +113,74 @@ def test_logprobs_and_entropy_match_reference(chunk_rows):
     torch.testing.assert_close(lp2.double(), ref_logp, rtol=1e-5, atol=3e-5)
 
 
+def _autograd_logp_entropy(logits, labels, temperature):
+    """Plain autograd on the full logits: logp = log_softmax gathered, H = -(softmax * log_softmax).sum."""
+    logz = torch.log_softmax(logits.float() / temperature, -1)
+    p = logz.exp()
+    H = -(p * torch.where(p > 0, logz, torch.zeros_like(logz))).sum(-1)  # mask log p, not p log p (NaN grad)
+    return logz.gather(-1, labels.unsqueeze(-1)).squeeze(-1), H
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 16, None])  # 4 and 16 do not divide the 14 rows
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_grad_matches_plain_autograd_on_full_logits(chunk_rows, temperature):
+    """Upstream gradients on logp and H at once: dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau."""
+    logits = _logits((2, 7, 120), seed=4)
+    logits[0, 3, 50:] = float("-inf")  # masked vocabulary: zero gradient there, no NaN
+    labels = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    g_lp, g_H = torch.randn(2, 7, generator=gen), torch.randn(2, 7, generator=gen)
+    z1 = logits.clone().requires_grad_(True)
+    lp1, H1 = ercref.logprobs_and_entropy(z1, labels, temperature, chunk_rows=chunk_rows, entropy_grad=True)
+    assert H1.requires_grad and lp1.requires_grad
+    ((lp1 * g_lp).sum() + (H1 * g_H).sum()).backward()
+    z2 = logits.clone().requires_grad_(True)
+    lp2, H2 = _autograd_logp_entropy(z2, labels, temperature)
+    ((lp2 * g_lp).sum() + (H2 * g_H).sum()).backward()
+    torch.testing.assert_close(lp1, lp2, rtol=1e-5, atol=3e-5)
+    torch.testing.assert_close(H1, H2, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(z1.grad).all() and torch.all(z1.grad[0, 3, 50:] == 0)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_grad_with_only_one_output_used():
+    logits = _logits((11, 60), seed=5).requires_grad_(True)
+    labels = torch.randint(0, 60, (11,), generator=torch.Generator().manual_seed(3))
+    lp, H = ercref.logprobs_and_entropy(logits, labels, 0.8, chunk_rows=4, entropy_grad=True)
+    (g_H,) = torch.autograd.grad(H.sum(), logits, retain_graph=True)  # logp unused: its gradient is None
+    (g_lp,) = torch.autograd.grad(lp.sum(), logits)                   # H unused: the plain logp backward
+    lp_ref, H_ref = _autograd_logp_entropy(logits, labels, 0.8)
+    torch.testing.assert_close(g_H, torch.autograd.grad(H_ref.sum(), logits, retain_graph=True)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_lp, torch.autograd.grad(lp_ref.sum(), logits)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_grad_false_keeps_entropy_detached_and_logp_gradient_unchanged():
+    logits = _logits((9, 40), seed=6).requires_grad_(True)
+    labels = torch.randint(0, 40, (9,), generator=torch.Generator().manual_seed(4))
+    lp0, H0 = ercref.logprobs_and_entropy(logits, labels, 0.7, chunk_rows=4)
+    assert lp0.requires_grad and not H0.requires_grad
+    lp1, H1 = ercref.logprobs_and_entropy(logits, labels, 0.7, chunk_rows=4, entropy_grad=True)
+    assert H1.requires_grad
+    torch.testing.assert_close(H1.detach(), H0, rtol=0, atol=0)
+    (ga,) = torch.autograd.grad(lp0.sum(), logits)
+    (gb,) = torch.autograd.grad(lp1.sum(), logits)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+
+
+def test_entropy_grad_bf16_logits_accumulate_in_fp32():
+    logits = _logits((6, 300), scale=2.0, seed=7)
+    labels = torch.randint(0, 300, (6,), generator=torch.Generator().manual_seed(5))
+    zb = logits.bfloat16().requires_grad_(True)
+    lp, H = ercref.logprobs_and_entropy(zb, labels, chunk_rows=4, entropy_grad=True)
+    assert H.dtype == torch.float32
+    (lp.sum() + H.sum()).backward()
+    assert zb.grad.dtype == torch.bfloat16
+    z32 = zb.detach().float().requires_grad_(True)  # same (bf16-rounded) values, fp32 autograd
+    lp_ref, H_ref = _autograd_logp_entropy(z32, labels, 1.0)
+    (lp_ref.sum() + H_ref.sum()).backward()
+    torch.testing.assert_close(zb.grad.float(), z32.grad, rtol=1e-2, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- memory
 _MEMORY_PROBE = textwrap.dedent(
     """

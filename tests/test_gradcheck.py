@@ -138,6 +138,33 @@ def test_gradcheck_entropy_from_logits(temperature, chunk_rows):
     assert gradcheck(f, (logits.requires_grad_(True),))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_gradcheck_logprobs_and_entropy_with_entropy_grad(temperature):
+    """Both outputs differentiable: each output's Jacobian (the other's upstream gradient None),
+    then both upstream gradients at once (w_lp * logp + w_H * H). 7 rows, chunk 3: a partial chunk."""
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(7, 11, generator=gen, dtype=F64).requires_grad_(True)
+    labels = torch.randint(0, 11, (7,), generator=gen)
+    w_lp, w_H = torch.randn(7, generator=gen, dtype=F64), torch.randn(7, generator=gen, dtype=F64)
+    f = lambda z: ercref.logprobs_and_entropy(z, labels, temperature, chunk_rows=3, entropy_grad=True)  # noqa: E731
+    assert gradcheck(f, (logits,))
+    assert gradcheck(lambda z: (lambda lp, H: w_lp * lp + w_H * H)(*f(z)), (logits,))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_gradcheck_fused_head_with_entropy_grad(temperature):
+    from ercref.fused_head import fused_logprobs_and_entropy
+
+    gen = torch.Generator().manual_seed(7)
+    h = torch.randn(9, 5, generator=gen, dtype=F64).requires_grad_(True)
+    W = (0.5 * torch.randn(13, 5, generator=gen, dtype=F64)).requires_grad_(True)
+    labels = torch.randint(0, 13, (9,), generator=gen)
+    w_lp, w_H = torch.randn(9, generator=gen, dtype=F64), torch.randn(9, generator=gen, dtype=F64)
+    f = lambda h, W: fused_logprobs_and_entropy(h, W, labels, temperature, chunk_rows=4, entropy_grad=True)  # noqa: E731
+    assert gradcheck(f, (h, W))
+    assert gradcheck(lambda h, W: (lambda lp, H: w_lp * lp + w_H * H)(*f(h, W)), (h, W))
+
+
 # ----------------------------------------------------------------------------- auxiliary terms in the objective
 def _agg_weights(mask: torch.Tensor, agg_mode: str, norm: float | None) -> torch.Tensor:
     """d agg(x) / d x as a (B, T) float64 tensor: every mode is linear in x."""
