@@ -31,7 +31,7 @@ def ercref_side(model_dir: str) -> float:
         f"model.name={model_dir}", "data.task=arith", "data.style=instruct", "data.level=1",
         "rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=32",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "train.minibatch_prompts=4", "train.steps=1",
-        "loss.name=dapo", "loss.eps_low=0.2", "loss.eps_high=0.28", "loss.erc=true", "optim.lr=1e-6",
+        "loss.loss=dapo", "loss.loss_kwargs.eps_low=0.2", "loss.loss_kwargs.eps_high=0.28", "loss.erc=true", "optim.lr=1e-6",
         "reward.judge=exact", "reward.scheme=binary", "data.system_prompt=null",
         "optim.warmup_steps=0", "sft.steps=0", "train.eval_every=0", "train.plot=false",
         "train.progress=false", "train.save_every=0"])

@@ -11,7 +11,7 @@ import torch
 from ercref.lm import checkpoint as ckpt
 from ercref.lm.config import make_config
 from ercref.lm.metrics_log import read_log, strip_timing
-from ercref.lm.trainer import CRASH_DURING_ENV, CRASH_ENV, Trainer, pass_at_k
+from ercref.lm.trainer import Trainer, pass_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 # a small, fast variant of cpu-tiny: 8 prompts x 4 samples, K = 4 minibatches of 2 prompts
@@ -30,6 +30,7 @@ def test_trainer_logprobs_match_rollout_on_first_minibatch(tmp_path):
     Later minibatches follow optimizer steps, so the same measurement must then see a change."""
     cfg = make_config("cpu-tiny", overrides=SMALL + ["train.steps=2"])
     tr = Trainer(cfg, tmp_path)
+    tr.start()  # SFT warm-up, as fit() would
     for _ in range(2):
         tr.train_step()
     mbs = read_log(tr.log.path, "minibatch")
@@ -50,7 +51,7 @@ def test_trainer_logprobs_match_rollout_on_first_minibatch(tmp_path):
 
 
 def test_dynamic_sampling_drops_uniform_groups(tmp_path):
-    cfg = make_config("cpu-tiny", overrides=SMALL + ["sft.steps=0", "loss.dynamic_sampling=true", "train.steps=1"])
+    cfg = make_config("cpu-tiny", overrides=SMALL + ["sft.steps=0", "advantage.dynamic_sampling=true", "train.steps=1"])
     tr = Trainer(cfg, tmp_path)  # a random model gets every answer wrong: all groups uniform
     rec = tr.train_step()
     assert rec["reward/mean"] == 0.0 and rec["batch/kept_groups"] == 0 and rec["batch/minibatches"] == 0
@@ -74,31 +75,52 @@ def test_cpu_tiny_learns(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == f"ckpt-{cfg.train.steps:08d}.pt"
 
 
-def _cli(out, extra, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
+# Crash injection lives here, not in the engine: a callback that SIGKILLs its own process (no
+# cleanup, as the OOM killer or a pulled plug would) mid-step or right after a checkpoint.
+_KILL_RUN = """
+import os, signal, sys
+from ercref.lm.config import make_config
+from ercref.lm.trainer import Callback, Trainer
+
+during, after = int(sys.argv[2]), int(sys.argv[3])
+
+class Kill(Callback):
+    def on_minibatch(self, trainer, record):   # after the first optimizer step of step `during`
+        if record["step"] == during:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def on_save(self, trainer, path):           # right after checkpoint `after` is on disk
+        if trainer.step == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = make_config("cpu-tiny", overrides=sys.argv[4:])
+Trainer(cfg, sys.argv[1], callbacks=[Kill()]).fit()
+"""
+RUN6 = SMALL + ["train.steps=6", "train.save_every=2", "train.keep_last=2"]
+
+
+def _cli(out, extra=()):
     args = [sys.executable, "-m", "ercref.train", "--preset", "cpu-tiny", "--out", str(out)]
-    args += [a for o in SMALL + ["train.steps=6", "train.save_every=2", "train.keep_last=2"] + extra for a in ("--set", o)]
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    args += [a for o in RUN6 + list(extra) for a in ("--set", o)]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    p = _cli(out, [])
+    p = _cli(out, ["train.plot=true"])
     assert p.returncode == 0, p.stderr[-2000:]
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env", [{CRASH_DURING_ENV: "5"}, {CRASH_ENV: "4"}], ids=["mid-step-5", "after-ckpt-4"])
-def test_kill_and_resume_is_exact(uninterrupted, tmp_path, env):
+@pytest.mark.parametrize("during,after", [(5, -1), (-1, 4)], ids=["mid-step-5", "after-ckpt-4"])
+def test_kill_and_resume_is_exact(uninterrupted, tmp_path, during, after):
     """SIGKILL the run (mid-step, or right after a checkpoint), resume: the log and the final
     weights equal those of the uninterrupted run exactly."""
-    killed = _cli(tmp_path, [], env)
+    killed = subprocess.run([sys.executable, "-c", _KILL_RUN, str(tmp_path), str(during), str(after), *RUN6],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really killed by SIGKILL
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "ckpt-00000004.pt"
-    if CRASH_DURING_ENV in env:  # the killed run logged part of step 5, past its last checkpoint
-        assert any(r.get("step") == 5 for r in read_log(tmp_path / "metrics.jsonl"))
     resumed = subprocess.run([sys.executable, "-m", "ercref.train", "--out", str(tmp_path), "--resume"],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -110,6 +132,116 @@ def test_kill_and_resume_is_exact(uninterrupted, tmp_path, env):
     assert a["step"] == b["step"] == 6 and a["cursor"] == b["cursor"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_cli_outputs_policy_plot_and_refuses_to_overwrite(uninterrupted):
+    """A finished CLI run leaves a Hugging Face policy folder (safetensors) equal to its last
+    checkpoint's weights and a plot; running the same command again without --resume refuses
+    and deletes nothing; --overwrite starts over."""
+    from transformers import AutoModelForCausalLM
+
+    policy = uninterrupted / "policy"
+    assert (policy / "model.safetensors").is_file() and not list(policy.glob("*.bin"))
+    model = AutoModelForCausalLM.from_pretrained(policy)
+    last = ckpt.load_checkpoint(ckpt.latest_checkpoint(uninterrupted / "checkpoints"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last["model"][k]), k
+    assert (uninterrupted / "plot.png").stat().st_size > 10_000
+    before = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    log_before = (uninterrupted / "metrics.jsonl").read_text()
+    again = _cli(uninterrupted)
+    assert again.returncode != 0 and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == before
+    assert (uninterrupted / "metrics.jsonl").read_text() == log_before
+
+
+def test_trainer_refuses_a_folder_with_checkpoints_unless_overwrite(tmp_path):
+    cfg = make_config("cpu-tiny", overrides=SMALL + ["sft.steps=0", "train.steps=1"])
+    ckpt.save_checkpoint(tmp_path / "checkpoints", 3, {"x": torch.zeros(1)})
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "step", "step": 3}\n')
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        Trainer(cfg, tmp_path)
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints") is not None
+    tr = Trainer(cfg, tmp_path, overwrite=True)
+    tr.start()
+    assert ckpt.list_checkpoints(tmp_path / "checkpoints") == [] and not (tmp_path / "metrics.jsonl").exists()
+
+
+def _weights(tr):
+    return torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+
+
+def test_kl_and_entropy_bonus_reach_the_update(tmp_path):
+    """kl_coef > 0 (frozen reference from the same no-grad pass as the old log-probs) and
+    entropy_coef > 0 (gradient through the fused head's entropy) each change the trained weights
+    relative to the plain run from the same seed; the KL term is logged and is 0 on the first
+    minibatch (policy == reference) and > 0 once the policy has moved."""
+    runs = {}
+    for name, extra in {"plain": [], "kl": ["loss.kl_coef=0.5"], "ent": ["loss.entropy_coef=0.5"]}.items():
+        cfg = make_config("cpu-tiny", overrides=SMALL + ["train.steps=1"] + extra)
+        tr = Trainer(cfg, tmp_path / name)
+        tr.start()
+        tr.train_step()
+        runs[name] = tr
+    w = {k: _weights(tr) for k, tr in runs.items()}
+    assert not torch.equal(w["plain"], w["kl"]) and not torch.equal(w["plain"], w["ent"])
+    assert runs["kl"].ref_model is not None and runs["plain"].ref_model is None
+    mbs = read_log(runs["kl"].log.path, "minibatch")
+    assert mbs[0]["kl/ref"] == pytest.approx(0.0, abs=1e-6) and mbs[-1]["kl/ref"] > 1e-6
+    assert "kl/ref" not in read_log(runs["plain"].log.path, "minibatch")[0]
+
+
+def test_agg_norm_reaches_the_loss(tmp_path, monkeypatch):
+    """The loss section is the PolicyLossConfig the core receives (same object, agg_norm included):
+    Dr.GRPO's fixed normaliser halves the first minibatch's policy loss when doubled."""
+    import ercref.lm.trainer as T
+
+    seen = []
+    real = T.compute_policy_loss
+
+    def spy(cfg, *a, **kw):
+        loss, m = real(cfg, *a, **kw)
+        seen.append((cfg, float(m["loss/policy"])))
+        return loss, m
+
+    monkeypatch.setattr(T, "compute_policy_loss", spy)
+    first = {}
+    for norm in (8.0, 16.0):
+        cfg = make_config("cpu-tiny", overrides=SMALL + ["train.steps=1", "loss.agg_mode=seq-mean-token-sum-norm",
+                                                         f"loss.agg_norm={norm}"])
+        tr = Trainer(cfg, tmp_path / str(norm))
+        tr.start()
+        seen.clear()
+        tr.train_step()
+        assert seen[0][0] is tr.cfg.loss and seen[0][0].agg_norm == norm
+        first[norm] = seen[0][1]
+    assert first[8.0] != 0 and first[16.0] == pytest.approx(first[8.0] / 2, rel=1e-5)
+
+
+def test_checkpoint_loading_is_safe_and_skips_damaged_files(tmp_path):
+    """A crafted pickle is refused (weights_only=True), not executed; a damaged newest checkpoint
+    falls back to the previous complete one with a warning."""
+    import pickle
+
+    d = tmp_path / "ck"
+    marker = tmp_path / "pwned"
+    ckpt.save_checkpoint(d, 1, {"x": torch.tensor([1])}, keep_last=5)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = d / "ckpt-00000002.pt"
+    with open(evil, "wb") as fh:
+        pickle.dump({"step": 2, "rng": Evil()}, fh)
+    with pytest.raises(ValueError, match="cannot be loaded safely"):
+        ckpt.load_checkpoint(evil)
+    assert not marker.exists()
+    (d / "ckpt-00000003.pt").write_bytes(b"")  # a zero-byte newest file
+    with pytest.warns(UserWarning, match="damaged checkpoint"):
+        path, state = ckpt.load_latest_valid(d)
+    assert path.name == "ckpt-00000001.pt" and state["x"].item() == 1 and not marker.exists()
 
 
 def test_checkpoint_atomic_and_pruned(tmp_path):

@@ -1,12 +1,21 @@
-"""Run configuration: plain dataclasses (every hyperparameter is a named field), named presets,
-config files (JSON, or YAML when PyYAML is installed) and command-line overrides.
+"""Run configuration: typed dataclasses, one per section (every hyperparameter is a named field
+with a one-line help comment), named presets, config files (JSON, or YAML when PyYAML is
+installed) and ``section.field=value`` overrides. ``python -m ercref.train --help`` lists every field
+with its default (the command line is built from these classes by tyro).
 
     cfg = make_config("cpu-tiny", config_file=None, overrides=["loss.beta_low=0.1", "train.steps=5"])
 
-Precedence: preset < config file < --set overrides. Every override names a field as
-``section.field`` (``loss.loss_kwargs.beta1=0.5`` reaches into a dict field); an unknown name is
-a ValueError that lists the valid ones. Values are parsed as JSON when possible (numbers, true,
-null, lists), otherwise kept as strings.
+Sections: model, data, rollout, reward, advantage, loss, optim, sft, train. The loss section IS
+``ercref.PolicyLossConfig`` (passed unchanged to ``ercref.compute_policy_loss``); a loss's own
+hyperparameters (eps_low, eps_high, clip_ratio_c, gppo's beta1, ...) live in ``loss.loss_kwargs``.
+
+Precedence: preset < config file < overrides. Every override names a field as ``section.field``
+(``loss.loss_kwargs.eps_high=0.28`` sets one key of a dict field); an unknown name is a ValueError
+that lists the valid ones. Values are parsed by the field's type: bools accept true/false, 1/0,
+yes/no, on/off (any case); ints and floats must parse as numbers; ``none``/``null`` sets an
+optional field to None; a dict field takes a JSON object (which replaces the whole dict).
+Each section validates its own fields when it is constructed (ValueError naming the field); the
+loss fields are validated by PolicyLossConfig.
 
 Presets (see PRESETS):
     cpu-tiny        seconds: the ~1M-parameter tiny model on single-digit addition. The model starts
@@ -29,137 +38,340 @@ Presets (see PRESETS):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import json
+import math
 import os
+import types
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
+
+from ercref.objective import PolicyLossConfig
 
 
+# ----------------------------------------------------------------------------- typed values
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case) -> bool; ValueError otherwise."""
+    key = str(text).strip().lower()
+    if key not in _BOOLS:
+        raise ValueError(f"not a bool: {text!r} (use true/false, 1/0, yes/no or on/off)")
+    return _BOOLS[key]
+
+
+def parse_value(text: str) -> Any:
+    """Untyped: '0.1' -> 0.1, 'true' -> True, 'null' -> None, '[1,2]' -> [1, 2], anything else -> the string."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def convert(name: str, tp: Any, value: Any) -> Any:
+    """``value`` (typed, or a string from the command line) as a value of type ``tp``.
+    ValueError naming ``name`` when it does not fit (wrong type, not a number, not a choice)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return parse_value(value) if isinstance(value, str) else value
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if type(None) in args:
+            if value is None:
+                return None
+            if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+                return None
+        if len(inner) != 1:
+            raise TypeError(f"{name}: unsupported field type {tp!r}")
+        return convert(name, inner[0], value)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError(f"{name} must be one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _BOOLS:
+            return _BOOLS[str(value).strip().lower()]
+        raise ValueError(f"{name} must be a bool (true/false, 1/0, yes/no, on/off), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a JSON object, e.g. {{\"key\": 0.5}}, got {value!r}") from None
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): convert(f"{name}.{k}", vt | None if vt is not Any else Any, v) for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, str):
+            value = parse_value(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        return [convert(f"{name}[{i}]", args[0] if args else Any, v) for i, v in enumerate(value)]
+    raise TypeError(f"{name}: unsupported field type {tp!r}")
+
+
+# ----------------------------------------------------------------------------- field checks
+def _fail(section: str, name: str, what: str, value: Any) -> None:
+    raise ValueError(f"{section}.{name} must be {what}, got {value!r}")
+
+
+def _int_at_least(sec: Any, name: str, low: int) -> None:
+    v = getattr(sec, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        _fail(sec._section, name, f"an int >= {low}", v)
+
+
+def _number(sec: Any, name: str, low: float = 0.0, high: float = math.inf, low_open: bool = False,
+            high_open: bool = True) -> None:
+    """A finite number in [low, high) by default; low_open / high_open choose the interval ends."""
+    v = getattr(sec, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo = f"{'(' if low_open else '['}{low:g}"
+        hi = f"{high:g}{')' if high_open else ']'}"
+        _fail(sec._section, name, "a finite number >= 0" if (low, high, low_open) == (0.0, math.inf, False)
+              else "a finite number > 0" if (low, high, low_open) == (0.0, math.inf, True)
+              else f"a finite number in {lo}, {hi}", v)
+
+
+class _Section:
+    """Mixin: __post_init__ first converts every field to its declared type (Literal choices
+    included; ValueError naming section.field), then the section's own range checks run."""
+
+    _section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, tp in _hints(type(self)).items():
+            setattr(self, name, convert(f"{self._section}.{name}", tp, getattr(self, name)))
+        self._check()
+
+    def _check(self) -> None:  # overridden by sections with range checks
+        pass
+
+
+# ----------------------------------------------------------------------------- sections
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    """The policy model."""
+    _section: ClassVar[str] = "model"
     name: str = "tiny"                  # "tiny" | "smollm2-135m-instruct" | hub id | local folder
-    dtype: str = "float32"              # parameter dtype: float32 | bfloat16 | float16
-    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter dtype
+    trust_remote_code: bool = False     # let transformers run the hub repository's own model code
     init_seed: int = 0                  # initialisation seed of the tiny model
     bf16_autocast: bool = False         # CUDA only: forward/backward under torch.autocast(bfloat16)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30 % slower)
     fused_head: bool = True             # log-probs + entropy from hidden states, no [B, T, V] logits
+
+    def _check(self) -> None:
+        if not self.name:
+            _fail("model", "name", "a non-empty string", self.name)
+        _int_at_least(self, "init_seed", 0)
+
+
+Task = Literal["arith", "mc-arith", "word", "gsm8k", "math500", "verl"]  # ercref.lm.data SYNTHETIC_TASKS + REAL_TASKS
 
 
 @dataclass
-class DataConfig:
-    # synthetic: "arith" | "mc-arith" | "word";  real: "gsm8k" | "math500" | "verl"
-    task: str = "arith"
+class DataConfig(_Section):
+    """Prompts: a synthetic task, or a real dataset (local file or hub id)."""
+    _section: ClassVar[str] = "data"
+    task: Task = "arith"                # synthetic: arith | mc-arith | word; real: gsm8k | math500 | verl
     path: str | None = None             # local .jsonl/.parquet, or a hub dataset id (real tasks only)
-    split: str = "train"                # hub split
+    split: str = "train"                # hub split of the training set
     eval_path: str | None = None        # eval file / hub id (real tasks); None: held-out synthetic
-    eval_split: str = "test"
+    eval_split: str = "test"            # hub split of the eval set
     level: int = 1                      # synthetic difficulty level (arith: 1-4)
     num_train: int = 2000               # synthetic train prompts
     num_eval: int = 64                  # eval prompts (synthetic generated; real: first num_eval)
-    style: str = "bare"                 # synthetic prompt style: "bare" (tiny model) | "instruct"
+    style: Literal["bare", "instruct"] = "bare"  # synthetic prompt style: bare (tiny model) | instruct (chat models)
     system_prompt: str | None = None    # prepended as a system message when set
     max_prompt_tokens: int = 512        # longer prompts are left-truncated (warned)
     seed: int = 0                       # data generation and shuffling seed
 
+    def _check(self) -> None:
+        from .data import REAL_TASKS
+        if self.task in REAL_TASKS and not self.path:
+            raise ValueError(f"data.path is required for data.task={self.task!r} "
+                             "(a local .jsonl/.parquet file or a hub id)")
+        for name in ("level", "num_train", "num_eval", "max_prompt_tokens"):
+            _int_at_least(self, name, 1)
+
 
 @dataclass
-class RolloutConfig:
-    backend: str = "hf"                 # "hf" (transformers generate) | "vllm" (CUDA only)
-    prompts_per_step: int = 8           # n prompts per rollout batch
+class RolloutConfig(_Section):
+    """Sampling of the training responses."""
+    _section: ClassVar[str] = "rollout"
+    backend: Literal["hf", "vllm"] = "hf"  # hf (transformers generate) | vllm (CUDA only)
+    prompts_per_step: int = 8           # n prompts per rollout batch (one training step)
     group_size: int = 8                 # G samples per prompt
-    max_new_tokens: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 8             # response length limit in tokens
+    temperature: float = 1.0            # sampling temperature (also used for the old/new log-probs)
+    top_p: float = 1.0                  # nucleus sampling threshold, in (0, 1]
     generation_batch_size: int = 0      # sequences per generate call (0: all at once)
-    vllm_gpu_memory_utilization: float = 0.5
+    vllm_gpu_memory_utilization: float = 0.5  # fraction of GPU memory vLLM may take, in (0, 1]
+
+    def _check(self) -> None:
+        for name in ("prompts_per_step", "group_size", "max_new_tokens"):
+            _int_at_least(self, name, 1)
+        _int_at_least(self, "generation_batch_size", 0)
+        _number(self, "temperature", low_open=True)
+        _number(self, "top_p", 0.0, 1.0, low_open=True, high_open=False)
+        _number(self, "vllm_gpu_memory_utilization", 0.0, 1.0, low_open=True, high_open=False)
 
 
 @dataclass
-class RewardConfig:
-    judge: str = "exact"                # "exact" | "choice" | "math" (math-verify)
-    scheme: str = "binary"              # "binary" (1/0) | "paper" (+1/-1/-0.5) | "format"
-    correct: float = 1.0
-    wrong: float = 0.0                  # "paper" scheme uses -1
+class RewardConfig(_Section):
+    """Rewards of the sampled responses."""
+    _section: ClassVar[str] = "reward"
+    judge: Literal["exact", "choice", "math"] = "exact"  # exact (string) | choice (A-D letter) | math (math-verify)
+    scheme: Literal["binary", "paper", "format"] = "binary"  # binary (correct/wrong) | paper (+1/-1/-0.5) | format
+    correct: float = 1.0                # reward of a correct answer
+    wrong: float = 0.0                  # reward of a wrong answer ("paper" scheme uses -1)
     no_think_close: float = -0.5        # "paper" scheme, when require_think and no </think>
-    require_think: bool = False
+    require_think: bool = False         # a response without </think> gets no_think_close
     format_reward: float = 0.1          # "format" scheme: reward of a well-formatted wrong answer
     overlong_shaping: bool = False      # DAPO soft overlong punishment (added)
     overlong_max_length: int = 0        # L_max in tokens (0: rollout.max_new_tokens)
     overlong_buffer: int = 4            # L_buf in tokens
 
-
-@dataclass
-class LossConfig:
-    name: str = "dapo"                  # a name in ercref.LOSSES
-    eps_low: float | None = None        # None: the registered default of the loss
-    eps_high: float | None = None
-    clip_ratio_c: float | None = None   # dual-clip constant (dapo/gppo/dual_clip)
-    loss_kwargs: dict = field(default_factory=dict)  # any other loss hyperparameter (e.g. gppo beta1)
-    erc: bool = True
-    beta_low: float = 0.05
-    beta_high: float = 0.05
-    agg_mode: str = "token-mean"
-    nll_coef: float = 0.1
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0                # not supported by this trainer (no reference model); must be 0
-    scale_adv_by_std: bool = True       # GRPO (True) or Dr.GRPO (False) advantages
-    dynamic_sampling: bool = False      # drop groups whose rewards are all equal
+    def _check(self) -> None:
+        for name in ("correct", "wrong", "no_think_close", "format_reward"):
+            _number(self, name, -math.inf)
+        _int_at_least(self, "overlong_max_length", 0)
+        _int_at_least(self, "overlong_buffer", 1)
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
+class AdvantageConfig(_Section):
+    """Group-relative advantages of the rewards."""
+    _section: ClassVar[str] = "advantage"
+    scale_by_std: bool = True           # divide by the group's reward std: GRPO (true) or Dr.GRPO (false)
+    dynamic_sampling: bool = False      # DAPO: drop groups whose rewards are all equal (zero advantage)
+
+
+@dataclass
+class OptimConfig(_Section):
+    """AdamW and its schedule."""
+    _section: ClassVar[str] = "optim"
+    lr: float = 1e-3                    # AdamW learning rate
+    weight_decay: float = 0.0           # AdamW decoupled weight decay
+    beta1: float = 0.9                  # AdamW beta1, in [0, 1)
+    beta2: float = 0.999                # AdamW beta2, in [0, 1)
+    adam_eps: float = 1e-8              # AdamW epsilon
     warmup_steps: int = 0               # linear warm-up, counted in training steps (rollout batches), as verl
     grad_clip: float = 1.0              # max grad norm (0: no clipping)
 
+    def _check(self) -> None:
+        _number(self, "lr", low_open=True)
+        _number(self, "weight_decay")
+        _number(self, "beta1", 0.0, 1.0)
+        _number(self, "beta2", 0.0, 1.0)
+        _number(self, "adam_eps", low_open=True)
+        _int_at_least(self, "warmup_steps", 0)
+        _number(self, "grad_clip")
+
 
 @dataclass
-class SFTConfig:
+class SFTConfig(_Section):
+    """Optional supervised warm-up (next-token loss on correct answers) before RL."""
+    _section: ClassVar[str] = "sft"
     steps: int = 0                      # supervised warm-up steps before RL (0: none)
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 64                # sequences per warm-up step
+    lr: float = 3e-3                    # warm-up learning rate
+
+    def _check(self) -> None:
+        _int_at_least(self, "steps", 0)
+        _int_at_least(self, "batch_size", 1)
+        _number(self, "lr", low_open=True)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    """The training loop, devices, checkpoints, evaluation and logging."""
+    _section: ClassVar[str] = "train"
     steps: int = 20                     # training steps (rollout batches)
     minibatch_prompts: int = 4          # prompts per minibatch; K = prompts_per_step / minibatch_prompts
     micro_batch_size: int = 0           # sequences per forward/backward (0: the whole minibatch)
-    seed: int = 0
-    device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
+    seed: int = 0                       # seed of sampling, shuffling and dropout
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
     threads: int = 0                    # torch intra-op CPU threads (0: torch's default)
     require_cuda: bool = False          # fail fast on a machine without CUDA
+    save_checkpoints: bool = True       # write checkpoints (false: a throwaway run that cannot be resumed)
     save_every: int = 10                # checkpoint every N steps (and at the end); 0: only at the end
     keep_last: int = 2                  # checkpoints kept
-    eval_every: int = 0                 # 0: eval only at the end
+    eval_every: int = 0                 # evaluate every N steps (0: only at the end)
     eval_k: int = 4                     # samples per eval prompt (avg@k, pass@k)
-    eval_temperature: float = 1.0
-    eval_top_p: float = 1.0
-    eval_max_new_tokens: int = 0        # 0: rollout.max_new_tokens
-    tensorboard: bool = False
+    eval_temperature: float = 1.0       # eval sampling temperature
+    eval_top_p: float = 1.0             # eval nucleus sampling threshold, in (0, 1]
+    eval_max_new_tokens: int = 0        # eval response length limit (0: rollout.max_new_tokens)
+    tensorboard: bool = False           # also write TensorBoard logs under <out>/tb
     progress: bool = True               # tqdm progress bar
     plot: bool = True                   # PNG of reward / entropy / clip fractions at the end
+    save_policy: bool = True            # write the final policy as a Hugging Face folder (safetensors) <out>/policy
+
+    def _check(self) -> None:
+        for name in ("steps", "minibatch_prompts", "keep_last", "eval_k"):
+            _int_at_least(self, name, 1)
+        for name in ("micro_batch_size", "seed", "threads", "save_every", "eval_every", "eval_max_new_tokens"):
+            _int_at_least(self, name, 0)
+        _number(self, "eval_temperature", low_open=True)
+        _number(self, "eval_top_p", 0.0, 1.0, low_open=True, high_open=False)
+        d = self.device
+        if not (d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            _fail("train", "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", d)
 
 
 @dataclass
 class Config:
+    """Every knob of an LM RL run; each section validates its own fields on construction."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    preset: str = ""
+    preset: str = ""                    # the preset this config started from ("" for none)
+
+    def __post_init__(self) -> None:
+        if self.rollout.prompts_per_step % self.train.minibatch_prompts:
+            raise ValueError(
+                f"train.minibatch_prompts ({self.train.minibatch_prompts}) must divide rollout.prompts_per_step "
+                f"({self.rollout.prompts_per_step}): the rollout batch is split into equal minibatches")
 
     @property
     def num_minibatches(self) -> int:
@@ -169,128 +381,192 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def sections() -> dict[str, type]:
+    """{section name: its dataclass} in Config's order."""
+    hints = _hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """{field: resolved type} of a dataclass, in field order."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 # ----------------------------------------------------------------------------- presets
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-tiny": {
-        "model.name": "tiny",
-        "data.task": "arith", "data.level": 1, "data.style": "bare", "data.num_train": 2000, "data.num_eval": 32,
-        "rollout.prompts_per_step": 16, "rollout.group_size": 8, "rollout.max_new_tokens": 4,
-        "rollout.temperature": 1.0,
-        "reward.judge": "exact", "reward.scheme": "binary",
-        "loss.name": "dapo", "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
-        "optim.lr": 3e-4, "optim.warmup_steps": 0, "optim.grad_clip": 1.0,
-        "sft.steps": 120, "sft.batch_size": 64, "sft.lr": 3e-3,
-        "train.steps": 20, "train.minibatch_prompts": 4, "train.save_every": 5, "train.eval_k": 4,
-        "train.device": "cpu",
+def _cpu_tiny() -> Config:
+    return Config(
+        preset="cpu-tiny",
+        model=ModelConfig(name="tiny"),
+        data=DataConfig(task="arith", level=1, style="bare", num_train=2000, num_eval=32),
+        rollout=RolloutConfig(prompts_per_step=16, group_size=8, max_new_tokens=4, temperature=1.0),
+        reward=RewardConfig(judge="exact", scheme="binary"),
+        loss=PolicyLossConfig(loss="dapo", erc=True, beta_low=0.05, beta_high=0.05, nll_coef=0.1),
+        optim=OptimConfig(lr=3e-4, warmup_steps=0, grad_clip=1.0),
+        sft=SFTConfig(steps=120, batch_size=64, lr=3e-3),
         # one thread: the tiny model's GEMMs gain nothing from two, and on a busy machine two
         # spinning OpenMP threads made the run 7x slower (228 s vs 34 s at load 5; same results)
-        "train.threads": 1,
-    },
-    "cpu-smollm2": {
-        "model.name": "smollm2-135m-instruct",
-        "data.task": "mc-arith", "data.level": 1, "data.style": "instruct", "data.num_train": 1000, "data.num_eval": 32,
-        "data.system_prompt": "Answer briefly.",   # shorter than SmolLM2's default system prompt
-        "rollout.prompts_per_step": 8, "rollout.group_size": 4, "rollout.max_new_tokens": 12,
-        "rollout.temperature": 1.0,
-        "reward.judge": "choice", "reward.scheme": "format", "reward.format_reward": 0.2,
-        "loss.name": "dapo", "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
-        "optim.lr": 1e-5, "optim.warmup_steps": 2, "optim.weight_decay": 0.0, "optim.grad_clip": 1.0,
-        "train.steps": 16, "train.minibatch_prompts": 4, "train.save_every": 8, "train.keep_last": 1, "train.eval_k": 2,
-        "train.device": "cpu",
-    },
-    # The paper's recipe (arXiv 2512.05591, section 4 and the authors' scripts), line by line.
-    "gpu-paper-1.5b": {
-        "model.name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        train=TrainConfig(steps=20, minibatch_prompts=4, save_every=5, eval_k=4, device="cpu", threads=1),
+    )
+
+
+def _cpu_smollm2() -> Config:
+    return Config(
+        preset="cpu-smollm2",
+        model=ModelConfig(name="smollm2-135m-instruct"),
+        data=DataConfig(task="mc-arith", level=1, style="instruct", num_train=1000, num_eval=32,
+                        system_prompt="Answer briefly."),   # shorter than SmolLM2's default system prompt
+        rollout=RolloutConfig(prompts_per_step=8, group_size=4, max_new_tokens=12, temperature=1.0),
+        reward=RewardConfig(judge="choice", scheme="format", format_reward=0.2),
+        loss=PolicyLossConfig(loss="dapo", erc=True, beta_low=0.05, beta_high=0.05, nll_coef=0.1),
+        optim=OptimConfig(lr=1e-5, warmup_steps=2, weight_decay=0.0, grad_clip=1.0),
+        train=TrainConfig(steps=16, minibatch_prompts=4, save_every=8, keep_last=1, eval_k=2, device="cpu"),
+    )
+
+
+def _gpu_paper_1_5b() -> Config:
+    """The paper's recipe (arXiv 2512.05591, section 4 and the authors' scripts), line by line."""
+    return Config(
+        preset="gpu-paper-1.5b",
         # fp32 master weights + bf16 autocast (bf16 weights would round away 1e-6 updates)
-        "model.dtype": "float32", "model.bf16_autocast": True, "model.gradient_checkpointing": True,
-        "data.task": "verl", "data.path": "Kwai-Klear/KlearReasoner-MathSub-30K", "data.split": "train",
-        "data.eval_path": None, "data.max_prompt_tokens": 4096,
-        "rollout.backend": "hf",                     # "vllm" for speed when installed
-        "rollout.prompts_per_step": 128, "rollout.group_size": 8,   # 128 prompts x 8 samples
-        "rollout.max_new_tokens": 16384, "rollout.temperature": 1.0, "rollout.top_p": 1.0,
-        "reward.judge": "math", "reward.scheme": "paper", "reward.correct": 1.0, "reward.wrong": -1.0,
-        "reward.no_think_close": -0.5, "reward.require_think": True, "reward.overlong_shaping": False,
-        "loss.name": "dapo", "loss.eps_low": 0.2, "loss.eps_high": 0.28, "loss.clip_ratio_c": 10.0,
-        "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
-        "loss.agg_mode": "token-mean", "loss.dynamic_sampling": True,
-        "optim.lr": 1e-6, "optim.warmup_steps": 10, "optim.weight_decay": 0.1, "optim.grad_clip": 1.0,
-        "train.minibatch_prompts": 16,               # -> 8 optimizer steps per rollout batch
-        "train.micro_batch_size": 8, "train.steps": 1000, "train.save_every": 20, "train.eval_every": 50,
-        "train.eval_k": 32, "train.eval_temperature": 0.6, "train.eval_top_p": 0.95,
-        "train.eval_max_new_tokens": 32768,
-        "train.device": "cuda", "train.require_cuda": True, "train.progress": True,
-    },
-}
+        model=ModelConfig(name="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", dtype="float32", bf16_autocast=True,
+                          gradient_checkpointing=True),
+        data=DataConfig(task="verl", path="Kwai-Klear/KlearReasoner-MathSub-30K", split="train", eval_path=None,
+                        max_prompt_tokens=4096),
+        rollout=RolloutConfig(backend="hf",                       # "vllm" for speed when installed
+                              prompts_per_step=128, group_size=8,  # 128 prompts x 8 samples
+                              max_new_tokens=16384, temperature=1.0, top_p=1.0),
+        reward=RewardConfig(judge="math", scheme="paper", correct=1.0, wrong=-1.0, no_think_close=-0.5,
+                            require_think=True, overlong_shaping=False),
+        advantage=AdvantageConfig(scale_by_std=True, dynamic_sampling=True),
+        loss=PolicyLossConfig(loss="dapo", loss_kwargs={"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 10.0},
+                              erc=True, beta_low=0.05, beta_high=0.05, nll_coef=0.1, agg_mode="token-mean"),
+        optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.1, grad_clip=1.0),
+        train=TrainConfig(minibatch_prompts=16,                     # -> 8 optimizer steps per rollout batch
+                          micro_batch_size=8, steps=1000, save_every=20, eval_every=50,
+                          eval_k=32, eval_temperature=0.6, eval_top_p=0.95, eval_max_new_tokens=32768,
+                          device="cuda", require_cuda=True, progress=True),
+    )
 
 
-# ----------------------------------------------------------------------------- overrides
-def parse_value(text: str) -> Any:
-    """'0.1' -> 0.1, 'true' -> True, 'null' -> None, '[1,2]' -> [1, 2], anything else -> the string."""
-    try:
-        return json.loads(text)
-    except (ValueError, TypeError):
-        return text
+PRESETS: dict[str, Config] = {"cpu-tiny": _cpu_tiny(), "cpu-smollm2": _cpu_smollm2(),
+                              "gpu-paper-1.5b": _gpu_paper_1_5b()}
 
 
-def _sections(cfg: Config) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+def preset_config(name: str) -> Config:
+    """A fresh copy of a preset; ValueError listing the presets for an unknown name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return config_from_dict(PRESETS[name].to_dict())
 
 
-def set_field(cfg: Config, dotted: str, value: Any) -> None:
-    """Set ``section.field`` (or ``section.dict_field.key``) on cfg; ValueError for unknown names."""
+# ----------------------------------------------------------------------------- dotted names
+# names of the earlier config layout -> their new place (an error message points there; saved
+# config.json files of earlier runs are migrated by config_from_dict)
+RENAMED = {"loss.name": "loss.loss", "loss.eps_low": "loss.loss_kwargs.eps_low",
+           "loss.eps_high": "loss.loss_kwargs.eps_high", "loss.clip_ratio_c": "loss.loss_kwargs.clip_ratio_c",
+           "loss.scale_adv_by_std": "advantage.scale_by_std", "loss.dynamic_sampling": "advantage.dynamic_sampling"}
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """Set ``section.field`` (or ``section.dict_field.key``) in the nested dict d (a Config.to_dict()),
+    converting value to the field's type; ValueError for unknown names or bad values."""
     parts = dotted.split(".")
-    sections = _sections(cfg)
-    if len(parts) < 2 or parts[0] not in sections:
-        raise ValueError(f"unknown config field {dotted!r}: expected section.field with section one of {sorted(sections)}")
-    sec = sections[parts[0]]
-    names = [f.name for f in dataclasses.fields(sec)]
-    if parts[1] not in names:
-        raise ValueError(f"unknown config field {dotted!r}: {parts[0]} has fields {names}")
+    secs = sections()
+    if parts == ["preset"]:
+        d["preset"] = convert("preset", str, value)
+        return
+    hint = f" ({dotted} was renamed to {RENAMED[dotted]})" if dotted in RENAMED else ""
+    if len(parts) < 2 or parts[0] not in secs:
+        raise ValueError(f"unknown config field {dotted!r}{hint}: expected section.field with section one of "
+                         f"{list(secs)}")
+    sec, name = parts[0], parts[1]
+    hints = _hints(secs[sec])
+    if name not in hints:
+        raise ValueError(f"unknown config field {dotted!r}{hint}: {sec} has fields {list(hints)}")
+    tp = hints[name]
     if len(parts) == 2:
-        current = getattr(sec, parts[1])
-        if isinstance(current, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        setattr(sec, parts[1], value)
-    else:
-        target = getattr(sec, parts[1])
-        if not isinstance(target, dict):
-            raise ValueError(f"config field {'.'.join(parts[:2])!r} is not a dict; cannot set {dotted!r}")
-        for p in parts[2:-1]:
-            target = target.setdefault(p, {})
-        target[parts[-1]] = value
+        d[sec][name] = convert(dotted, tp, value)
+        return
+    if not (get_origin(tp) is dict or tp is dict) or len(parts) != 3:
+        raise ValueError(f"cannot set {dotted!r}: only a dict field takes a key (section.field.key), "
+                         f"and {sec}.{name} is {getattr(tp, '__name__', tp)}")
+    key_args = get_args(tp)
+    vt = key_args[1] if len(key_args) == 2 else Any
+    d[sec][name] = {**d[sec][name], parts[2]: convert(dotted, vt | None if vt is not Any else Any, value)}
 
 
-def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
-    """Apply {"section.field": value} or ["section.field=value", ...] (values parsed by parse_value)."""
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like section.field=value")
-            k, v = item.split("=", 1)
-            items.append((k.strip(), parse_value(v.strip())))
-    for k, v in items:
-        set_field(cfg, k, v)
-    return cfg
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
+def _flat_items(d: Mapping) -> list[tuple[str, Any]]:
+    """Nested sections {"loss": {"beta_low": 0.1}} and dotted keys {"loss.beta_low": 0.1} -> dotted items."""
+    secs = sections()
+    out = []
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and "." not in key:  # a section: recurse one level
-            out.update(_flatten(v, key + "."))
+        if k in secs and isinstance(v, Mapping):
+            out.extend((f"{k}.{f}", fv) for f, fv in v.items())
+        elif k in secs:
+            raise ValueError(f"config section {k!r} must be a mapping of fields, got {v!r}")
         else:
-            out[key] = v
+            out.append((k, v))
     return out
 
 
+def _build(d: dict) -> Config:
+    """Construct a Config from a complete nested dict; a section's ValueError names section.field."""
+    kwargs = {}
+    for name, cls in sections().items():
+        try:
+            kwargs[name] = cls(**d[name])
+        except ValueError as e:
+            raise ValueError(_qualify(name, cls, str(e))) from None
+    return Config(**kwargs, preset=d.get("preset", "") or "")
+
+
+def _qualify(section: str, cls: type, msg: str) -> str:
+    """'beta_low must be ...' -> 'loss.beta_low must be ...' (sections that name their fields bare)."""
+    if msg.startswith(section + "."):
+        return msg
+    for f in _hints(cls):
+        if msg.startswith(f) and msg[len(f):len(f) + 1] in (" ", "[", ":"):
+            return f"{section}.{msg}"
+    return f"{section}: {msg}"
+
+
+def _override_items(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[tuple[str, Any]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    items = []
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        k, v = item.split("=", 1)
+        items.append((k.strip(), v.strip()))
+    return items
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str]) -> Config:
+    """Apply {"section.field": value} or ["section.field=value", ...] to cfg (values converted to
+    the field's type); the result is validated as a whole and written back into cfg, which is returned."""
+    d = cfg.to_dict()
+    for k, v in _override_items(overrides):
+        _set_dotted(d, k, v)
+    new = _build(d)
+    for f in dataclasses.fields(Config):
+        setattr(cfg, f.name, getattr(new, f.name))
+    return cfg
+
+
+def set_field(cfg: Config, dotted: str, value: Any) -> None:
+    """Set one ``section.field`` (or ``section.dict_field.key``) on cfg; ValueError for unknown names."""
+    apply_overrides(cfg, {dotted: value})
+
+
+# ----------------------------------------------------------------------------- files and dicts
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON (or YAML) file of nested sections or dotted keys -> flat {"section.field": value}."""
+    """A JSON (or YAML) file of nested sections or dotted keys -> flat {"section.field": value}
+    (plus "preset" when the file names one)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {str(p)!r} does not exist")
@@ -308,149 +584,70 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"config file {str(p)!r} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
-    preset = data.pop("preset", None)
-    flat = _flatten(data)
-    if preset is not None:
-        flat["preset"] = preset
-    return flat
+    return dict(_flat_items(data))
 
 
 def make_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
-                overrides: list[str] | dict | None = None, validate: bool = True) -> Config:
-    """Preset, then config file, then overrides; validated (ValueError naming the field)."""
+                overrides: list[str] | Mapping[str, Any] | None = None, validate: bool = True) -> Config:
+    """Preset, then config file, then overrides. Every section validates its fields (ValueError
+    naming the field); validate=True also checks the hardware (fails fast on CPU for CUDA-only configs)."""
     file_values = load_config_file(config_file) if config_file else {}
-    preset = preset or file_values.pop("preset", None) or ""
-    file_values.pop("preset", None)
-    cfg = Config()
-    if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
-        apply_overrides(cfg, copy.deepcopy(PRESETS[preset]))
-        cfg.preset = preset
-    apply_overrides(cfg, file_values)
-    apply_overrides(cfg, overrides or [])
+    file_preset = file_values.pop("preset", None)
+    preset = preset or file_preset or ""
+    d = (preset_config(preset) if preset else Config()).to_dict()
+    for k, v in list(file_values.items()) + _override_items(overrides):
+        _set_dotted(d, k, v)
+    d["preset"] = preset
+    cfg = _build(d)
     if validate:
-        validate_config(cfg)
+        _check_hardware(cfg)
     return cfg
 
 
-def config_from_dict(d: dict) -> Config:
-    """Inverse of Config.to_dict (used to reload the config saved with a run)."""
-    cfg = Config()
-    preset = d.get("preset", "")
-    apply_overrides(cfg, {k: v for k, v in _flatten({k: v for k, v in d.items() if k != "preset"}).items()})
-    cfg.preset = preset
-    return cfg
+def _migrate(d: Mapping) -> dict:
+    """A config dict saved by an earlier version (loss.name, loss.eps_low, loss.scale_adv_by_std, ...)
+    in the current layout; a current dict is returned unchanged."""
+    d = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+    loss = d.get("loss")
+    if not isinstance(loss, dict) or "name" not in loss:
+        return d
+    loss["loss"] = loss.pop("name")
+    kwargs = dict(loss.get("loss_kwargs") or {})
+    for key in ("eps_low", "eps_high", "clip_ratio_c"):
+        if key in loss:
+            v = loss.pop(key)
+            if v is not None:
+                kwargs[key] = v
+    loss["loss_kwargs"] = kwargs
+    adv = d.setdefault("advantage", {})
+    if "scale_adv_by_std" in loss:
+        adv["scale_by_std"] = loss.pop("scale_adv_by_std")
+    if "dynamic_sampling" in loss:
+        adv["dynamic_sampling"] = loss.pop("dynamic_sampling")
+    return d
 
 
-# ----------------------------------------------------------------------------- validation
-def _pos_int(name: str, v: Any, allow_zero: bool = False) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {v!r}")
+def config_from_dict(d: Mapping) -> Config:
+    """Inverse of Config.to_dict (used to reload the config saved with a run); missing fields keep
+    their defaults, unknown ones are a ValueError. Dicts saved before the loss/advantage rename load too."""
+    base = Config().to_dict()
+    for k, v in _flat_items(_migrate(d)):
+        _set_dotted(base, k, v)
+    return _build(base)
 
 
-def _pos_float(name: str, v: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v != float("inf")
-    if not ok or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
-
-
+# ----------------------------------------------------------------------------- hardware
 def validate_config(cfg: Config) -> Config:
-    """Check every field; ValueError naming the field. Also fails fast on a CPU-only machine
-    for configs that need CUDA (train.require_cuda, model.bf16_autocast, rollout.backend=vllm)."""
-    from ercref.losses import LOSSES
-    from ercref.aggregation import AGG_MODES
-
-    m, d, r, rw, lo, o, s, t = cfg.model, cfg.data, cfg.rollout, cfg.reward, cfg.loss, cfg.optim, cfg.sft, cfg.train
-    if not isinstance(m.name, str) or not m.name:
-        raise ValueError(f"model.name must be a non-empty string, got {m.name!r}")
-    if m.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {m.dtype!r}")
-    from .data import REAL_TASKS, SYNTHETIC_TASKS
-    if d.task not in SYNTHETIC_TASKS + REAL_TASKS:
-        raise ValueError(f"data.task must be one of {SYNTHETIC_TASKS + REAL_TASKS}, got {d.task!r}")
-    if d.task in REAL_TASKS and not d.path:
-        raise ValueError(f"data.path is required for data.task={d.task!r} (a local .jsonl/.parquet file or a hub id)")
-    _pos_int("data.level", d.level)
-    _pos_int("data.num_train", d.num_train)
-    _pos_int("data.num_eval", d.num_eval)
-    _pos_int("data.max_prompt_tokens", d.max_prompt_tokens)
-    if d.style not in ("bare", "instruct"):
-        raise ValueError(f"data.style must be 'bare' or 'instruct', got {d.style!r}")
-    if r.backend not in ("hf", "vllm"):
-        raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {r.backend!r}")
-    _pos_int("rollout.prompts_per_step", r.prompts_per_step)
-    _pos_int("rollout.group_size", r.group_size)
-    _pos_int("rollout.max_new_tokens", r.max_new_tokens)
-    _pos_int("rollout.generation_batch_size", r.generation_batch_size, allow_zero=True)
-    _pos_float("rollout.temperature", r.temperature)
-    if not (isinstance(r.top_p, (int, float)) and 0 < r.top_p <= 1):
-        raise ValueError(f"rollout.top_p must be in (0, 1], got {r.top_p!r}")
-    if rw.judge not in ("exact", "choice", "math"):
-        raise ValueError(f"reward.judge must be 'exact', 'choice' or 'math', got {rw.judge!r}")
-    if rw.scheme not in ("binary", "paper", "format"):
-        raise ValueError(f"reward.scheme must be 'binary', 'paper' or 'format', got {rw.scheme!r}")
-    _pos_int("reward.overlong_max_length", rw.overlong_max_length, allow_zero=True)
-    _pos_int("reward.overlong_buffer", rw.overlong_buffer)
-    if lo.name not in LOSSES:
-        raise ValueError(f"loss.name must be one of {sorted(LOSSES)}, got {lo.name!r}")
-    if lo.erc:
-        for name in ("beta_low", "beta_high"):
-            v = getattr(lo, name)
-            _pos_float(f"loss.{name}", v)
-        if lo.beta_low >= 1:
-            raise ValueError(f"loss.beta_low must be < 1 (the lower bound 1 - beta_low must stay positive), got {lo.beta_low!r}")
-    if lo.agg_mode not in AGG_MODES:
-        raise ValueError(f"loss.agg_mode must be one of {AGG_MODES}, got {lo.agg_mode!r}")
-    for name in ("nll_coef", "entropy_coef"):
-        _pos_float(f"loss.{name}", getattr(lo, name), allow_zero=True)
-    if lo.kl_coef != 0:
-        raise ValueError("loss.kl_coef must be 0: this trainer keeps no reference model (the paper uses no KL)")
-    if lo.entropy_coef != 0:
-        raise ValueError("loss.entropy_coef must be 0: the trainer's entropy is detached (the paper uses no entropy bonus)")
-    if lo.eps_low is not None:
-        _pos_float("loss.eps_low", lo.eps_low)
-        if lo.eps_low >= 1:
-            raise ValueError(f"loss.eps_low must be < 1, got {lo.eps_low!r}")
-    if lo.eps_high is not None:
-        _pos_float("loss.eps_high", lo.eps_high)
-    if lo.clip_ratio_c is not None and not (isinstance(lo.clip_ratio_c, (int, float)) and lo.clip_ratio_c > 1):
-        raise ValueError(f"loss.clip_ratio_c must be > 1, got {lo.clip_ratio_c!r}")
-    if not isinstance(lo.loss_kwargs, dict):
-        raise ValueError(f"loss.loss_kwargs must be a dict, got {lo.loss_kwargs!r}")
-    _pos_float("optim.lr", o.lr)
-    _pos_float("optim.weight_decay", o.weight_decay, allow_zero=True)
-    for name in ("beta1", "beta2"):
-        v = getattr(o, name)
-        if not (isinstance(v, (int, float)) and 0 <= v < 1):
-            raise ValueError(f"optim.{name} must be in [0, 1), got {v!r}")
-    _pos_float("optim.adam_eps", o.adam_eps)
-    _pos_int("optim.warmup_steps", o.warmup_steps, allow_zero=True)
-    _pos_float("optim.grad_clip", o.grad_clip, allow_zero=True)
-    _pos_int("sft.steps", s.steps, allow_zero=True)
-    _pos_int("sft.batch_size", s.batch_size)
-    _pos_float("sft.lr", s.lr)
-    _pos_int("train.steps", t.steps)
-    _pos_int("train.minibatch_prompts", t.minibatch_prompts)
-    if r.prompts_per_step % t.minibatch_prompts:
-        raise ValueError(f"train.minibatch_prompts ({t.minibatch_prompts}) must divide rollout.prompts_per_step "
-                         f"({r.prompts_per_step}): the rollout batch is split into equal minibatches")
-    _pos_int("train.micro_batch_size", t.micro_batch_size, allow_zero=True)
-    for name in ("save_every", "eval_every", "eval_max_new_tokens"):
-        _pos_int(f"train.{name}", getattr(t, name), allow_zero=True)
-    _pos_int("train.keep_last", t.keep_last)
-    _pos_int("train.threads", t.threads, allow_zero=True)
-    _pos_int("train.eval_k", t.eval_k)
-    _pos_float("train.eval_temperature", t.eval_temperature)
-    if not (isinstance(t.eval_top_p, (int, float)) and 0 < t.eval_top_p <= 1):
-        raise ValueError(f"train.eval_top_p must be in (0, 1], got {t.eval_top_p!r}")
-    if not isinstance(t.device, str) or not (t.device in ("auto", "cpu") or t.device.startswith("cuda")):
-        raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda[:N]', got {t.device!r}")
+    """Re-check every field (catches attributes assigned after construction) and the hardware;
+    ValueError naming the field. Returns cfg."""
+    _build(cfg.to_dict())
     _check_hardware(cfg)
     return cfg
 
 
 def _check_hardware(cfg: Config) -> None:
+    """Fail fast on a CPU-only machine for configs that need CUDA (train.require_cuda,
+    train.device=cuda*, model.bf16_autocast, rollout.backend=vllm)."""
     import torch
 
     has_cuda = torch.cuda.is_available()

@@ -8,6 +8,8 @@ Layout of a rollout batch of N = n_prompts * G sequences (groups contiguous):
     response_mask  (N, R)      bool, response tokens up to and including the first EOS
     old_logp       (N, R)      log pi_old(y_t | y_<t) at the rollout temperature (0 where masked)
     old_entropy    (N, R)      H(pi_old, t) over the full vocabulary, same forward (0 where masked)
+    ref_logp       (N, R)      log pi_ref(y_t | y_<t) of a frozen reference model (KL term only), computed
+                               in the same no-grad pass over the same micro-batches (None without one)
 
 For position t of the response, the token sequences[:, P + t] is predicted by the hidden state at
 P + t - 1, so the forward keeps positions P-1 .. P+R-2 (``response_logprobs``).
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ercref import entropy_from_logits, logprobs_from_logits
+from ercref import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from ercref.fused_head import fused_logprobs_and_entropy
 
 from .models import apply_chat_template
@@ -47,6 +49,7 @@ class RolloutBatch:
     answers: list[str]
     time_generate_s: float = 0.0
     time_old_logprob_s: float = 0.0
+    ref_logp: Tensor | None = None
 
     @property
     def response_lengths(self) -> Tensor:
@@ -57,7 +60,8 @@ class RolloutBatch:
         il = idx.tolist()
         return RolloutBatch(self.sequences[idx], self.attention_mask[idx], self.response_mask[idx], self.old_logp[idx],
                             self.old_entropy[idx], self.prompt_len, [self.texts[i] for i in il],
-                            [self.prompts[i] for i in il], [self.answers[i] for i in il])
+                            [self.prompts[i] for i in il], [self.answers[i] for i in il],
+                            ref_logp=None if self.ref_logp is None else self.ref_logp[idx])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,10 +94,11 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 
 
 def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, temperature: float,
-                      fused_head: bool = True) -> tuple[Tensor, Tensor]:
+                      fused_head: bool = True, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
     """(logp, entropy), each (N, R) float32, of the response tokens sequences[:, prompt_len:].
 
-    logp carries gradient when grad mode is on; entropy never does (it only builds the ERC mask).
+    logp carries gradient when grad mode is on; entropy only with ``entropy_grad=True`` (the
+    entropy bonus); otherwise it is detached (it only builds the ERC mask).
     ``fused_head`` computes both from the last hidden states and the LM-head weight in row
     chunks (ercref.fused_head), never materialising the (N, R, V) logits; otherwise the model's
     logits for the R kept positions are used.
@@ -110,9 +115,11 @@ def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_l
         out = model.get_decoder()(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False)
         hidden = out.last_hidden_state[:, prompt_len - 1 : -1]
         weight = head.weight if head.weight.dtype == hidden.dtype else head.weight.to(hidden.dtype)
-        return fused_logprobs_and_entropy(hidden, weight, labels, temperature)
+        return fused_logprobs_and_entropy(hidden, weight, labels, temperature, entropy_grad=entropy_grad)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
                    logits_to_keep=R + 1).logits[:, :-1]
+    if entropy_grad:
+        return logprobs_and_entropy(logits, labels, temperature, entropy_grad=True)
     logp = logprobs_from_logits(logits, labels, temperature)
     with torch.no_grad():
         ent = entropy_from_logits(logits.detach(), temperature)
@@ -152,12 +159,13 @@ def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max
 def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int, max_new_tokens: int,
             temperature: float = 1.0, top_p: float = 1.0, max_prompt_tokens: int = 512, generation_batch_size: int = 0,
             fused_head: bool = True, autocast_dtype: torch.dtype | None = None, generator_fn=None,
-            with_logprobs: bool = True) -> RolloutBatch:
+            with_logprobs: bool = True, ref_model=None) -> RolloutBatch:
     """Sample ``group_size`` responses for every prompt (groups contiguous) and compute old log-probs
     and old entropies in one forward of the same (unchanged) model.
 
     ``generator_fn(input_ids, attention_mask) -> response ids`` replaces HF generate (vLLM backend).
     ``with_logprobs=False`` (evaluation) skips the forward; old_logp / old_entropy are then zeros.
+    ``ref_model`` (KL term): its log-probs are computed in the same no-grad pass (same micro-batches).
     """
     if not prompts or len(prompts) != len(answers):
         raise ValueError(f"prompts ({len(prompts)}) and answers ({len(answers)}) must be non-empty and equal in length")
@@ -178,29 +186,36 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
     seq = torch.cat([ids, resp], dim=1)
     full_am = torch.cat([am, rmask.long()], dim=1)
     P = ids.shape[1]
+    ref_logp = None
     if not with_logprobs:
         old_logp = old_ent = torch.zeros(rmask.shape, device=device)
     else:
-        old_logp, old_ent = _old_logprobs(model, seq, full_am, P, temperature, rmask, generation_batch_size,
-                                          fused_head, autocast_dtype)
+        old_logp, old_ent, ref_logp = _old_logprobs(model, seq, full_am, P, temperature, rmask, generation_batch_size,
+                                                    fused_head, autocast_dtype, ref_model)
     t2 = time.perf_counter()
     model.train(was_training)
     texts = tokenizer.batch_decode(torch.where(rmask, resp, tokenizer.pad_token_id), skip_special_tokens=True)
     return RolloutBatch(seq, full_am, rmask, old_logp, old_ent, P, texts, rep_prompts, rep_answers,
-                        time_generate_s=t1 - t0, time_old_logprob_s=t2 - t1)
+                        time_generate_s=t1 - t0, time_old_logprob_s=t2 - t1, ref_logp=ref_logp)
 
 
 @torch.no_grad()
-def _old_logprobs(model, seq, full_am, P, temperature, rmask, batch_size, fused_head, autocast_dtype):
+def _old_logprobs(model, seq, full_am, P, temperature, rmask, batch_size, fused_head, autocast_dtype, ref_model=None):
+    """(old_logp, old_entropy, ref_logp or None), each (N, R), masked: one no-grad pass in micro-batches,
+    the reference model (when given) on the same micro-batch right after the policy."""
     device = seq.device
     with _autocast(device, autocast_dtype):
-        logps, ents = [], []
+        logps, ents, refs = [], [], []
         bs = batch_size or seq.shape[0]
         for i in range(0, seq.shape[0], bs):
             lp, en = response_logprobs(model, seq[i : i + bs], full_am[i : i + bs], P, temperature, fused_head)
             logps.append(lp.float())
             ents.append(en.float())
-    return torch.cat(logps) * rmask, torch.cat(ents) * rmask
+            if ref_model is not None:
+                rl, _ = response_logprobs(ref_model, seq[i : i + bs], full_am[i : i + bs], P, temperature, fused_head)
+                refs.append(rl.float())
+    ref = torch.cat(refs) * rmask if ref_model is not None else None
+    return torch.cat(logps) * rmask, torch.cat(ents) * rmask, ref
 
 
 def _autocast(device, dtype):

@@ -3,29 +3,40 @@
 One training step (``Trainer.train_step``):
 
     1. take n prompts from the data stream; roll out G samples each (rollout.rollout), which also
-       returns old log-probs and old entropies from one no-grad forward of this policy snapshot
+       returns old log-probs and old entropies (and, with a KL term, the reference model's
+       log-probs) from one no-grad pass over the same micro-batches
     2. score rewards (rewards.score_responses)                                       (N,) N = n*G
     3. group advantages A_i = (R_i - mean_g R) / (std_g R + 1e-6)   (ercref.group_advantages)
     4. optionally drop groups whose rewards are all equal          (ercref.dynamic_sampling_mask)
     5. split the kept groups into K minibatches of train.minibatch_prompts prompts and take K
        AdamW steps; minibatch k is k optimizer steps stale (staleness k = 0..K-1):
-           logp, H = response_logprobs(policy)          (H detached: it only builds the ERC mask)
-           loss    = ercref.compute_policy_loss(PolicyLossConfig, logp, old_logp, A, mask, H, old_H, R)
+           logp, H = response_logprobs(policy)   (H has gradient only when the entropy bonus is on)
+           loss    = ercref.compute_policy_loss(cfg.loss, logp, old_logp, A, mask, H, old_H, R, ref_logp)
        gradient clipping; the LR scheduler (linear warm-up) steps once per training step, as verl.
 
-Then logs (metrics_log), periodic evaluation (avg@k / pass@k), and an atomic checkpoint
-(checkpoint.py) that lets a killed run continue exactly as if it had never stopped.
+``cfg.loss`` *is* an ``ercref.PolicyLossConfig``: the engine passes it to the core unchanged.
 
-Before RL, ``sft.steps`` > 0 runs a supervised warm-up (next-token loss on correct answers), used by
-the cpu-tiny preset whose model starts random.
+Metrics stay 0-d tensors through the step and are converted to numbers once per step
+(``ercref.metrics_to_floats``: one host sync), then logged (metrics_log), then handed to callbacks.
+
+Extend by callbacks, not subclasses (``Callback``): ``on_fit_start``, ``on_sft_end``,
+``on_minibatch_start`` / ``on_minibatch`` (with staleness k), ``on_step``, ``on_eval``, ``on_save``.
+
+Before RL (``start``, called by ``fit``): a fresh run refuses to overwrite a folder that holds
+checkpoints unless ``overwrite=True``; ``sft.steps`` > 0 runs a supervised warm-up (next-token loss
+on correct answers; the cpu-tiny preset's model starts random); with ``loss.kl_coef`` > 0 the
+policy at that point is frozen as the reference model. A resumed run restores all of this from
+its newest loadable checkpoint and continues exactly as if it had never stopped. At the end the
+policy is also written with ``save_pretrained`` (safetensors) to ``<out>/policy``.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
-import math
 import os
 import random
-import signal
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -33,43 +44,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ercref import PolicyLossConfig, compute_policy_loss, dynamic_sampling_mask, group_advantages
+from ercref import compute_policy_loss, dynamic_sampling_mask, group_advantages, metrics_to_floats
 
 from . import checkpoint as ckpt
 from .config import Config, resolve_device
 from .data import load_task
-from .metrics_log import RunLog, plot_run
+from .metrics_log import RunLog
 from .models import load_model
 from .rewards import score_responses
-from .rollout import RolloutBatch, encode_prompts, response_logprobs, rollout
+from .rollout import RolloutBatch, encode_prompts, eos_ids, response_logprobs, rollout
 
-# Fault injection for the kill-and-resume tests: SIGKILL this process (no cleanup) right after
-# checkpoint N is written, or in the middle of step N (after its first minibatch is logged).
-CRASH_ENV = "ERCREF_CRASH_AFTER_CHECKPOINT"
-CRASH_DURING_ENV = "ERCREF_CRASH_DURING_STEP"
-
-
-def _maybe_crash(env: str, step: int) -> None:
-    value = os.environ.get(env)
-    if value is not None and int(value) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Callback:
+    """Hooks the Trainer calls; override the ones you need (each defaults to doing nothing).
+
+    on_fit_start(trainer)                              after start(), before the first step of fit()
+    on_sft_end(trainer)                                after the supervised warm-up of a fresh run
+    on_minibatch_start(trainer, minibatch, advantages, staleness)   before each optimizer step
+    on_minibatch(trainer, record)      after each optimizer step; record["staleness"] = k, metric
+                                       values are 0-d tensors (no host sync until the step ends)
+    on_step(trainer, record)           after each training step, with the logged numbers
+    on_eval(trainer, record)           after each evaluation
+    on_save(trainer, path)             after each checkpoint is written
+    """
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_sft_end(self, trainer: "Trainer") -> None: ...
+    def on_minibatch_start(self, trainer: "Trainer", minibatch: RolloutBatch, advantages: torch.Tensor,
+                           staleness: int) -> None: ...
+    def on_minibatch(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_step(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_eval(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_save(self, trainer: "Trainer", path: Path) -> None: ...
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def policy_loss_config(cfg: Config) -> PolicyLossConfig:
-    lc = cfg.loss
-    kwargs = dict(lc.loss_kwargs)
-    for name in ("eps_low", "eps_high", "clip_ratio_c"):
-        if getattr(lc, name) is not None:
-            kwargs[name] = getattr(lc, name)
-    return PolicyLossConfig(loss=lc.name, loss_kwargs=kwargs, erc=lc.erc, beta_low=lc.beta_low, beta_high=lc.beta_high,
-                            agg_mode=lc.agg_mode, nll_coef=lc.nll_coef, kl_coef=0.0, entropy_coef=0.0)
 
 
 def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
@@ -80,11 +94,18 @@ def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False):
+    def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 callbacks: list[Callback] | tuple = ()):
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir = self.out / "checkpoints"
+        self.callbacks = list(callbacks)
+        found = ckpt.list_checkpoints(self.ckpt_dir)
+        if found and not resume and not overwrite:  # never delete someone's run without being told to
+            raise FileExistsError(
+                f"{self.out} already holds {len(found)} checkpoint(s) of a run (newest: step {found[-1][0]}). "
+                "Continue it with --resume, or start over with --overwrite (deletes them), or pick another --out.")
+        self.overwrite = overwrite
         self.device = resolve_device(cfg)
         self._threads_before = torch.get_num_threads()
         if cfg.train.threads:  # restored at the end of fit()
@@ -99,7 +120,6 @@ class Trainer:
         self.train_set, self.eval_set = load_task(cfg.data)
         if not self.train_set:
             raise ValueError("the training set is empty")
-        self.pcfg = policy_loss_config(cfg)
         o = cfg.optim
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -110,30 +130,53 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0            # completed training steps
         self.cursor = 0          # prompts consumed from the training stream
+        self.ref_model = None    # frozen reference policy (loss.kl_coef > 0), set by start() / restore
+        self.sft_done = cfg.sft.steps == 0   # a callback may load warm-up weights and set this
+        self.started = False
         self.vllm = None
         if cfg.rollout.backend == "vllm":
             from .rollout import VLLMGenerator
             self.vllm = VLLMGenerator(cfg.model.name, self.tok, self.device, "bfloat16",
                                       cfg.rollout.vllm_gpu_memory_utilization,
                                       cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.train.seed)
+        self.resumed_from = None
+        if resume:
+            loaded = ckpt.load_latest_valid(self.ckpt_dir, required=("step", "rng", "model", "optimizer",
+                                                                     "scheduler", "cursor"))
+            if loaded is None:
+                warnings.warn(f"--resume: no loadable checkpoint in {self.ckpt_dir}; starting from scratch", stacklevel=2)
+            else:
+                self.resumed_from = loaded[0]
+                self._restore(loaded[1])
         self.log = RunLog(self.out, cfg.train.tensorboard)
-        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        last = ckpt.latest_checkpoint(self.ckpt_dir) if resume else None
-        if resume and last is None:
-            warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting from scratch")
-        if last is not None:
-            self._restore(ckpt.load_checkpoint(last))
-        else:  # a fresh run: clear outputs of an earlier run in the same folder
-            stale = ckpt.list_checkpoints(self.ckpt_dir)
-            if stale:
-                warnings.warn(f"starting a fresh run in {self.out}: removing {len(stale)} old checkpoint(s) "
-                              "(use --resume to continue instead)")
-                for _, p in stale:
-                    p.unlink()
-            if self.log.path.exists():
-                self.log.path.unlink()
-            if cfg.sft.steps:
-                self.sft_warmup()
+
+    def _emit(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook, lambda *a: None)(self, *args)
+
+    # ------------------------------------------------------------------ before the first step
+    def start(self) -> None:
+        """Prepare the run folder and the policy (idempotent; ``fit`` calls it). Fresh run: clear
+        an old run's files (only with overwrite=True: __init__ refused otherwise), write
+        config.json, run the SFT warm-up, freeze the reference model. Resumed run: nothing to do."""
+        if self.started:
+            return
+        self.started = True
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.resumed_from is not None:
+            self.log.truncate_after(self.step)
+            return
+        for _, p in ckpt.list_checkpoints(self.ckpt_dir):  # present only with overwrite=True
+            p.unlink()
+        if self.log.path.exists():
+            self.log.path.unlink()
+        if not self.sft_done:
+            self.sft_warmup()
+            self.sft_done = True
+            self._emit("on_sft_end")
+        if self.cfg.loss.kl_coef > 0:
+            self.ref_model = _frozen_copy(self.model)
 
     # ------------------------------------------------------------------ data
     def next_prompts(self, n: int) -> list[dict]:
@@ -178,7 +221,8 @@ class Trainer:
             gen_fn = lambda ids, am: self.vllm(ids, am, max_new_tokens, temperature, top_p)  # noqa: E731
         return rollout(self.model, self.tok, [r["prompt"] for r in records], [r["answer"] for r in records],
                        group_size, max_new_tokens, temperature, top_p, self.cfg.data.max_prompt_tokens,
-                       self.cfg.rollout.generation_batch_size, self.cfg.model.fused_head, self.autocast, gen_fn)
+                       self.cfg.rollout.generation_batch_size, self.cfg.model.fused_head, self.autocast, gen_fn,
+                       ref_model=self.ref_model)
 
     def score(self, batch: RolloutBatch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         return score_responses(batch.texts, batch.answers, self.cfg.reward, batch.response_lengths.cpu(), max_new_tokens)
@@ -195,95 +239,109 @@ class Trainer:
             out.append((g.unsqueeze(-1) * G + torch.arange(G)).flatten())
         return out
 
-    def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+    def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimizer step on one minibatch (gradient accumulated over micro-batches, each
-        weighted by its share of response tokens: exact for the token-mean policy term)."""
-        dev = self.device
+        weighted by its share of response tokens: exact for the token-mean policy term).
+        Returns metrics as 0-d tensors (no host sync)."""
+        dev, lc = self.device, self.cfg.loss
         n = mb.sequences.shape[0]
         micro = self.cfg.train.micro_batch_size or n
-        total_tok = float(mb.response_mask.sum())
+        total_tok = mb.response_mask.sum()
+        entropy_grad = lc.entropy_coef > 0   # the bonus differentiates H; otherwise H only builds the ERC mask
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        acc: dict[str, float] = {}
-        max_diff = 0.0
+        acc: dict[str, torch.Tensor] = {}
+        max_diff = torch.zeros((), device=dev)
         for i in range(0, n, micro):
             sl = slice(i, i + micro)
             rmask = mb.response_mask[sl].to(dev)
-            with (torch.autocast(device_type=torch.device(dev).type, dtype=self.autocast)
-                  if self.autocast is not None else _null()):
+            with _autocast(dev, self.autocast):
                 logp, ent = response_logprobs(self.model, mb.sequences[sl].to(dev), mb.attention_mask[sl].to(dev),
-                                              mb.prompt_len, self.cfg.rollout.temperature, self.cfg.model.fused_head)
+                                              mb.prompt_len, self.cfg.rollout.temperature, self.cfg.model.fused_head,
+                                              entropy_grad=entropy_grad)
             logp, ent = logp.float(), ent.float()
             old = mb.old_logp[sl].to(dev)
-            loss, m = compute_policy_loss(self.pcfg, logp, old, adv[sl].to(dev), rmask, entropy=ent,
-                                          old_entropy=mb.old_entropy[sl].to(dev), rewards=rewards[sl].to(dev))
-            w = float(rmask.sum()) / total_tok
+            ref = mb.ref_logp[sl].to(dev) if mb.ref_logp is not None else None
+            loss, m = compute_policy_loss(lc, logp, old, adv[sl].to(dev), rmask, entropy=ent,
+                                          old_entropy=mb.old_entropy[sl].to(dev), rewards=rewards[sl].to(dev),
+                                          ref_logp=ref)
+            w = (mb.response_mask[sl].sum() / total_tok).to(dev)
             (loss * w).backward()
             for k, v in m.items():
                 acc[k] = acc.get(k, 0.0) + w * v
-            max_diff = max(max_diff, float(((logp.detach() - old).abs() * rmask).max()))
+            max_diff = torch.maximum(max_diff, ((logp.detach() - old).abs() * rmask).max())
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         self.opt.step()
         self.model.eval()
-        acc["grad/norm"] = float(gnorm)
+        acc["grad/norm"] = gnorm.detach()
         acc["logp/max_abs_diff_old"] = max_diff
-        acc["lr"] = self.opt.param_groups[0]["lr"]
+        acc["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
         acc["tokens"] = total_tok
         return acc
 
     def train_step(self) -> dict:
+        self.start()
         cfg, r = self.cfg, self.cfg.rollout
         step = self.step + 1
         t0 = time.perf_counter()
         records = self.next_prompts(r.prompts_per_step)
         batch = self.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
         rewards, correct = self.score(batch, r.max_new_tokens)
-        adv = group_advantages(rewards, r.group_size, scale_by_std=cfg.loss.scale_adv_by_std)
-        keep = dynamic_sampling_mask(rewards, r.group_size) if cfg.loss.dynamic_sampling else torch.ones_like(correct)
+        adv = group_advantages(rewards, r.group_size, scale_by_std=cfg.advantage.scale_by_std)
+        keep = dynamic_sampling_mask(rewards, r.group_size) if cfg.advantage.dynamic_sampling else torch.ones_like(correct)
         t_upd = time.perf_counter()
         mb_metrics = []
         for k, idx in enumerate(self.minibatches(keep)):
-            m = self.update_minibatch(batch.select(idx), adv[idx], rewards[idx])
-            rec = {"kind": "minibatch", "step": step, "staleness": k, **m}
-            self.log.write(rec)
+            mb = batch.select(idx)
+            self._emit("on_minibatch_start", mb, adv[idx], k)
+            m = self.update_minibatch(mb, adv[idx], rewards[idx])
             mb_metrics.append(m)
-            _maybe_crash(CRASH_DURING_ENV, step)
+            self._emit("on_minibatch", {"kind": "minibatch", "step": step, "staleness": k, **m})
         if self.vllm is not None and mb_metrics:
             self.vllm.load_weights(self.model)  # the next rollout samples from the updated policy
         with warnings.catch_warnings():  # a step with no kept group takes no optimizer step
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.sched.step()
         t_end = time.perf_counter()
-        lens = batch.response_lengths.float()
         rm = batch.response_mask
         out = {
             "kind": "step", "step": step,
-            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "reward/accuracy": float(correct.float().mean()),
-            "len/response_mean": float(lens.mean()),
-            "len/truncated_frac": float((~_ends_with_eos(batch, self)).float().mean()),
-            "entropy/old_mean": float((batch.old_entropy * rm).sum() / rm.sum()),
+            "reward/mean": rewards.mean(), "reward/std": rewards.std() if rewards.numel() > 1 else torch.zeros(()),
+            "reward/accuracy": correct.float().mean(),
+            "len/response_mean": batch.response_lengths.float().mean(),
+            "len/truncated_frac": (~_ends_with_eos(batch, self.model, self.tok)).float().mean(),
+            "entropy/old_mean": (batch.old_entropy * rm).sum() / rm.sum(),
             "batch/seq_width": int(batch.sequences.shape[1]),
-            "batch/tokens": int(batch.attention_mask.sum()),
-            "batch/kept_groups": int(keep.view(-1, r.group_size)[:, 0].sum()),
+            "batch/tokens": batch.attention_mask.sum(),
+            "batch/kept_groups": keep.view(-1, r.group_size)[:, 0].sum(),
             "batch/minibatches": len(mb_metrics),
         }
         if mb_metrics:  # means over minibatches; entropy/old_mean above is over the whole batch
             for key in mb_metrics[0]:
-                if key in ("tokens", "entropy/old_mean"):
-                    continue
-                out[key] = sum(m[key] for m in mb_metrics) / len(mb_metrics)
+                if key not in ("tokens", "entropy/old_mean"):
+                    out[key] = sum(m[key] for m in mb_metrics) / len(mb_metrics)
             out["lr"] = mb_metrics[-1]["lr"]
+        # the one host sync of the step: every minibatch record and the step record at once
+        flat = metrics_to_floats({(j, k): v for j, m in enumerate(mb_metrics + [out]) for k, v in m.items() if k not in ("kind", "step")})
+        rows: list[dict] = [{} for _ in range(len(mb_metrics) + 1)]
+        for (j, k), v in flat.items():
+            rows[j][k] = v
+        for k, row in enumerate(rows[:-1]):
+            self.log.write({"kind": "minibatch", "step": step, "staleness": k, **row})
+        out = {"kind": "step", "step": step, **rows[-1]}
+        for name in ("batch/seq_width", "batch/tokens", "batch/kept_groups", "batch/minibatches"):
+            out[name] = int(out[name])
         out["time/generate_s"] = batch.time_generate_s
         out["time/old_logprob_s"] = batch.time_old_logprob_s
         out["time/update_s"] = t_end - t_upd
         out["time/step_s"] = t_end - t0
         out["perf/tokens_per_s"] = float(rm.sum()) / max(t_end - t0, 1e-9)
-        out["perf/update_tokens_per_s"] = sum(m["tokens"] for m in mb_metrics) / max(t_end - t_upd, 1e-9)
+        out["perf/update_tokens_per_s"] = sum(row["tokens"] for row in rows[:-1]) / max(t_end - t_upd, 1e-9)
         self.step = step
         self.log.write(out)
+        self._emit("on_step", out)
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -305,14 +363,17 @@ class Trainer:
                "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
                "eval/prompts": len(self.eval_set), "eval/sample": batch.texts[0]}
         self.log.write(rec)
+        self._emit("on_eval", rec)
         return rec
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "cursor": self.cursor, "config": self.cfg.to_dict()}
+        if self.ref_model is not None:
+            state["ref_model"] = self.ref_model.state_dict()
         path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, self.cfg.train.keep_last)
-        _maybe_crash(CRASH_ENV, self.step)
+        self._emit("on_save", path)
         return path
 
     def _restore(self, state: dict) -> None:
@@ -321,12 +382,35 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.cursor = state["cursor"]
         self.step = state["step"]
+        self.sft_done = True
+        if self.cfg.loss.kl_coef > 0:
+            if "ref_model" not in state:
+                raise ValueError("loss.kl_coef > 0 but the checkpoint has no reference model (the run was "
+                                 "started without a KL term); resume with the run's own config")
+            self.ref_model = _frozen_copy(self.model)
+            self.ref_model.load_state_dict(state["ref_model"])
         ckpt.set_rng_state(state["rng"])
-        self.log.truncate_after(self.step)
+
+    def save_policy(self) -> Path:
+        """The policy as a Hugging Face folder (safetensors + tokenizer) at <out>/policy, written to a
+        temporary folder first and swapped in, so a crash never leaves a half-written policy."""
+        final, tmp = self.out / "policy", self.out / ".policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.tok.save_pretrained(tmp)
+        old = self.out / ".policy.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:
         t = self.cfg.train
+        self.start()
+        self._emit("on_fit_start")
         history = []
         if self.step == 0:
             self.evaluate()
@@ -340,7 +424,7 @@ class Trainer:
             last = self.step == t.steps
             if (t.eval_every and self.step % t.eval_every == 0) or last:
                 self.evaluate()
-            if (t.save_every and self.step % t.save_every == 0) or last:
+            if t.save_checkpoints and ((t.save_every and self.step % t.save_every == 0) or last):
                 self.save()
             if bar is not None:
                 bar.update(1)
@@ -348,30 +432,32 @@ class Trainer:
                                 erc=f"{rec.get('erc/clip_frac', 0):.3f}")
         if bar is not None:
             bar.close()
-        if t.plot:
-            plot_run(self.log.path, self.out / "plot.png", title=f"{self.cfg.preset or 'run'}: {self.cfg.model.name}, "
-                     f"loss={self.cfg.loss.name}{'+ERC' if self.cfg.loss.erc else ''}")
+        if t.save_policy:
+            self.save_policy()
         self.log.close()
         torch.set_num_threads(self._threads_before)
         return history
 
 
-def _ends_with_eos(batch: RolloutBatch, trainer: Trainer) -> torch.Tensor:
-    from .rollout import eos_ids
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
 
+
+def _ends_with_eos(batch: RolloutBatch, model, tok) -> torch.Tensor:
     """(N,) bool: the response stopped at an EOS (False: cut at max_new_tokens)."""
     resp = batch.sequences[:, batch.prompt_len:]
     last = resp.gather(1, (batch.response_lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.isin(last, torch.tensor(eos_ids(trainer.model, trainer.tok), device=last.device))
+    return torch.isin(last, torch.tensor(eos_ids(model, tok), device=last.device))
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False) -> list[dict]:
-    return Trainer(cfg, out_dir, resume).fit()
+def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+        callbacks: list[Callback] | tuple = ()) -> list[dict]:
+    return Trainer(cfg, out_dir, resume, overwrite, callbacks).fit()

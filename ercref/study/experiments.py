@@ -25,6 +25,7 @@ Arms can run in parallel processes (one torch thread each), then be merged:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,14 +40,16 @@ import pandas as pd
 import torch
 
 from ercref import erc_masks
-
+from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.lm.config import Config, make_config
 from ercref.lm.data import load_dataset_records, write_jsonl
+from ercref.lm.metrics_log import read_log
 from ercref.lm.rollout import response_logprobs
-from .token_view import token_strings
-from ercref.lm.trainer import Trainer
+from ercref.lm.trainer import Callback, Trainer
+from ercref.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .token_view import erc_states, token_strings
+
 RESULTS_DIR = REPO_ROOT / "data" / "results"
 DOCS_IMG_DIR = REPO_ROOT / "docs" / "img"
 QUICK_ENV = "ERCREF_QUICK"
@@ -77,7 +80,7 @@ class Experiment:
 
 def erc_arm(loss: str, beta: float | None, **extra) -> dict:
     """Overrides of one arm: loss name, ERC on (beta_low = beta_high = beta) or off (beta None)."""
-    arm = {"loss.name": loss, "loss.erc": beta is not None, **extra}
+    arm = {"loss.loss": loss, "loss.erc": beta is not None, **extra}
     if beta is not None:
         arm.update({"loss.beta_low": float(beta), "loss.beta_high": float(beta)})
     return arm
@@ -89,7 +92,7 @@ def arm_label(loss: str, beta: float | None) -> str:
 
 # Notebook 03: the tiny model on single-digit addition (cpu-tiny preset), 4 optimizer steps per batch.
 TINY_BETAS = (0.02, 0.05, 0.1, 0.2)
-GPPO_EPS = {"loss.eps_low": 0.2, "loss.eps_high": 0.2}   # GPPO+ERC in the paper: eps 0.2 / 0.2
+GPPO_EPS = {"loss.loss_kwargs.eps_low": 0.2, "loss.loss_kwargs.eps_high": 0.2}   # GPPO+ERC in the paper: eps 0.2 / 0.2
 TINY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False}
 
 
@@ -115,89 +118,81 @@ def smollm2_experiment(seeds=(0, 1, 2), steps: int = 10, capture_steps=(3, 6, 9)
                       list(seeds), [s for s in capture_steps if s <= steps])
 
 
-# ----------------------------------------------------------------------------- the trainer used here
+# ----------------------------------------------------------------------------- callbacks used here
 _SFT_CACHE: dict[str, dict] = {}
 
 
-class ExperimentTrainer(Trainer):
-    """The engine's Trainer plus three hooks for notebooks (no change to the training math):
+class OnStep(Callback):
+    """Calls ``fn(trainer, step_record)`` after every training step (live plots, progress bars)."""
 
-    * ``on_step(trainer, step_record)`` after every training step (live plots, progress bars);
-    * per-token capture at ``capture_steps``: before each minibatch update, one extra no-grad
-      forward gives the entropy the update sees; ERC's states come from ercref.erc_masks with the
-      run's beta (for an arm without ERC: the tokens ERC *would* clip);
-    * the supervised warm-up is computed once per (model, seed, sft, data) config in a process
-      and reused by the other arms (it does not depend on the RL loss);
-    and ``checkpoints=False`` skips checkpoint files (cached comparisons do not need them).
-    """
+    def __init__(self, fn: Callable):
+        self.fn = fn
 
-    def __init__(self, cfg: Config, out_dir, resume: bool = False, on_step: Callable | None = None,
-                 capture_steps=(), checkpoints: bool = True, capture_beta: float = 0.05):
-        self.on_step = on_step
+    def on_step(self, trainer: Trainer, record: dict) -> None:
+        self.fn(trainer, record)
+
+
+class SFTCache(Callback):
+    """Reuses the supervised warm-up across arms: it does not depend on the RL loss, so it is computed
+    once per (model, seed, sft, data) config in a process. ``restore(trainer)`` before ``fit`` loads a
+    cached warm-up (and marks it done); ``on_sft_end`` stores a new one."""
+
+    @staticmethod
+    def key(cfg: Config) -> str:
+        return json.dumps([cfg.model.name, cfg.model.init_seed, cfg.train.seed, dataclasses.asdict(cfg.sft),
+                           dataclasses.asdict(cfg.data)], sort_keys=True, default=str)
+
+    def restore(self, trainer: Trainer) -> bool:
+        state = _SFT_CACHE.get(self.key(trainer.cfg))
+        if state is None or trainer.step > 0:
+            return False
+        trainer.model.load_state_dict(state)
+        trainer.model.eval()
+        trainer.sft_done = True
+        return True
+
+    def on_sft_end(self, trainer: Trainer) -> None:
+        _SFT_CACHE[self.key(trainer.cfg)] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+class TokenCapture(Callback):
+    """Per-token records at ``capture_steps``: before each minibatch update, one extra no-grad forward
+    gives the entropy the update sees; ERC's states come from ercref.erc_masks with the run's beta
+    (for an arm without ERC: the tokens ERC *would* clip, at ``capture_beta``)."""
+
+    def __init__(self, capture_steps=(), capture_beta: float = 0.05):
         self.capture_steps = set(capture_steps)
-        self.checkpoints = checkpoints
         self.capture_beta = capture_beta
-        self.token_records: list[dict] = []
-        self._mb_index = 0
-        super().__init__(cfg, out_dir, resume)
-
-    def _sft_key(self) -> str:
-        c = self.cfg
-        return json.dumps([c.model.name, c.model.init_seed, c.train.seed, c.sft.__dict__, c.data.__dict__], sort_keys=True,
-                          default=str)
-
-    def sft_warmup(self) -> None:
-        key = self._sft_key()
-        if key in _SFT_CACHE:
-            self.model.load_state_dict(_SFT_CACHE[key])
-            self.model.eval()
-            return
-        super().sft_warmup()
-        _SFT_CACHE[key] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def save(self):
-        return super().save() if self.checkpoints else None
-
-    def train_step(self) -> dict:
-        self._mb_index = 0
-        rec = super().train_step()
-        if self.on_step is not None:
-            self.on_step(self, rec)
-        return rec
-
-    def update_minibatch(self, mb, adv, rewards):
-        step = self.step + 1
-        if step in self.capture_steps:
-            self._capture(mb, adv, step, self._mb_index)
-        self._mb_index += 1
-        return super().update_minibatch(mb, adv, rewards)
+        self.records: list[dict] = []
 
     @torch.no_grad()
-    def _capture(self, mb, adv, step: int, staleness: int) -> None:
-        dev = self.device
-        was = self.model.training
-        self.model.train()  # the same mode as the update's forward
-        logp, ent = response_logprobs(self.model, mb.sequences.to(dev), mb.attention_mask.to(dev), mb.prompt_len,
-                                      self.cfg.rollout.temperature, self.cfg.model.fused_head)
-        self.model.train(was)
-        lo = self.cfg.loss
+    def on_minibatch_start(self, trainer: Trainer, mb, adv, staleness: int) -> None:
+        step = trainer.step + 1
+        if step not in self.capture_steps:
+            return
+        dev, model = trainer.device, trainer.model
+        was = model.training
+        model.train()  # the same mode as the update's forward
+        logp, ent = response_logprobs(model, mb.sequences.to(dev), mb.attention_mask.to(dev), mb.prompt_len,
+                                      trainer.cfg.rollout.temperature, trainer.cfg.model.fused_head)
+        model.train(was)
+        lo = trainer.cfg.loss
         b_lo, b_hi = (lo.beta_low, lo.beta_high) if lo.erc else (self.capture_beta, self.capture_beta)
         rmask = mb.response_mask.to(dev)
         keep, low, high, rho = erc_masks(ent.float(), mb.old_entropy.to(dev), rmask, b_lo, b_hi)
-        ratio = torch.exp((logp.float() - mb.old_logp.to(dev)).clamp(-20, 20))
+        ratio = torch.exp((logp.float() - mb.old_logp.to(dev)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         resp = mb.sequences[:, mb.prompt_len:]
         for i in range(resp.shape[0]):
             n = int(rmask[i].sum())
-            state = [(-1 if bool(low[i, t]) else 1 if bool(high[i, t]) else 0) for t in range(n)]
-            self.token_records.append({
+            self.records.append({
                 "step": step, "staleness": staleness, "row": i, "advantage": float(adv[i]),
                 "text": mb.texts[i], "answer": mb.answers[i],
-                "tokens": token_strings(self.tok, resp[i, :n].tolist()),
+                "tokens": token_strings(trainer.tok, resp[i, :n].tolist()),
                 "old_entropy": [round(float(x), 6) for x in mb.old_entropy[i, :n]],
                 "entropy": [round(float(x), 6) for x in ent[i, :n]],
                 "rho": [round(float(x), 6) for x in rho[i, :n]],
                 "ratio": [round(float(x), 6) for x in ratio[i, :n]],
-                "erc_state": state, "erc_applied": bool(lo.erc), "beta_low": b_lo, "beta_high": b_hi,
+                "erc_state": erc_states(keep[i, :n].tolist(), low[i, :n].tolist(), high[i, :n].tolist()), "erc_applied": bool(lo.erc), "beta_low": b_lo, "beta_high": b_hi,
             })
 
 
@@ -205,15 +200,18 @@ class ExperimentTrainer(Trainer):
 def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, on_step: Callable | None = None,
             capture_steps=(), checkpoints: bool = True, resume: bool = False) -> tuple[list[dict], list[dict]]:
     """Train one config to cfg.train.steps; returns (log records, token records), each tagged with
-    label and seed (seed defaults to cfg.train.seed)."""
+    label and seed (seed defaults to cfg.train.seed). ``checkpoints=False`` writes no checkpoint
+    (cached comparisons never resume)."""
     seed = cfg.train.seed if seed is None else seed
-    tr = ExperimentTrainer(cfg, out_dir, resume=resume, on_step=on_step, capture_steps=capture_steps,
-                           checkpoints=checkpoints)
+    if not checkpoints:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_checkpoints=False, save_policy=False))
+    capture, sft = TokenCapture(capture_steps), SFTCache()
+    callbacks = [sft, capture] + ([OnStep(on_step)] if on_step is not None else [])
+    tr = Trainer(cfg, out_dir, resume=resume, overwrite=not resume, callbacks=callbacks)
+    sft.restore(tr)
     tr.fit()
-    from ercref.lm.metrics_log import read_log
-
     logs = [dict(r, label=label, seed=seed) for r in read_log(tr.log.path)]
-    toks = [dict(r, label=label, seed=seed) for r in tr.token_records]
+    toks = [dict(r, label=label, seed=seed) for r in capture.records]
     return logs, toks
 
 
@@ -412,9 +410,10 @@ PAPER_RECIPE = {
     "rollout.max_new_tokens": 16384, "rollout.temperature": 1.0, "rollout.top_p": 1.0,
     "reward.judge": "math", "reward.scheme": "paper", "reward.correct": 1.0, "reward.wrong": -1.0,
     "reward.no_think_close": -0.5, "reward.overlong_shaping": False,
-    "loss.name": "dapo", "loss.eps_low": 0.2, "loss.eps_high": 0.28, "loss.clip_ratio_c": 10.0,
+    "loss.loss": "dapo", "loss.loss_kwargs.eps_low": 0.2, "loss.loss_kwargs.eps_high": 0.28,
+    "loss.loss_kwargs.clip_ratio_c": 10.0,
     "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
-    "loss.agg_mode": "token-mean", "loss.dynamic_sampling": True,
+    "loss.agg_mode": "token-mean", "advantage.dynamic_sampling": True,
     "optim.lr": 1e-6, "optim.warmup_steps": 10, "optim.weight_decay": 0.1, "optim.grad_clip": 1.0,
     "train.minibatch_prompts": 16,
     "train.eval_k": 32, "train.eval_temperature": 0.6, "train.eval_top_p": 0.95, "train.eval_max_new_tokens": 32768,
@@ -430,7 +429,9 @@ PAPER_NOT_IN_CONFIG = [
 def recipe_diff(cfg: Config, recipe: dict | None = None) -> pd.DataFrame:
     """Rows (field, paper, config) for every recipe field where cfg differs from the paper."""
     recipe = PAPER_RECIPE if recipe is None else recipe
-    flat = {f"{sec}.{k}": v for sec, fields in cfg.to_dict().items() if isinstance(fields, dict) for k, v in fields.items()}
+    flat = _flatten(cfg.to_dict())
+    for kw, param in (loss_keywords(cfg.loss.loss) or {}).items():  # unset loss keywords: the loss's defaults
+        flat.setdefault(f"loss.loss_kwargs.{kw}", param.default)
     rows = []
     for key, paper in recipe.items():
         if key not in flat:
@@ -440,6 +441,16 @@ def recipe_diff(cfg: Config, recipe: dict | None = None) -> pd.DataFrame:
         if not same:
             rows.append({"field": key, "paper": paper, "config": mine})
     return pd.DataFrame(rows, columns=["field", "paper", "config"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def write_verl_file(records: list[dict], path, data_source: str = "synthetic") -> Path:
