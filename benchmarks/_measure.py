@@ -2,14 +2,16 @@
 peak memory (ru_maxrss) is its own, and timings are medians of interleaved repeats."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
-import os
 import threading
 import time
+from collections.abc import Callable
 
 
 def rss_mb() -> float:
@@ -44,7 +46,7 @@ class PeakRSS:
         self.extra_mb = self.peak - self.base
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -53,9 +55,45 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired_median(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int,
+                  warmup: bool = True) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` over ``repeats`` rounds, timed alternately
+    (a, b, a, b, ...) so that drift in the machine's speed hits both arms alike; with ``warmup``,
+    one untimed call of each first."""
+    if warmup:
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def bench_parser(doc: str | None, *, repeats: int, case: bool = False, **sizes: int) -> argparse.ArgumentParser:
+    """The benchmarks' common options: an int option per keyword (``rows=1024`` gives ``--rows``,
+    default 1024), ``--repeats``, and with ``case`` the internal ``--case`` that `run_case` passes.
+    ``doc`` (the script's docstring) is the ``--help`` text."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in sizes.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    if case:
+        ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def case_args(ns: argparse.Namespace, *names: str) -> list[str]:
+    """``["--rows", "1024", ...]`` for the named options of ``ns``, to hand on to `run_case`."""
+    return [arg for name in names for arg in (f"--{name.replace('_', '-')}", str(getattr(ns, name)))]
+
+
 def run_case(script: str, case: str, *args: str) -> dict:
     """Run `python script --case case args...` in a fresh process; it prints one JSON line."""
     # a fixed mmap threshold makes glibc return freed large blocks to the OS, so RSS tracks live memory
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, script, "--case", case, *args], check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, script, "--case", case, *args],
+                         check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -14,14 +14,13 @@ resident memory above that baseline (sampled every 0.5 ms), i.e. the extra memor
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import PeakRSS, median_time, run_case  # noqa: E402
+from _measure import PeakRSS, bench_parser, case_args, median_time, run_case  # noqa: E402
 
 
 def naive_entropy(logits):
@@ -31,15 +30,12 @@ def naive_entropy(logits):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1024)
-    ap.add_argument("--vocab", type=int, default=151_936)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--case", default=None)
+    ap = bench_parser(__doc__, rows=1024, vocab=151_936, repeats=5, case=True)
     ap.add_argument("--no-compile", action="store_true")
     a = ap.parse_args()
     if a.case:
         import torch
+
         import ercref
         torch.manual_seed(0)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -67,12 +63,14 @@ def main():
     res = {}
     for c in cases:
         try:
-            res[c] = run_case(__file__, c, "--rows", str(a.rows), "--vocab", str(a.vocab), "--repeats", str(a.repeats))
+            res[c] = run_case(__file__, c, *case_args(a, "rows", "vocab", "repeats"))
         except Exception as e:  # a peer that is not installed is reported, not fatal
             print(f"{c}: not measured ({type(e).__name__})")
     naive = res["naive"]
-    print(f"entropy of {a.rows} x {a.vocab} fp32 logits ({logits_mb:.0f} MB), median of {a.repeats}, 1 process per method")
-    print(f"{'method':<10}{'time ms':>9}{'vs naive':>10}{'extra MB':>10}{'extra/logits':>14}{'max err vs fp64':>17}{'first call s':>14}")
+    print(f"entropy of {a.rows} x {a.vocab} fp32 logits ({logits_mb:.0f} MB), median of {a.repeats}, "
+          "1 process per method")
+    print(f"{'method':<10}{'time ms':>9}{'vs naive':>10}{'extra MB':>10}{'extra/logits':>14}"
+          f"{'max err vs fp64':>17}{'first call s':>14}")
     for c, r in res.items():
         print(f"{c:<10}{r['time_s']*1e3:>9.0f}{r['time_s']/naive['time_s']:>9.2f}x{r['extra_mb']:>10.0f}"
               f"{r['extra_mb']/logits_mb:>14.3f}{r['max_abs_err_vs_fp64']:>17.1e}{r['first_s']:>14.1f}")

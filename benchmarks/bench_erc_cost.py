@@ -13,23 +13,20 @@ fused log-prob/entropy head, loss, backward, AdamW) on 8 sequences x 96 tokens, 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 
 import ercref
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _measure import bench_parser, paired_median  # noqa: E402
+
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--vocab", type=int, default=49_152)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap = bench_parser(__doc__, batch=8, seq=512, vocab=49_152, repeats=7)
     ap.add_argument("--full-step", action="store_true")
     a = ap.parse_args()
     if a.full_step:
@@ -58,15 +55,9 @@ def main():
         loss, _ = ercref.compute_policy_loss(cfgs[erc], logp_leaf, old_logp, adv, mask, ent_leaf, old_ent)
         loss.backward()
 
-    for name, fn, reps in (("loss+backward from logits", full, a.repeats), ("loss alone from (B,T)", loss_only, a.repeats * 20)):
-        fn(False), fn(True)  # warm-up
-        times = {False: [], True: []}
-        for _ in range(reps):
-            for erc in (False, True):
-                t = time.perf_counter()
-                fn(erc)
-                times[erc].append(time.perf_counter() - t)
-        off, on = statistics.median(times[False]), statistics.median(times[True])
+    for name, fn, reps in (("loss+backward from logits", full, a.repeats),
+                           ("loss alone from (B,T)", loss_only, a.repeats * 20)):
+        off, on = paired_median(partial(fn, False), partial(fn, True), reps)
         print(f"{name:<27} B={B} T={T} V={V}: without ERC {off*1e3:8.2f} ms, with ERC {on*1e3:8.2f} ms, "
               f"ratio {on/off:.3f}x (target <= 1.02x for the full call)")
 
@@ -96,14 +87,7 @@ def full_step(repeats: int):
         loss.backward()
         opt.step()
 
-    step(False), step(True)
-    times = {False: [], True: []}
-    for _ in range(repeats):
-        for erc in (False, True):
-            t = time.perf_counter()
-            step(erc)
-            times[erc].append(time.perf_counter() - t)
-    off, on = statistics.median(times[False]), statistics.median(times[True])
+    off, on = paired_median(partial(step, False), partial(step, True), repeats)
     print(f"full update step, SmolLM2-135M, B={B} T={T}: without ERC {off:.2f} s, with ERC {on:.2f} s, "
           f"ratio {on/off:.3f}x (target <= 1.02x)")
 

@@ -12,23 +12,16 @@ memory above the inputs' baseline (ru_maxrss), and the gradient agreement with t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import median_time, peak_rss_mb, rss_mb, run_case  # noqa: E402
+from _measure import bench_parser, case_args, median_time, peak_rss_mb, rss_mb, run_case  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--hidden", type=int, default=576)
-    ap.add_argument("--vocab", type=int, default=49_152)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--case", default=None)
-    a = ap.parse_args()
+    a = bench_parser(__doc__, rows=4096, hidden=576, vocab=49_152, repeats=3, case=True).parse_args()
     if a.case:
         import torch
         torch.manual_seed(0)
@@ -73,7 +66,7 @@ def main():
         print(json.dumps({"time_s": t, "extra_mb": extra}))
         return
     import torch
-    args = ["--rows", str(a.rows), "--hidden", str(a.hidden), "--vocab", str(a.vocab), "--repeats", str(a.repeats)]
+    args = case_args(a, "rows", "hidden", "vocab", "repeats")
     res = {c: run_case(__file__, c, *args) for c in ("hf", "trl", "ercref")}
     ref = torch.load("/tmp/_fused_hf.pt")
     logits_mb = a.rows * a.vocab * 4 / 2**20

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_bool_mask, check_any, check_finite, check_float, check_fraction, check_positive, check_same_shape
+from ._checks import (
+    as_bool_mask,
+    check_any,
+    check_finite,
+    check_float,
+    check_fraction,
+    check_positive,
+    check_same_shape,
+)
 
 Tensor = torch.Tensor
 ENTROPY_EPS = 1e-8

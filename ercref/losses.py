@@ -22,11 +22,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from ._checks import as_bool_mask, check_any, check_finite, check_float, check_fraction, check_positive, check_same_shape
+from ._checks import (
+    as_bool_mask,
+    check_any,
+    check_finite,
+    check_float,
+    check_fraction,
+    check_positive,
+    check_same_shape,
+)
 
 Tensor = torch.Tensor
 LOG_RATIO_CLAMP = 20.0

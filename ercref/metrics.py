@@ -7,8 +7,8 @@ for a number it only logs. Convert a whole dict at logging time with one host sy
 from __future__ import annotations
 
 import math
-from numbers import Real
 from collections.abc import Mapping
+from numbers import Real
 
 import torch
 

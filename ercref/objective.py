@@ -15,11 +15,11 @@ from numbers import Real
 
 import torch
 
+from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
 from .aggregation import AGG_MODES, AggMode, aggregate
 from .auxiliary import KL_ESTIMATORS, KLEstimator, kl_penalty, positive_nll
 from .erc import apply_erc
 from .losses import LOSSES, loss_keywords, masked_mean
-from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
 
 Tensor = torch.Tensor
 

@@ -31,13 +31,21 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import tyro
 from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
 
-from ercref.lm.config import (PRESETS, Config, _check_hardware, apply_overrides, config_from_dict, convert,
-                              make_config, sections)
+from ercref.lm.config import (
+    PRESETS,
+    Config,
+    _check_hardware,
+    apply_overrides,
+    config_from_dict,
+    convert,
+    make_config,
+    sections,
+)
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -54,13 +62,13 @@ def _bool_flag(help: str) -> object:
 @dataclass
 class RunOptions:
     """What to run (the config sections follow as their own option groups)."""
-    preset: Annotated[Optional[PresetName], tyro.conf.arg(
+    preset: Annotated[PresetName | None, tyro.conf.arg(
         help="start from a named preset (see --list-presets)")] = None
-    config: Annotated[Optional[str], tyro.conf.arg(
+    config: Annotated[str | None, tyro.conf.arg(
         metavar="FILE", help='JSON or YAML file of sections, e.g. {"loss": {"beta_low": 0.1}}')] = None
     set: Annotated[list[str], tyro.conf.UseAppendAction, tyro.conf.arg(
         metavar="SECTION.FIELD=VALUE", help="override one field by name, e.g. loss.erc=off")] = field(default_factory=list)
-    out: Annotated[Optional[str], tyro.conf.arg(
+    out: Annotated[str | None, tyro.conf.arg(
         metavar="DIR", help="output folder; None: runs/<preset or run>")] = None
     resume: _bool_flag("continue from the last checkpoint in --out (config: its config.json unless --preset/--config)") = False  # type: ignore[valid-type]
     overwrite: _bool_flag("start a fresh run in an --out that already holds checkpoints (deletes them)") = False  # type: ignore[valid-type]

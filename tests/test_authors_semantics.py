@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import random_batch
 
 import ercref
-from conftest import random_batch
 
 
 def authors_loss(logp, old_logp, advantages, response_mask, entropy, old_entropy,

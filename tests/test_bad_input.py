@@ -290,8 +290,9 @@ def test_valid_inputs_pass_the_same_checks():
 
 
 def test_apply_erc_rejects_an_all_masked_batch():
-    import torch
     import pytest as _pytest
+    import torch
+
     import ercref as _ercref
     z = torch.zeros(2, 3)
     with _pytest.raises(ValueError, match="response_mask"):

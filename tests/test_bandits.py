@@ -10,8 +10,20 @@ import torch
 
 import ercref.study.bandits as bandits
 from ercref.study import plots as viz
-from ercref.study.bandits import (BanditConfig, Rollout, all_probs, bandit_update, drift_metrics, make_bandit, make_optimizer,
-                            make_policy, paired_erc_effect, per_seed_mean, rollout, run_bandit)
+from ercref.study.bandits import (
+    BanditConfig,
+    Rollout,
+    all_probs,
+    bandit_update,
+    drift_metrics,
+    make_bandit,
+    make_optimizer,
+    make_policy,
+    paired_erc_effect,
+    per_seed_mean,
+    rollout,
+    run_bandit,
+)
 
 SMALL = dict(n_contexts=8, n_actions=50, contexts_per_batch=4, group_size=4, updates=5, minibatches=4, seeds=(0,))
 

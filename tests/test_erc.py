@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_batch
 
 import ercref
-from conftest import random_batch
 
 F64 = torch.float64
 WIDE = dict(beta_low=0.999999, beta_high=1e9)

@@ -9,12 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ercref.study import claims as C
 from ercref.lm.config import make_config
 from ercref.lm.data import load_dataset_records, make_synthetic
-from ercref.study.experiments import (PAPER_RECIPE, cache_paths, cuda_report, load_results, merge_results, recipe_diff,
-                                   run_experiment,
-                                   tiny_experiment, token_table, write_verl_file)
+from ercref.study import claims as C
+from ercref.study.experiments import (
+    PAPER_RECIPE,
+    cache_paths,
+    cuda_report,
+    load_results,
+    merge_results,
+    recipe_diff,
+    run_experiment,
+    tiny_experiment,
+    token_table,
+    write_verl_file,
+)
 from ercref.study.plots import LivePlot
 
 

@@ -50,7 +50,7 @@ def test_erc_grpo_trainer_zeroes_gradient_of_clipped_tokens_inside_trl_loss(tmp_
 
     assert len(records) == 4 and all(r[3] for r in records), "old entropies must come from TRL's old-log-prob pass"
     clipped_total = 0
-    for logps, keep, clipped, _ in records:
+    for logps, _keep, clipped, _ in records:
         assert logps.grad is not None
         assert torch.all(logps.grad[clipped] == 0)
         clipped_total += int(clipped.sum())

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 import ercref
-from ercref.lm.config import (PRESETS, AdvantageConfig, Config, DataConfig, config_from_dict, make_config,
-                              parse_value, sections, validate_config)
+from ercref.lm.config import (
+    PRESETS,
+    AdvantageConfig,
+    Config,
+    DataConfig,
+    config_from_dict,
+    make_config,
+    parse_value,
+    sections,
+    validate_config,
+)
 from ercref.train import main as cli_main
 
 CPU_ONLY = not torch.cuda.is_available()

@@ -5,7 +5,7 @@ import torch
 
 from ercref import entropy_from_logits
 from ercref.lm.models import build_tiny_model
-from ercref.lm.rollout import (encode_prompts, eos_ids, response_logprobs, response_mask_from_tokens, rollout)
+from ercref.lm.rollout import encode_prompts, eos_ids, response_logprobs, response_mask_from_tokens, rollout
 
 PROMPTS, ANSWERS = ["3+5=", "12+7=", "1+1="], ["8", "19", "2"]
 

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
+from conftest import random_batch
 
 import ercref
-from conftest import random_batch
 
 F64 = torch.float64
 

@@ -1,7 +1,6 @@
 """Models and tokenizers: char tokenizer, tiny model, SmolLM2 offline loader, load_model, chat templates."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ercref.lm import models as M
-from ercref.lm.models import (ARITH_CHARS, SPECIAL_TOKENS, apply_chat_template, build_char_tokenizer,
-                              build_tiny_model, load_model, save_char_tokenizer, tiny_model_config)
+from ercref.lm.models import (
+    ARITH_CHARS,
+    SPECIAL_TOKENS,
+    apply_chat_template,
+    build_char_tokenizer,
+    build_tiny_model,
+    load_model,
+    save_char_tokenizer,
+    tiny_model_config,
+)
 
 
 # ----------------------------------------------------------------------------- char tokenizer

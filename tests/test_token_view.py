@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ercref import erc_masks
-from ercref.study import token_view as tv
 from ercref.lm.models import build_char_tokenizer
+from ercref.study import token_view as tv
 
 
 def test_token_strings_char_tokenizer():

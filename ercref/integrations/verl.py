@@ -27,12 +27,11 @@ import contextlib
 import contextvars
 
 import torch
+from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss  # noqa: E402  (the engine is required here)
 
 from ..erc import apply_erc
 from ..losses import LOSSES, loss_keywords
 from ..metrics import metrics_to_floats
-
-from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss  # noqa: E402  (the engine is required here)
 
 _ENTROPIES: contextvars.ContextVar = contextvars.ContextVar("ercref_verl_entropies", default=None)
 

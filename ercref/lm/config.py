@@ -51,7 +51,6 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type
 
 from ercref.objective import PolicyLossConfig
 
-
 # ----------------------------------------------------------------------------- typed values
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
@@ -208,7 +207,7 @@ class DataConfig(_Section):
     """Prompts: a synthetic task, or a real dataset (local file or hub id)."""
     _section: ClassVar[str] = "data"
     task: Task = "arith"                # synthetic: arith | mc-arith | word; real: gsm8k | math500 | verl
-    path: str | None = None             # local .jsonl/.parquet, or a hub dataset id (real tasks only)
+    path: str | None = None             # local .jsonl / .json (also JSON Lines) / .parquet file, or a hub dataset id (real tasks only)
     split: str = "train"                # hub split of the training set
     eval_path: str | None = None        # eval file / hub id (real tasks); None: held-out synthetic
     eval_split: str = "test"            # hub split of the eval set
@@ -387,7 +386,7 @@ def sections() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """{field: resolved type} of a dataclass, in field order."""
     hints = get_type_hints(cls)

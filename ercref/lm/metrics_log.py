@@ -44,7 +44,7 @@ class RunLog:
             if rec.get("step", -1) <= step:
                 keep.append(line)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
+        tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
@@ -63,7 +63,7 @@ class RunLog:
 
 
 def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    recs = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return [r for r in recs if kind is None or r.get("kind") == kind]
 
 

@@ -258,7 +258,7 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
         try:
             _convert_gguf(gguf, tmp)
             if cache_dir.exists():
-                warnings.warn(f"replacing incomplete or stale model cache at {cache_dir}")
+                warnings.warn(f"replacing incomplete or stale model cache at {cache_dir}", stacklevel=2)
                 stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.stale-", dir=cache_dir.parent))
                 os.replace(cache_dir, stale / "old")
                 shutil.rmtree(stale, ignore_errors=True)

@@ -55,7 +55,7 @@ class RolloutBatch:
     def response_lengths(self) -> Tensor:
         return self.response_mask.sum(-1)
 
-    def select(self, idx: Tensor) -> "RolloutBatch":
+    def select(self, idx: Tensor) -> RolloutBatch:
         """Rows idx (1-D long tensor) of every per-sequence field."""
         il = idx.tolist()
         return RolloutBatch(self.sequences[idx], self.attention_mask[idx], self.response_mask[idx], self.old_logp[idx],

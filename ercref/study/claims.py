@@ -21,7 +21,7 @@ Verdict rules (the strings a notebook prints):
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd

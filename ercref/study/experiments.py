@@ -32,20 +32,20 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 
 from ercref import erc_masks
-from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.lm.config import Config, make_config
 from ercref.lm.data import load_dataset_records, write_jsonl
 from ercref.lm.metrics_log import read_log
 from ercref.lm.rollout import response_logprobs
 from ercref.lm.trainer import Callback, Trainer
+from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.paths import REPO_ROOT
 
 from .token_view import erc_states, token_strings
@@ -192,7 +192,8 @@ class TokenCapture(Callback):
                 "entropy": [round(float(x), 6) for x in ent[i, :n]],
                 "rho": [round(float(x), 6) for x in rho[i, :n]],
                 "ratio": [round(float(x), 6) for x in ratio[i, :n]],
-                "erc_state": erc_states(keep[i, :n].tolist(), low[i, :n].tolist(), high[i, :n].tolist()), "erc_applied": bool(lo.erc), "beta_low": b_lo, "beta_high": b_hi,
+                "erc_state": erc_states(keep[i, :n].tolist(), low[i, :n].tolist(), high[i, :n].tolist()),
+                "erc_applied": bool(lo.erc), "beta_low": b_lo, "beta_high": b_hi,
             })
 
 
@@ -216,7 +217,7 @@ def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, o
 
 
 def run_experiment(exp: Experiment, results_dir=None, labels: list[str] | None = None, extra: dict | None = None,
-                   work_dir=None, verbose: bool = True) -> "Results":
+                   work_dir=None, verbose: bool = True) -> Results:
     """Run every (seed, arm) of ``exp`` (seeds outer, so paired arms finish together), appending to
     the cache files after each run (a partial run leaves usable results). Returns the Results."""
     results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
@@ -321,7 +322,7 @@ def load_results(name: str, results_dir=None) -> Results:
     if not paths["log"].is_file():
         raise ValueError(f"no cached results {str(paths['log'])!r}; regenerate with "
                          f"`python -m ercref.study.experiments` (see its --help)")
-    recs = [json.loads(l) for l in paths["log"].read_text().splitlines() if l.strip()]
+    recs = [json.loads(line) for line in paths["log"].read_text().splitlines() if line.strip()]
     if not recs:
         raise ValueError(f"cached results {str(paths['log'])!r} hold no records")
     for r in recs:
@@ -329,7 +330,7 @@ def load_results(name: str, results_dir=None) -> Results:
             raise ValueError(f"cached results {str(paths['log'])!r}: a record has no label/seed")
     tokens = None
     if paths["tokens"].is_file():
-        tokens = pd.DataFrame.from_records([json.loads(l) for l in paths["tokens"].read_text().splitlines() if l.strip()])
+        tokens = pd.DataFrame.from_records([json.loads(line) for line in paths["tokens"].read_text().splitlines() if line.strip()])
     meta = json.loads(paths["meta"].read_text()) if paths["meta"].is_file() else {}
     return Results(name, pd.DataFrame.from_records(recs), tokens, meta)
 
@@ -483,7 +484,7 @@ def evaluate_benchmarks(trainer: Trainer, benchmarks: dict[str, tuple], limit: i
             trainer.eval_set = [with_system_prompt(r, trainer.cfg.data.system_prompt) for r in recs]
             rec = trainer.evaluate()
             k = trainer.cfg.train.eval_k
-            rows.append({"benchmark": name, "prompts": len(recs), "k": k, f"avg@k": rec[f"eval/avg@{k}"],
+            rows.append({"benchmark": name, "prompts": len(recs), "k": k, "avg@k": rec[f"eval/avg@{k}"],
                          "pass@k": rec[f"eval/pass@{k}"], "mean length": rec["eval/len_mean"]})
     finally:
         trainer.eval_set = saved

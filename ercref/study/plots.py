@@ -338,7 +338,7 @@ def plot_run(log_path: str | os.PathLike, png_path: str | os.PathLike, title: st
     steps = read_log(log_path, "step")
     evals = read_log(log_path, "eval")
     if not steps:
-        warnings.warn(f"no step records in {log_path}; nothing to plot")
+        warnings.warn(f"no step records in {log_path}; nothing to plot", stacklevel=2)
     x = [r["step"] for r in steps]
 
     def col(name):

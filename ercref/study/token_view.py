@@ -11,7 +11,7 @@ Highlight classes, one per token:
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 KEPT, CLIPPED_LOW, CLIPPED_HIGH = 0, -1, 1
 STATE_STYLE = {
