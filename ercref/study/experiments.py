@@ -504,21 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge-from", nargs="+", default=None, metavar="DIR",
                     help="instead of running: merge the caches of this experiment found in these folders")
     args = ap.parse_args(argv)
-    todo = []
-    if args.which in ("tiny", "all"):
-        kw = {}
-        if args.seeds:
-            kw["seeds"] = args.seeds
-        if args.steps:
-            kw["steps"] = args.steps
-        todo.append(tiny_experiment(**kw))
-    if args.which in ("smollm2", "all"):
-        kw = {}
-        if args.seeds:
-            kw["seeds"] = args.seeds
-        if args.steps:
-            kw["steps"] = args.steps
-        todo.append(smollm2_experiment(**kw))
+    kw = {k: v for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v}
+    todo = [make(**kw) for name, make in (("tiny", tiny_experiment), ("smollm2", smollm2_experiment))
+            if args.which in (name, "all")]
     if args.merge_from:
         for exp in todo:
             res = merge_results(exp.name, args.merge_from, args.results_dir)
