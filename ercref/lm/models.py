@@ -300,6 +300,31 @@ def _prepare_tokenizer(tok, model=None):
     return tok
 
 
+def check_model_name(name: str) -> None:
+    """Fail at once (before anything is built) for a model name that cannot load: a local-looking
+    path that is not a folder, or a name that is neither a special name, an existing folder nor
+    shaped like a hub id ("org/name"); with HF_HUB_OFFLINE=1 also a hub id that is not cached."""
+    name = str(name)
+    if name == "tiny" or name.lower() == SMOLLM2_NAME:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    special = f'"tiny", "{SMOLLM2_NAME}"'
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or path.exists():
+        raise ValueError(f"model.name {name!r} looks like a local path but is not a model folder; "
+                         f"give an existing folder, a hub id (org/name) or one of {special}")
+    if name.count("/") != 1 or not all(name.split("/")):
+        raise ValueError(f"model.name {name!r} is neither {special}, an existing folder, nor a hub id "
+                         "shaped org/name; check the spelling")
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(f"model.name {name!r}: HF_HUB_OFFLINE is set and this hub id is not in the local "
+                             "Hugging Face cache; download it first or give a local folder")
+
+
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                device: str | torch.device | None = None, seed: int = 0):
     """(model, tokenizer) for a special name, a local folder or a hub id.

@@ -350,9 +350,10 @@ def plot_run(log_path: str | os.PathLike, png_path: str | os.PathLike, title: st
     a.plot(x, col("reward/mean"), label="reward/mean")
     a.plot(x, col("reward/accuracy"), label="reward/accuracy")
     if evals:
-        ks = [k for k in evals[0] if k.startswith("eval/avg@")]
-        if ks:
-            a.plot([e["step"] for e in evals], [e.get(ks[0], float("nan")) for e in evals], "o--", label=ks[0])
+        ks = sorted({k for e in evals for k in e if k.startswith("eval/avg@")})  # a resumed run may change k
+        for k in ks:
+            pts = [(e["step"], e[k]) for e in evals if k in e]
+            a.plot([p[0] for p in pts], [p[1] for p in pts], "o--", label=k)
     a.set_title("reward")
     a.legend(fontsize=8)
     a = ax[0, 1]

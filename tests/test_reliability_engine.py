@@ -1,0 +1,50 @@
+"""Bad engine configs fail at once, naming the field and the fix (issue: fuzz of the CLI and configs)."""
+import json
+
+import pytest
+
+from ercref.lm.config import make_config
+from ercref.lm.models import check_model_name
+
+
+def test_float16_parameters_are_refused_before_anything_is_built():
+    with pytest.raises(ValueError, match=r"model\.dtype=float16.*loss scaling.*float32"):
+        make_config("cpu-tiny", overrides=["model.dtype=float16"])
+    assert make_config("cpu-tiny", overrides=["model.dtype=bfloat16"]).model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("name,match", [
+    ("smolm2-135m", "check the spelling"),                 # a typo of a special name: no hub round trip
+    ("./no-such-model", "looks like a local path"),
+    ("/tmp/ercref-no-such-model", "looks like a local path"),
+    ("org/sub/name", "looks like a local path"),
+])
+def test_model_names_that_cannot_load_fail_at_once(name, match):
+    with pytest.raises(ValueError, match=match):
+        check_model_name(name)
+    with pytest.raises(ValueError, match="model.name"):
+        make_config("cpu-tiny", overrides=[f"model.name={name}"])
+
+
+def test_offline_hub_id_not_in_cache_fails_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache"):
+        check_model_name("no-such-org/no-such-model")
+
+
+def test_existing_folder_and_special_names_pass(tmp_path):
+    for name in ("tiny", "smollm2-135m-instruct", "SmolLM2-135M-Instruct", str(tmp_path)):
+        check_model_name(name)
+
+
+def test_plot_of_a_resumed_run_whose_eval_k_changed(tmp_path):
+    """A run resumed with another eval_k logs eval/avg@2 then eval/avg@4: the plot draws both."""
+    from ercref.study.plots import plot_run
+
+    log = tmp_path / "metrics.jsonl"
+    recs = [{"kind": "eval", "step": 0, "eval/avg@2": 0.1}]
+    recs += [{"kind": "step", "step": s, "reward/mean": 0.1 * s, "reward/accuracy": 0.1} for s in (1, 2, 3)]
+    recs += [{"kind": "eval", "step": 3, "eval/avg@4": 0.3}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    png = plot_run(log, tmp_path / "plot.png")
+    assert png.stat().st_size > 10_000
