@@ -1,8 +1,12 @@
 """Synthetic generators and the GSM8K / MATH-500 / verl loaders on files the project writes."""
+import gzip
 import json
+import os
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ercref.lm import data as D
 
@@ -211,3 +215,204 @@ def test_system_prompt_wraps_prompts():
                                           system_prompt="Answer briefly."))
     assert all(r["prompt"][0] == {"role": "system", "content": "Answer briefly."} for r in train + eval_)
     assert train[0]["prompt"][1]["role"] == "user"
+
+
+# ----------------------------------------------------------------------------- reading files: issue 13 item 8
+GSM_ROW = {"question": "A café sells tea at 3 each; how much are two?", "answer": "3 + 3 = 6\n#### 6"}
+
+
+def _gsm_line(row=GSM_ROW) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("name, data, expect", [
+    ("latin1.jsonl", _gsm_line().encode("latin-1"), r"line 1: not UTF-8 text \(byte 0xe9.*re-save it as UTF-8"),
+    ("invalid.jsonl", _gsm_line().encode() + b'{"question": "\xff", "answer": "#### 1"}\n',
+     r"line 2: not UTF-8 text \(byte 0xff.*re-save it as UTF-8"),
+    ("utf16_no_bom.jsonl", _gsm_line().encode("utf-16-le"), r"line 1: holds NUL bytes.*UTF-16.*re-save it as UTF-8"),
+    ("packed.jsonl", gzip.compress(_gsm_line().encode()), r"is gzip-compressed.*decompress it.*packed\.jsonl\.gz"),
+    ("packed.json", gzip.compress(_gsm_line().encode()), r"is gzip-compressed.*decompress it.*packed\.json\.gz"),
+    ("broken.jsonl.gz", b"\x1f\x8b not really gzip", r"is named \.gz but is not valid gzip data"),
+    ("table.jsonl", b"PAR1\x00\x00", r"is a parquet file.*name it \.parquet"),
+    ("empty.json", b"", r"is empty: it holds no records"),
+    ("blank.jsonl", b" \n\n\t\n", r"is empty: it holds no records"),
+    ("bom_only.json", b"\xef\xbb\xbf\n", r"is empty: it holds no records"),
+    ("deep.json", b"[" * 100_000, r"nested too deeply"),
+    ("deep.jsonl", b"[" * 100_000 + b"\n", r"line 1: JSON nested too deeply"),
+    ("junk.parquet", b"not parquet at all", r"is not a readable parquet file"),
+])
+def test_unreadable_files_are_value_errors_naming_the_file_and_the_fix(tmp_path, name, data, expect):
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(ValueError, match=re.escape(str(p)) + ".*" + expect) as e:
+        D.read_rows(p)
+    assert type(e.value) is ValueError  # not a bare UnicodeDecodeError / JSONDecodeError / RecursionError
+
+
+@pytest.mark.parametrize("encode", [
+    lambda t: t.encode("utf-8-sig"), lambda t: t.encode("utf-16"), lambda t: b"\xfe\xff" + t.encode("utf-16-be"),
+    lambda t: t.encode("utf-32"), lambda t: gzip.compress(t.encode()),
+], ids=["utf8-bom", "utf16-bom", "utf16-be-bom", "utf32-bom", "gzip"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".JSON"])
+def test_byte_order_marks_and_gzip_are_read(tmp_path, encode, suffix):
+    text = _gsm_line() + _gsm_line({"question": "2+2?", "answer": "#### 4"})
+    data = encode(text)
+    p = tmp_path / ("d" + suffix + (".gz" if data[:2] == b"\x1f\x8b" else ""))
+    p.write_bytes(data)
+    assert [r["answer"] for r in D.load_dataset_records("gsm8k", str(p))] == ["6", "4"]
+
+
+def test_json_lines_with_line_separator_characters_and_a_bom_inside(tmp_path):
+    """U+2028 / U+0085 are legal raw inside JSON strings (str.splitlines would break the line there),
+    and a byte-order mark in the middle is what `cat a.jsonl b.jsonl` leaves behind."""
+    rows = [{"question": "a\u2028b\u0085c\x0cd?", "answer": "#### 1"}, {"question": "e?", "answer": "#### 2"}]
+    p = tmp_path / "cat.jsonl"
+    p.write_bytes(_gsm_line(rows[0]).encode() + b"\xef\xbb\xbf" + _gsm_line(rows[1]).encode())
+    assert [(i, r) for i, r in D.read_rows(p)] == [(1, rows[0]), (2, rows[1])]
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(_gsm_line(rows[0]).replace("\n", "\r\n").encode() * 2)
+    assert [i for i, _ in D.read_rows(crlf)] == [1, 2]
+
+
+def test_directory_and_fifo_are_not_data_files(tmp_path):
+    d = tmp_path / "train.jsonl"
+    d.mkdir()
+    with pytest.raises(ValueError, match=re.escape(str(d)) + r".* is a directory, not a data file"):
+        D.load_dataset_records("gsm8k", str(d))
+    rel = tmp_path / "plain_dir"
+    rel.mkdir()
+    with pytest.raises(ValueError, match=r"is a directory, not a data file"):  # no suffix, exists: never the hub
+        D.load_dataset_records("gsm8k", str(rel))
+    if hasattr(os, "mkfifo"):
+        f = tmp_path / "pipe.jsonl"
+        os.mkfifo(f)
+        with pytest.raises(ValueError, match=re.escape(str(f)) + r".* is a FIFO \(named pipe\), not a data file"):
+            D.load_dataset_records("gsm8k", str(f))  # and does not block waiting for a writer
+
+
+def test_upper_case_suffixes_are_files_not_hub_ids(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("sent to the hub"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("train.JSON", "train.JSONL", "train.Parquet", "train.jsonl.GZ"):
+        with pytest.raises(ValueError, match=re.escape(name) + "' does not exist"):
+            D.load_dataset_records("gsm8k", name)
+    (tmp_path / "pretty.JSON").write_text(json.dumps(GSM_ROW, indent=2))  # one object over several lines
+    assert D.load_dataset_records("gsm8k", "pretty.JSON")[0]["answer"] == "6"
+
+
+@pytest.mark.parametrize("kind, row, expect", [
+    ("gsm8k", {"question": "q?", "answer": "#### "}, r"field 'answer' has nothing after '####'"),
+    ("gsm8k", {"question": "  ", "answer": "#### 1"}, r"field 'question' is empty: fill it in or drop the record"),
+    ("gsm8k", {"question": ["q"], "answer": "#### 1"}, r"field 'question' must be a string, got array"),
+    ("math500", {"problem": "p?", "answer": ""}, r"field 'answer' is empty"),
+    ("math500", {"problem": "p?", "answer": True}, r"field 'answer' must be a string or a number, got boolean"),
+    ("verl", {"prompt": [{"role": "user", "content": None}], "reward_model": {"ground_truth": "1"}},
+     r"field 'prompt\[0\]\.content' must be a string, got null"),
+    ("verl", {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": ""}],
+              "reward_model": {"ground_truth": "1"}}, r"field 'prompt\[1\]\.content' is empty"),
+    ("verl", {"prompt": [{"role": 3, "content": "x"}], "reward_model": {"ground_truth": "1"}},
+     r"field 'prompt\[0\]\.role' must be a string, got number"),
+    ("verl", {"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": []}},
+     r"field 'reward_model\.ground_truth' is an empty list: give the reference answer"),
+    ("verl", {"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": [""]}},
+     r"field 'reward_model\.ground_truth\[0\]' is empty"),
+    ("verl", {"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": " "}},
+     r"field 'reward_model\.ground_truth' is empty"),
+    ("verl", {"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": {"a": 1}}},
+     r"field 'reward_model\.ground_truth' must be a string or a number, got object"),
+])
+def test_bad_records_name_file_line_and_field(tmp_path, kind, row, expect):
+    p = tmp_path / "recs.jsonl"
+    good = {"gsm8k": {"question": "q", "answer": "#### 1"}, "math500": {"problem": "p", "answer": "1"},
+            "verl": {"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": "1"}}}[kind]
+    p.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"recs\.jsonl' line 3: malformed record, " + expect):
+        D.load_dataset_records(kind, str(p))
+
+
+def test_numeric_ground_truth_and_lists_are_kept_as_text(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "x"}], "reward_model": {"ground_truth": gt}, "data_source": None}
+            for gt in (72, 0.5, ["\\frac{1}{2}", "0.5"], " 7 ")]
+    p = tmp_path / "v.json"
+    p.write_text(json.dumps(rows))
+    recs = D.load_dataset_records("verl", str(p))
+    assert [r["answer"] for r in recs] == ["72", "0.5", "\\frac{1}{2}", "7"]
+    assert {r["source"] for r in recs} == {"verl"}  # a null data_source is the default, not the string "None"
+
+
+# ----------------------------------------------------------------------------- properties of the readers
+PROPS = settings(max_examples=60, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_texts = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(lambda s: s.strip())
+
+
+@st.composite
+def _gsm_rows(draw):
+    return [{"question": draw(_texts), "answer": f"work\n#### {draw(st.integers(-10**6, 10**6))}",
+             "extra": draw(st.one_of(st.none(), st.integers(), _texts))} for _ in range(draw(st.integers(1, 4)))]
+
+
+@PROPS
+@given(rows=_gsm_rows(), layout=st.sampled_from(["jsonl", "json-array", "json-lines"]),
+       codec=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]), gz=st.booleans(), upper=st.booleans(),
+       ascii_only=st.booleans())
+def test_property_any_layout_encoding_and_suffix_case_round_trips(tmp_path, rows, layout, codec, gz, upper, ascii_only):
+    """Every way the reader promises to accept gives back exactly the records written."""
+    dump = lambda r: json.dumps(r, ensure_ascii=ascii_only)  # noqa: E731
+    text = dump(rows) if layout == "json-array" else "".join(dump(r) + "\n" for r in rows)
+    suffix = ".jsonl" if layout == "jsonl" else ".json"
+    name = "data" + (suffix.upper() if upper else suffix) + (".gz" if gz else "")
+    data = text.encode(codec)
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(data) if gz else data)
+    assert [r for _, r in D.read_rows(p)] == rows
+    assert [r["answer"] for r in D.load_dataset_records("gsm8k", str(p))] == [r["answer"].split("#### ")[1] for r in rows]
+
+
+@PROPS
+@given(data=st.one_of(st.binary(max_size=64),
+                      st.sampled_from([b"\x1f\x8b", b"\xef\xbb\xbf", b"\xff\xfe", b"PAR1", b"[", b"{", b"\x00"]).flatmap(
+                          lambda head: st.binary(max_size=32).map(lambda tail: head + tail))),
+       name=st.sampled_from(["a.jsonl", "a.json", "a.JSON", "a.parquet", "a.jsonl.gz", "a.json.gz", "noext"]))
+def test_property_arbitrary_bytes_load_or_raise_a_value_error_naming_the_file(tmp_path, data, name):
+    p = tmp_path / name
+    p.write_bytes(data)
+    try:
+        rows = D.read_rows(p)
+    except ValueError as e:
+        assert type(e) is ValueError and str(p) in str(e)
+    else:
+        assert all(isinstance(i, int) and i >= 1 and isinstance(r, dict) for i, r in rows)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _texts | st.just(""),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+                     max_leaves=8)
+_verl_rows = st.fixed_dictionaries({
+    "prompt": st.one_of(_json, st.lists(st.fixed_dictionaries({"role": _json | _texts, "content": _json | _texts}),
+                                        max_size=3)),
+    "reward_model": st.one_of(_json, st.fixed_dictionaries({"ground_truth": _json | st.lists(_json, max_size=2)})),
+}, optional={"data_source": _json})
+
+
+@PROPS
+@given(kind_row=st.one_of(
+    st.tuples(st.just("verl"), _verl_rows),
+    st.tuples(st.just("gsm8k"), st.fixed_dictionaries({}, optional={"question": _json, "answer": _json | _texts.map(
+        lambda s: "x\n#### " + s)})),
+    st.tuples(st.just("math500"), st.fixed_dictionaries({}, optional={"problem": _json, "answer": _json}))))
+def test_property_records_are_checked_where_they_are_read(tmp_path, kind_row):
+    """Any JSON object either becomes a well-formed record or is a ValueError naming file, line and field."""
+    kind, row = kind_row
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    try:
+        (rec,) = D.load_dataset_records(kind, str(p))
+    except ValueError as e:
+        assert type(e) is ValueError and re.search(r"r\.jsonl' line 1: malformed record, .*field '[\w.\[\]]+'", str(e))
+        return
+    assert isinstance(rec["answer"], str) and rec["answer"].strip() and isinstance(rec["source"], str)
+    msgs = [{"role": "user", "content": rec["prompt"]}] if isinstance(rec["prompt"], str) else rec["prompt"]
+    assert msgs and all(isinstance(m[k], str) and m[k].strip() for m in msgs for k in ("role", "content"))

@@ -1,10 +1,28 @@
 """Judges and reward schemes: math-verify on real answers, exact match, multiple choice, the
 paper's +1/-1/-0.5 scheme, the format reward and DAPO overlong shaping."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ercref.lm import rewards
 from ercref.lm.config import RewardConfig
-from ercref.lm.rewards import choice_judge, exact_judge, math_judge, score_responses
+from ercref.lm.rewards import (
+    JUDGES,
+    JudgePool,
+    choice_judge,
+    exact_judge,
+    judge_pool,
+    math_judge,
+    normalize_text,
+    score_responses,
+)
 
 
 @pytest.mark.parametrize("response, answer, ok", [
@@ -59,3 +77,170 @@ def test_overlong_shaping_is_added():
 def test_mismatched_lengths():
     with pytest.raises(ValueError, match="same length"):
         score_responses(["a"], ["a", "b"], RewardConfig())
+
+
+# ----------------------------------------------------------------------------- issue 13 item 9: a bounded judge
+ADVERSARIAL = {
+    "1 MB of digits": "\\boxed{" + "7" * 1_000_000 + "}",
+    "nested parentheses": "\\boxed{" + "(" * 2000 + "1" + ")" * 2000 + "}",
+    "power tower": "\\boxed{9^{9^{9^{9^{9}}}}}",
+    "binomial power": "\\boxed{(x+1)^{100000}}",
+    "huge power": "\\boxed{10^{10^{10}}}",
+}
+NORMAL = [("So $\\boxed{72}$.", "72", True), ("\\boxed{0.75}", "\\frac{3}{4}", True), ("\\boxed{71}", "72", False),
+          ("<think>hmm</think> \\boxed{\\frac{6}{8}}", "\\frac{3}{4}", True)]
+
+
+@pytest.fixture
+def pool():
+    p = JudgePool(2)
+    yield p
+    p.close()
+    assert p.pids == []  # close() leaves no worker behind
+
+
+def test_adversarial_responses_cost_a_bounded_time_and_score_wrong(pool):
+    """math-verify spends its full 5 s timeout (per parse and per comparison) on each of these;
+    under a 0.5 s budget a batch of them finishes in about n / workers budgets, normal answers in
+    the same batch are judged right, and nothing raises."""
+    budget = 0.5
+    resp = list(ADVERSARIAL.values()) * 2 + [r for r, _, _ in NORMAL]
+    answers = ["72"] * (2 * len(ADVERSARIAL)) + [a for _, a, _ in NORMAL]
+    ok, stats = pool.judge(resp, answers, timeout_s=budget)
+    assert ok == [False] * (2 * len(ADVERSARIAL)) + [e for _, _, e in NORMAL]
+    assert stats.judged == len(resp) and stats.truncated == 2  # the 1 MB responses: only the tail is read
+    assert stats.timeouts >= 2 * 4  # at least the four that stall math-verify
+    n_slow = 2 * len(ADVERSARIAL)
+    bound = n_slow * (1.25 * budget + 0.1) / pool.workers + 30.0  # generous: worker start-up, a loaded machine
+    assert stats.seconds < bound, (stats, bound)  # math-verify alone: >= 8 x 5 s
+
+
+def test_the_judge_works_from_a_worker_thread():
+    """math-verify's own timeout uses signal.alarm and raises off the main thread; this judge does not."""
+    cfg = RewardConfig(judge="math", scheme="binary")
+    out = []
+    t = threading.Thread(target=lambda: out.append(score_responses([r for r, _, _ in NORMAL], [a for _, a, _ in NORMAL], cfg)))
+    t.start()
+    t.join(120)
+    (rewards, correct), = out
+    assert correct.tolist() == [e for _, _, e in NORMAL] and rewards.tolist() == [float(e) for _, _, e in NORMAL]
+    assert math_judge("\\boxed{56}", "56") is True  # the main thread too
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_worker_that_never_answers_is_killed_and_replaced(pool):
+    """The backstop for a judge stuck where the in-worker timer cannot interrupt it (C code): the
+    parent kills the worker at 1.25 x budget + 0.1 s; that response is wrong, the rest are judged."""
+    pool.start(wait=True)  # both workers ready
+    os.kill(pool.pids[0], signal.SIGSTOP)  # frozen: will take a task and never answer
+    resp = [r for r, _, _ in NORMAL] * 2
+    ok, stats = pool.judge(resp, [a for _, a, _ in NORMAL] * 2, timeout_s=0.5)
+    assert stats.timeouts == 1 and stats.restarts == 1 and stats.errors == 0
+    assert sum(a != b for a, b in zip(ok, [e for _, _, e in NORMAL] * 2)) <= 1  # only the frozen one's response
+    os.kill(pool.pids[1], signal.SIGKILL)  # a worker lost while idle: replaced, no response lost
+    ok, stats = pool.judge(resp, [a for _, a, _ in NORMAL] * 2)
+    assert ok == [e for _, _, e in NORMAL] * 2 and stats.restarts == 1 and stats.timeouts == 0
+
+
+def test_score_responses_counts_and_warns_about_responses_over_budget():
+    cfg = RewardConfig(judge="math", scheme="paper", correct=1.0, wrong=-1.0, judge_timeout_s=0.3)
+    stats = {}
+    with pytest.warns(RuntimeWarning, match=r"1 of 2 responses went over the 0.3 s budget.*reward.judge_timeout_s"):
+        r, ok = score_responses([ADVERSARIAL["power tower"], "\\boxed{72}"], ["72", "72"], cfg, stats=stats)
+    assert r.tolist() == [-1.0, 1.0] and ok.tolist() == [False, True]
+    assert stats["judge/timeouts"] == 1 and stats["judge/judged"] == 2 and stats["judge/seconds"] > 0
+
+
+def test_budget_config_fields_are_validated_and_match_the_judge_defaults():
+    cfg = RewardConfig()
+    assert (cfg.judge_timeout_s, cfg.judge_max_chars, cfg.judge_workers) == (
+        rewards.DEFAULT_TIMEOUT_S, rewards.DEFAULT_MAX_CHARS, rewards.DEFAULT_WORKERS)
+    for field, bad in (("judge_timeout_s", 0), ("judge_timeout_s", float("nan")), ("judge_max_chars", 0),
+                       ("judge_workers", -1)):
+        with pytest.raises(ValueError, match=rf"reward\.{field}"):
+            RewardConfig(**{field: bad})
+    with pytest.raises(ValueError, match="workers"):
+        JudgePool(-1)
+
+
+def test_rewards_module_loads_alone_without_torch():
+    """A judge worker loads rewards.py by path (no package import): it must not need torch."""
+    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('w', sys.argv[1]); m = u.module_from_spec(s); "
+            "sys.modules['w'] = m; s.loader.exec_module(m); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, rewards.__file__], check=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------- normalisation before judging
+@pytest.mark.parametrize("judge, response, answer", [
+    ("math", "\\boxed{７２}", "72"),                         # full-width digits
+    ("math", "\\boxed{\\frac{３}{４}}", "0.75"),
+    ("math", "\\boxed{72}", "７２"),                         # in the reference too
+    ("math", "\\boxed{1\\,000\\,000}", "1000000"),          # thin-space digit groups
+    ("math", "\\boxed{1\\;000}", "1000"),
+    ("math", "The answer is −5", "-5"),                      # U+2212 minus
+    ("exact", "８", "8"), ("exact", "−3", "-3"), ("exact", "１\u2009０００", "1000"),
+    ("choice", "b", "B"), ("choice", "(c).", "C"), ("choice", "d)", "D"), ("choice", "Ｂ", "B"),
+    ("choice", "The answer is (a)", "A"),
+])
+def test_normalised_before_judging(judge, response, answer):
+    assert JUDGES[judge](response, answer) is True
+
+
+@pytest.mark.parametrize("judge, response, answer", [
+    ("math", "\\boxed{1\\,00}", "100"),          # not a group of three: left alone
+    ("math", "\\boxed{−5}", "5"),
+    ("choice", "a cat ate B", "A"),              # the article "a" is not a choice; B is
+    ("choice", "I think c", "C"),                # a bare lower-case letter inside a sentence is not a choice
+    ("exact", "１２", "21"),
+])
+def test_normalisation_does_not_invent_answers(judge, response, answer):
+    assert JUDGES[judge](response, answer) is False
+
+
+def test_lower_case_choice_counts_as_well_formatted():
+    cfg = RewardConfig(judge="choice", scheme="format", correct=1.0, wrong=0.0, format_reward=0.2)
+    r, ok = score_responses(["b", "(a)", "maybe a"], ["B", "B", "B"], cfg)
+    assert r.tolist() == pytest.approx([1.0, 0.2, 0.0]) and ok.tolist() == [True, False, False]
+
+
+# ----------------------------------------------------------------------------- properties
+PROPS = settings(max_examples=40, deadline=None, derandomize=True)
+_ascii = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
+
+
+def _wide(s: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if 0x21 <= ord(c) <= 0x7E else c for c in s)
+
+
+@PROPS
+@given(s=_ascii, n=st.integers(-10**9, 10**9))
+def test_property_normalisation_maps_wide_forms_to_ascii_and_is_idempotent(s, n):
+    assert normalize_text(_wide(s)) == normalize_text(s) and normalize_text(normalize_text(s)) == normalize_text(s)
+    text = f"{n:,}".replace(",", "\\,").replace("-", "\u2212")
+    assert normalize_text(text) == str(n) and exact_judge(_wide(str(n)).replace("\uff0d", "\u2212"), str(n))
+
+
+@PROPS
+@given(letter=st.sampled_from("ABCD"), form=st.sampled_from(["{}", "({})", "{})", "({}).", " {} \n"]),
+       lower=st.booleans(), wide=st.booleans())
+def test_property_every_spelling_of_the_right_letter_is_right(letter, form, lower, wide):
+    resp = form.format(letter.lower() if lower else letter)
+    resp = _wide(resp) if wide else resp
+    assert choice_judge(resp, letter) and not choice_judge(resp, "ABCD"[("ABCD".index(letter) + 1) % 4])
+
+
+_atoms = st.one_of(st.integers(0, 10**6).map(str), st.sampled_from(["x", "\\pi", "\\infty", "e", "\\sqrt{2}"]))
+_latex = st.recursive(_atoms, lambda e: st.one_of(
+    st.tuples(e, e).map(lambda t: f"{t[0]}^{{{t[1]}}}"), st.tuples(e, e).map(lambda t: f"\\frac{{{t[0]}}}{{{t[1]}}}"),
+    e.map(lambda a: f"({a})"), st.tuples(e, e).map(lambda t: f"{t[0]}+{t[1]}"), e.map(lambda a: f"{a}!")), max_leaves=10)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(expr=_latex, noise=st.text(max_size=40))
+def test_property_any_response_is_judged_within_its_budget_and_never_raises(expr, noise):
+    """Whatever the response (random nested powers, fractions, factorials, stray text), the judge
+    returns a bool per response within one budget (generous slack for a worker restart)."""
+    budget = 0.3
+    ok, stats = judge_pool(2).judge([f"{noise} \\boxed{{{expr}}}", noise], [expr, "1"], timeout_s=budget)
+    assert all(isinstance(o, bool) for o in ok) and stats.judged == 2
+    assert stats.seconds < 2 * (1.25 * budget + 0.1) + 20.0
