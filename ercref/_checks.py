@@ -2,14 +2,117 @@
 
 Silent NaNs are the worst failure mode of RL code (a NaN loss poisons the optimizer state and
 the run is lost), so the core validates its inputs up front and cheaply.
+
+Two kinds of check:
+
+* metadata (type, dtype, shape, ``requires_grad``, Python numbers) is checked at once: free.
+* values (finite, 0/1 mask, non-empty mask, finite outputs) need the tensor's contents, i.e. a
+  host sync on GPU. These are *deferred*: each check records a 0-d bool tensor (no sync), and
+  the outermost public call (``@checked``) reads all of them back with ONE host sync when it
+  finishes, before it returns, raising the first failure in the order recorded. Nested public
+  calls (a loss, ``apply_erc`` and ``aggregate`` inside ``compute_policy_loss``) add their checks
+  to the outer call's list, so a whole ``compute_policy_loss`` costs one sync for all its checks.
+  The message of a failure (e.g. the first bad position) is only built on the error path.
+
+Low precision: ``upcast`` gives the dtype every core computation runs in, fp32 for bf16 / fp16
+tensors (fp32 and fp64 are left as they are), so half-precision inputs give exactly the result of
+fp32 inputs holding the same values; gradients still flow back to the half-precision input.
 """
 from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
 Tensor = torch.Tensor
+Message = str | Callable[[], str]
 
 
+# ----------------------------------------------------------------------------- deferred value checks
+class _Pending:
+    """Value checks recorded in one public call: (ok flag, message), read back with one sync."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Tensor, Message]] = []
+        self.keys: set[tuple] = set()
+        self.refs: list[object] = []  # keeps checked tensors alive: no data_ptr is reused within one call
+
+    def add(self, key: tuple | None, ok: Tensor, message: Message, ref: object = None) -> None:
+        if key is not None:
+            if key in self.keys:  # the same check on the same tensor, e.g. by a nested public call
+                return
+            self.keys.add(key)
+            self.refs.append(ref)
+        self.items.append((ok, message))
+
+    def run(self) -> None:
+        if not self.items:
+            return
+        dev = self.items[0][0].device
+        oks = torch.stack([ok.to(dev) for ok, _ in self.items]).tolist()  # the one host sync
+        for ok, (_, message) in zip(oks, self.items):
+            if not ok:
+                raise ValueError(message() if callable(message) else message)
+
+
+_ACTIVE: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("ercref_pending_checks", default=None)
+
+
+@contextmanager
+def deferred_checks():
+    """Value checks recorded inside run together, with one host sync, when the outermost such
+    block exits normally (an exception raised inside wins: the checks are then dropped)."""
+    if _ACTIVE.get() is not None:
+        yield
+        return
+    pending = _Pending()
+    token = _ACTIVE.set(pending)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+    pending.run()
+
+
+def checked(fn):
+    """Decorator for a public entry: its value checks (and those of what it calls) cost one sync."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with deferred_checks():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def require(ok: Tensor, message: Message, key: tuple | None = None, ref: object = None) -> None:
+    """Record the 0-d bool tensor ``ok`` (True = fine); ``message`` (or a callable building it) is
+    raised as a ValueError if it is False. Runs at once outside a ``deferred_checks`` block.
+    ``key`` (with ``ref``, the tensor it describes) skips a check already recorded in this call."""
+    pending = _ACTIVE.get()
+    if pending is None:
+        one = _Pending()
+        one.add(None, ok, message)
+        one.run()
+    else:
+        pending.add(key, ok, message, ref)
+
+
+def _key(kind: str, name: str, x: Tensor, *extra) -> tuple:
+    # same storage, view and dtype => same values within one call (detach() gives a new object;
+    # the tensor is kept alive until the call ends, so its address is not reused meanwhile)
+    return (kind, name, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, *extra)
+
+
+def _first_index(bad: Tensor) -> str:
+    """'[i, j]' of the first True entry of ``bad`` (error path only: syncs)."""
+    if bad.dim() == 0:
+        return ""
+    return "[" + ", ".join(str(i) for i in torch.nonzero(bad)[0].tolist()) + "]"
+
+
+# ----------------------------------------------------------------------------- metadata checks (immediate)
 def check_float(name: str, x: Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -17,34 +120,16 @@ def check_float(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
-
-
 def check_same_shape(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
     if x.shape != ref.shape:
         raise ValueError(f"{name} has shape {tuple(x.shape)} but {ref_name} has shape {tuple(ref.shape)}")
 
 
-def as_bool_mask(name: str, mask: Tensor, like: Tensor | None = None, like_name: str = "logp") -> Tensor:
-    """A response mask as bool; accepts bool, integer or float 0/1 tensors."""
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if like is not None:
-        check_same_shape(name, mask, like_name, like)
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex():
-        raise ValueError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name} must contain only 0 and 1 (or be a bool tensor)")
-    return mask.bool()
-
-
-def check_any(name: str, mask: Tensor) -> None:
-    if not bool(mask.any()):
-        raise ValueError(f"{name} selects no tokens (an all-masked batch has no loss to compute)")
+def check_no_grad(name: str, x: Tensor, why: str) -> None:
+    """``x`` is a constant (a rollout snapshot, a reference policy): it must not carry a graph."""
+    if x.requires_grad:
+        raise ValueError(f"{name} requires grad, but it must be a constant: {why}. "
+                         f"Pass {name}.detach() (or compute it under torch.no_grad())")
 
 
 def check_positive(name: str, value: float) -> None:
@@ -57,3 +142,46 @@ def check_fraction(name: str, value: float) -> None:
     check_positive(name, value)
     if value >= 1:
         raise ValueError(f"{name} must be < 1 (the lower bound 1 - {name} must stay positive), got {value!r}")
+
+
+# ----------------------------------------------------------------------------- value checks (deferred)
+def check_finite(name: str, x: Tensor, where: Tensor | None = None, what: str = "") -> None:
+    """Every entry of ``x`` (or every entry where ``where`` is True) is finite.
+    ``what`` (e.g. 'at a response position') says which entries were checked."""
+    x = x.detach()
+    bad = ~torch.isfinite(x)
+    if where is not None:
+        bad = bad & where
+
+    def message() -> str:
+        pos = _first_index(bad)
+        return f"{name} contains NaN or inf values{' ' + what if what else ''} (first at index {pos}: {x[bad][0].item()})"
+
+    require(~bad.any(), message, _key("finite", name, x, None if where is None else _key("where", "", where)), (x, where))
+
+
+def as_bool_mask(name: str, mask: Tensor, like: Tensor | None = None, like_name: str = "logp") -> Tensor:
+    """A response mask as bool; accepts bool, integer or float 0/1 tensors (0/1 checked, deferred)."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if like is not None:
+        check_same_shape(name, mask, like_name, like)
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise ValueError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
+    mask = mask.detach()
+    require(((mask == 0) | (mask == 1)).all(), f"{name} must contain only 0 and 1 (or be a bool tensor)",
+            _key("binary", name, mask), mask)
+    return mask.bool()
+
+
+def check_any(name: str, mask: Tensor) -> None:
+    require(mask.any(), f"{name} selects no tokens (an all-masked batch has no loss to compute)",
+            _key("any", name, mask), mask)
+
+
+# ----------------------------------------------------------------------------- compute dtype
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in the dtype the core computes in: fp32 for bf16 / fp16 (differentiably), else as is."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_finite, check_float, check_positive
+from ._checks import check_finite, check_float, check_positive, checked, require
 
 Tensor = torch.Tensor
 
@@ -30,8 +30,12 @@ def _groups(rewards: Tensor, group_size: int) -> Tensor:
     return rewards.view(-1, group_size)
 
 
+@checked
 def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
-    """(N,) rewards -> (N,) group-relative advantages."""
+    """(N,) rewards -> (N,) group-relative advantages. ``eps`` must be > 0 (a group of equal rewards
+    has std 0: its advantages are 0 / eps = 0); rewards must be finite and small enough that the
+    group mean and std do not overflow (checked: the advantages are finite)."""
+    check_positive("eps", eps)
     g = _groups(rewards, group_size)
     if group_size == 1:
         mean, std = torch.zeros_like(g), torch.ones_like(g)
@@ -40,9 +44,13 @@ def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True
     adv = g - mean
     if scale_by_std:
         adv = adv / (std + eps)
-    return adv.reshape(-1)
+    adv = adv.reshape(-1)
+    require(torch.isfinite(adv).all(), lambda: "rewards give non-finite advantages (the group mean or std overflows "
+            f"{rewards.dtype}; largest |reward| = {rewards.abs().max().item():.3g}): rescale the rewards")
+    return adv
 
 
+@checked
 def dynamic_sampling_mask(rewards: Tensor, group_size: int) -> Tensor:
     """DAPO dynamic sampling: (N,) bool, False for every sample of a group whose rewards are all
     equal (its advantages are all zero, so it carries no learning signal)."""
@@ -51,6 +59,7 @@ def dynamic_sampling_mask(rewards: Tensor, group_size: int) -> Tensor:
     return varied.expand_as(g).reshape(-1)
 
 
+@checked
 def overlong_reward(lengths: Tensor, max_length: int, buffer_length: int) -> Tensor:
     """DAPO soft overlong punishment, added to the task reward. lengths (N,) -> (N,) float.
 

@@ -13,22 +13,35 @@ from typing import Literal, get_args
 
 import torch
 
-from ._checks import as_bool_mask, check_finite, check_float, check_same_shape
-from .aggregation import aggregate
+from ._checks import (
+    as_bool_mask,
+    check_finite,
+    check_float,
+    check_same_shape,
+    checked,
+    upcast,
+)
 
 Tensor = torch.Tensor
 KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
+REF_LOGP_IS_CONSTANT = ("ref_logp is log pi_ref of the frozen reference policy; with a graph through it (e.g. "
+                        "ref_logp = logp) the KL term's gradient is wrong (exactly 0 for ref_logp = logp)")
 
 
+@checked
 def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
-    """Per-token estimate of KL(pi_theta || pi_ref) for tokens sampled from pi_theta. (B, T)."""
+    """Per-token estimate of KL(pi_theta || pi_ref) for tokens sampled from pi_theta. (B, T),
+    computed (and returned) in fp32 for bf16 / fp16 inputs (exp(20) overflows fp16).
+    Differentiable in both arguments (``compute_policy_loss`` refuses a ref_logp with grad)."""
+    check_float("logp", logp)
     check_float("ref_logp", ref_logp)
     check_same_shape("ref_logp", ref_logp, "logp", logp)
-    check_finite("ref_logp", ref_logp)
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-    d = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)
+    check_finite("logp", logp)
+    check_finite("ref_logp", ref_logp)
+    d = torch.clamp(upcast(ref_logp) - upcast(logp), min=-20.0, max=20.0)
     if estimator == "k1":
         return -d
     if estimator == "k2":
@@ -36,14 +49,20 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
     return torch.exp(d) - d - 1.0
 
 
+@checked
 def positive_nll(logp: Tensor, response_mask: Tensor, rewards: Tensor) -> Tensor:
-    """token_mean of -log pi over the responses whose reward is exactly 1. Zero (with a graph)
-    when the batch has no such response."""
+    """token_mean of -log pi over the responses whose reward is exactly 1 (fp32 for half logp).
+    Zero (with a zero gradient) when the batch has no such response."""
+    check_float("logp", logp)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be 2-D (batch, response_length), got shape {tuple(logp.shape)}")
     check_float("rewards", rewards)
     if rewards.dim() != 1 or rewards.shape[0] != logp.shape[0]:
         raise ValueError(f"rewards must have shape ({logp.shape[0]},), got {tuple(rewards.shape)}")
+    mask = as_bool_mask("response_mask", response_mask, logp, "logp")
+    check_finite("logp", logp)
     check_finite("rewards", rewards)
-    mask = as_bool_mask("response_mask", response_mask, logp, "logp") & (rewards == 1).unsqueeze(-1)
-    if not bool(mask.any()):
-        return logp.sum() * 0.0
-    return aggregate(-logp, mask, "token-mean")
+    mask = mask & (rewards == 1).unsqueeze(-1)
+    nll = -upcast(logp)
+    # = aggregate(nll, mask, "token-mean") bit for bit, without a host sync for "no such response"
+    return torch.where(mask, nll, torch.zeros_like(nll)).sum() / mask.to(nll.dtype).sum().clamp(min=1)

@@ -64,11 +64,50 @@ def _validate(logits: Tensor, temperature: float, chunk_rows: int | None) -> int
     return chunk_rows
 
 
-def _raise_if_not_finite(out: Tensor, what: str) -> None:
-    # Checking the (B, T) output is cheap and catches NaN / +inf anywhere in a row of logits.
-    # (-inf logits, i.e. masked-out vocabulary entries, are legitimate and handled.)
-    if not bool(torch.isfinite(out).all()):
+def _raise_if_not_finite(out: Tensor, what: str, flat: Tensor | None = None, lab: Tensor | None = None,
+                         lead: tuple[int, ...] = ()) -> None:
+    """One host sync: is the (N,) output finite? Only if not, find out why in the logits ``flat``
+    (N, V) (and labels ``lab`` (N,)) and say so, naming the row. -inf logits (masked-out
+    vocabulary entries) are legitimate and handled; a row with no finite logit, or a label at a
+    -inf logit, is not."""
+    if bool(torch.isfinite(out).all()):
+        return
+    if flat is None:
         raise ValueError(f"logits contain NaN or +inf values (non-finite {what})")
+    raise ValueError(_why_not_finite(out, what, flat.detach(), lab, lead))
+
+
+def _why_not_finite(out: Tensor, what: str, flat: Tensor, lab: Tensor | None, lead: tuple[int, ...]) -> str:
+    def row(i: int, *extra: int) -> str:  # "[b, t(, extra)]": the row's index in the caller's leading dimensions
+        idx = [int(j) for j in torch.unravel_index(torch.tensor(i), lead)] if lead else []
+        return "[" + ", ".join(str(j) for j in [*idx, *extra]) + "]" if idx or extra else ""
+
+    def first(bad_rows: Tensor) -> int | None:
+        hits = torch.nonzero(bad_rows)
+        return int(hits[0, 0]) if hits.numel() else None
+
+    i = first(torch.isnan(flat).any(-1))
+    if i is not None:
+        return f"logits contain NaN values (first in logits{row(i)}): the model's forward produced NaN"
+    i = first((flat == float("inf")).any(-1))
+    if i is not None:
+        return f"logits contain +inf values (first in logits{row(i)}): only -inf (a masked-out token) is allowed"
+    i = first((flat == float("-inf")).all(-1))
+    if i is not None:
+        return (f"logits{row(i)} is entirely -inf: every token of that position is masked out, so its distribution "
+                f"(and its {what}) is undefined; leave at least one finite logit per position (e.g. do not mask the "
+                "whole vocabulary at padding positions), or drop those positions before this call")
+    if lab is not None:
+        at_label = flat.gather(-1, lab[:, None]).squeeze(-1) == float("-inf")
+        i = first(at_label)
+        if i is not None:
+            return (f"labels{row(i)} = {int(lab[i])} points at a -inf logit (logits{row(i, int(lab[i]))}): "
+                    "that token has probability 0, so its log-probability is -inf; the labels must be tokens these "
+                    "logits allow (compute log-probs with the same vocabulary mask / top-k filter the tokens were "
+                    "sampled with)")
+    i = first(~torch.isfinite(out))
+    return (f"non-finite {what} at logits{row(i)} although the logits are finite: logits / temperature overflowed "
+            f"{flat.dtype} (use a larger temperature)")
 
 
 def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
@@ -118,7 +157,7 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
                 s = e_.sum(-1)
                 ez = e_.mul_(zc_).sum(-1)  # sum_v e_v zc_v, in place (a bmm here loses ~1e-4 relative)
                 out[i : i + n] = s.log() - ez / s
-    _raise_if_not_finite(out, "entropy")
+    _raise_if_not_finite(out, "entropy", flat, None, tuple(lead))
     return out.view(lead)
 
 
@@ -251,10 +290,12 @@ def _logprobs(logits, labels, temperature, chunk_rows, want_entropy, entropy_gra
     flat = logits.reshape(-1, logits.shape[-1])
     logp, ent = _ChunkedLogProb.apply(flat, lab, float(temperature), chunk_rows, want_entropy,
                                       bool(entropy_grad) and want_entropy)
-    _raise_if_not_finite(logp.detach(), "log-probabilities")
     if want_entropy:
-        _raise_if_not_finite(ent.detach(), "entropy")
+        # one sync for both: logp <= 0 and H >= 0 are bounded, so the sum is finite iff both are
+        _raise_if_not_finite(logp.detach() + ent.detach(), "log-probabilities and entropy", flat, lab,
+                             tuple(labels.shape))
         return logp.view(labels.shape), ent.view(labels.shape)
+    _raise_if_not_finite(logp.detach(), "log-probabilities", flat, lab, tuple(labels.shape))
     return logp.view(labels.shape)
 
 
@@ -284,20 +325,25 @@ _COMPILED = {}
 
 
 def _entropy_rows(z: Tensor, inv_temperature: float) -> Tensor:
-    # one pass of max / exp / sum that torch.compile fuses into a single loop over each row
+    # one pass of max / exp / sum that torch.compile fuses into a single loop over each row;
+    # -inf logits (masked vocabulary) become the lowest finite value after centring, as in the
+    # eager path: exp gives 0 and 0 * lowest = 0 (not 0 * -inf = NaN)
     z = z.float() * inv_temperature
     m = z.amax(-1, keepdim=True)
-    e = torch.exp(z - m)
+    zc = (z - m).clamp(min=torch.finfo(torch.float32).min)
+    e = torch.exp(zc)
     s = e.sum(-1)
-    return torch.log(s) - (e * (z - m)).sum(-1) / s
+    return torch.log(s) - (e * zc).sum(-1) / s
 
 
 def compiled_entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> Tensor:
-    """Same result as :func:`entropy_from_logits` (no gradient), through ``torch.compile``.
+    """Same result as :func:`entropy_from_logits` (no gradient), through ``torch.compile``; returns
+    float32 (also for float64 logits).
 
     Optional fast path: the first call compiles (~15 s on CPU, needs a C++ compiler), later calls
     run the fused one-pass kernel, several times faster than eager on CPU. Rows are still
-    processed in chunks, so memory stays O(chunk x V).
+    processed in chunks, so memory stays O(chunk x V). Masked vocabularies (-inf logits) are
+    handled as in the eager path; a row that is entirely -inf is an error that names it.
     """
     chunk_rows = _validate(logits, temperature, chunk_rows)
     if "fn" not in _COMPILED:
@@ -308,5 +354,5 @@ def compiled_entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk
     with torch.no_grad():
         out = torch.cat([fn(flat[i : i + rows], 1.0 / temperature) for i in range(0, flat.shape[0], rows)]) \
             if flat.shape[0] else flat.new_zeros(0, dtype=torch.float32)
-    _raise_if_not_finite(out, "entropy")
+    _raise_if_not_finite(out, "entropy", flat, None, tuple(logits.shape[:-1]))
     return out.view(logits.shape[:-1])

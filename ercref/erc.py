@@ -12,6 +12,9 @@ authors' ``compute_policy_loss_{grpo,gppo}_erc`` (Kwai-Klear/ERC), whose ``torch
 l, l.detach())`` we use as is. Paper default beta_low = beta_high = 0.05 (bounds 0.95 / 1.05).
 
 Shapes: entropy, old_entropy, response_mask, per_token_loss: (B, T).
+Precision: rho and the comparisons are computed in fp32 whatever the entropies' dtype (fp64 stays
+fp64), so bf16 / fp16 entropies give exactly the mask of fp32 entropies with the same values.
+old_entropy must not require grad (it is a constant of the rollout snapshot).
 """
 from __future__ import annotations
 
@@ -23,19 +26,44 @@ from ._checks import (
     check_finite,
     check_float,
     check_fraction,
+    check_no_grad,
     check_positive,
     check_same_shape,
+    checked,
+    require,
+    upcast,
 )
 
 Tensor = torch.Tensor
 ENTROPY_EPS = 1e-8
+OLD_ENTROPY_IS_CONSTANT = "old_entropy is the rollout snapshot's entropy, the fixed reference ERC compares against"
 
 
+def check_entropies(entropy: Tensor, old_entropy: Tensor) -> None:
+    """The checks every entry taking the two entropies makes (values deferred, see ercref._checks)."""
+    check_float("entropy", entropy)
+    check_float("old_entropy", old_entropy)
+    check_same_shape("old_entropy", old_entropy, "entropy", entropy)
+    check_no_grad("old_entropy", old_entropy, OLD_ENTROPY_IS_CONSTANT)
+    check_finite("entropy", entropy)
+    check_finite("old_entropy", old_entropy)
+
+
+def _ratio(entropy: Tensor, old_entropy: Tensor) -> Tensor:
+    # bf16 / fp16 entropies are upcast first: in bf16 the bound 1.05 would be 1.046875, and in fp16
+    # the 1e-8 guard underflows (0 / 0 = NaN for zero entropies)
+    return (upcast(entropy.detach()) + ENTROPY_EPS) / (upcast(old_entropy.detach()) + ENTROPY_EPS)
+
+
+@checked
 def entropy_ratio(entropy: Tensor, old_entropy: Tensor) -> Tensor:
-    """rho_t = (H(pi_theta, t) + 1e-8) / (H(pi_old, t) + 1e-8), without gradient."""
-    return (entropy.detach() + ENTROPY_EPS) / (old_entropy.detach() + ENTROPY_EPS)
+    """rho_t = (H(pi_theta, t) + 1e-8) / (H(pi_old, t) + 1e-8), without gradient, in fp32 whatever
+    the input dtype (fp64 inputs give fp64)."""
+    check_entropies(entropy, old_entropy)
+    return _ratio(entropy, old_entropy)
 
 
+@checked
 def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
               beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The ERC indicator and its two clipped sides, all (B, T) bool, plus rho (B, T).
@@ -44,27 +72,32 @@ def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
       keep          = (1 - beta_low) < rho < (1 + beta_high)  and response token   (I_t = 1)
       clipped_low   = rho <= 1 - beta_low   and response token  (entropy fell too far)
       clipped_high  = rho >= 1 + beta_high  and response token  (entropy rose too far)
+
+    rho and the comparisons are computed in fp32 whatever the entropies' dtype (fp64 stays fp64):
+    bf16 / fp16 entropies give exactly the mask of fp32 entropies holding the same values.
     """
-    check_float("entropy", entropy)
-    check_float("old_entropy", old_entropy)
-    check_same_shape("old_entropy", old_entropy, "entropy", entropy)
+    check_entropies(entropy, old_entropy)
     mask = as_bool_mask("response_mask", response_mask, entropy, "entropy")
-    check_finite("entropy", entropy)
-    check_finite("old_entropy", old_entropy)
     check_fraction("beta_low", beta_low)
     check_positive("beta_high", beta_high)
-    rho = entropy_ratio(entropy, old_entropy)
+    rho = _ratio(entropy, old_entropy)
+    # finite entropies give a finite rho unless old_entropy = -1e-8 (an entropy is >= 0)
+    bad = ~torch.isfinite(rho) & mask
+    require(~bad.any(), lambda: "old_entropy gives a non-finite entropy ratio (H + 1e-8) / (H_old + 1e-8) at "
+            f"{torch.nonzero(bad)[0].tolist()} (old_entropy = {old_entropy.detach()[bad][0].item()}); "
+            "entropies must be >= 0")
     above_low = rho > (1.0 - beta_low)
     below_high = rho < (1.0 + beta_high)
     keep = above_low & below_high & mask
     return keep, ~above_low & mask, ~below_high & mask, rho
 
 
+@checked
 def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
               beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, dict[str, Tensor]]:
     """Wrap any per-token loss l_t (B, T) with ERC: I_t * l_t + (1 - I_t) * sg(l_t).
 
-    Returns the new per-token loss (same forward values, bit for bit) and metrics (detached 0-d
+    Returns the new per-token loss (same forward values and dtype, bit for bit) and metrics (detached 0-d
     tensors; ``ercref.metrics_to_floats`` converts them with one host sync):
       erc/clip_frac       fraction of response tokens ERC clips (= 1 - the authors' kept fraction)
       erc/clip_frac_low   ... with rho <= 1 - beta_low
@@ -76,6 +109,7 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
     keep, low, high, rho = erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
     mask = low | high | keep  # = the response mask, as bool
     check_any("response_mask", mask)
+    check_finite("per_token_loss", per_token_loss, mask, "at a response position")
     n = mask.sum()
     out = torch.where(keep, per_token_loss, per_token_loss.detach())
     metrics = {

@@ -6,6 +6,11 @@ Every loss has the signature
       logp, old_logp, response_mask : (B, T)      advantages : (B,) or (B, T)
       per_token_loss                : (B, T)      (aggregate it with ercref.aggregate)
 
+Precision: bf16 / fp16 inputs are upcast to fp32 before anything is computed (the ratio's exp in
+fp16 overflows at a log-ratio of 11), so the per-token loss is returned in fp32 (fp64 when an input
+is fp64) and equals, bit for bit, the loss of fp32 inputs holding the same values; the gradient
+flows back to the half-precision ``logp`` through the cast. ``old_logp`` must not require grad.
+
 and returns the *loss* (to minimise) l_t = -objective_t. ERC is not a loss: it is the mask in
 ``ercref.erc.apply_erc`` that wraps any of these. Notation (as in the papers):
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -32,18 +38,36 @@ from ._checks import (
     check_finite,
     check_float,
     check_fraction,
+    check_no_grad,
     check_positive,
     check_same_shape,
+    deferred_checks,
+    upcast,
 )
 
 Tensor = torch.Tensor
 LOG_RATIO_CLAMP = 20.0
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+OLD_LOGP_IS_CONSTANT = ("old_logp is log pi_old of the rollout snapshot; with a graph through it (old_logp = logp "
+                        "instead of logp.detach()) the ratio exp(logp - old_logp) has zero gradient and the policy "
+                        "gradient is silently 0")
 
 
 # ----------------------------------------------------------------------------- helpers
-def prepare_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor):
-    """Validate the four common inputs. Returns (log_ratio, ratio, A (B,T)-broadcastable, mask bool)."""
+class PolicyInputs(NamedTuple):
+    """The common inputs after ``prepare_inputs``: half precision upcast to fp32 (differentiably)."""
+    logp: Tensor        # (B, T)
+    old_logp: Tensor    # (B, T)
+    log_ratio: Tensor   # clamp(logp - old_logp, -20, 20)
+    ratio: Tensor       # exp(log_ratio)
+    advantages: Tensor  # (B, 1) or (B, T)
+    mask: Tensor        # (B, T) bool
+
+
+def check_policy_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The checks of the four common inputs, shared by every loss (through ``prepare_inputs``) and
+    ``compute_policy_loss``. Metadata at once, values deferred (ercref._checks).
+    Returns (advantages broadcastable to (B, T), mask bool)."""
     check_float("logp", logp)
     check_float("old_logp", old_logp)
     check_float("advantages", advantages)
@@ -54,20 +78,29 @@ def prepare_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_
     if advantages.dim() == 1:
         if advantages.shape[0] != logp.shape[0]:
             raise ValueError(f"advantages has shape {tuple(advantages.shape)} but logp has batch size {logp.shape[0]}")
-        advantages = advantages.unsqueeze(-1)
     else:
         check_same_shape("advantages", advantages, "logp", logp)
+    check_no_grad("old_logp", old_logp, OLD_LOGP_IS_CONSTANT)
     check_any("response_mask", mask)
-    check_finite("logp", logp.detach())
+    check_finite("logp", logp)
     check_finite("old_logp", old_logp)
     check_finite("advantages", advantages)
+    return (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages), mask
+
+
+def prepare_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor) -> PolicyInputs:
+    """Validate the four common inputs (one host sync for all value checks; none of its own inside
+    ``compute_policy_loss``, which checks everything at once) and upcast bf16 / fp16 to fp32."""
+    with deferred_checks():
+        advantages, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
+    logp, old_logp, advantages = upcast(logp), upcast(old_logp), upcast(advantages)
     log_ratio = torch.clamp(logp - old_logp, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
-    return log_ratio, torch.exp(log_ratio), advantages, mask
+    return PolicyInputs(logp, old_logp, log_ratio, torch.exp(log_ratio), advantages, mask)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x over the True entries of mask (mask must select at least one entry)."""
-    return (x * mask).sum() / mask.sum()
+    """Mean of x over the True entries of mask (mask must select at least one entry), in fp32 for half x."""
+    return (upcast(x) * mask).sum() / mask.sum()
 
 
 def _frac(cond: Tensor, mask: Tensor) -> Tensor:
@@ -112,7 +145,7 @@ def ppo_clip_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.
     """
     eps_high = eps_low if eps_high is None else eps_high
     _check_eps(eps_low, eps_high)
-    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    _, _, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
     unclipped = -A * r
     clipped = -A * torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high)
     loss = torch.maximum(unclipped, clipped)
@@ -143,7 +176,7 @@ def gppo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, e
     for name, b in (("beta1", beta1), ("beta2", beta2)):
         if not (isinstance(b, (int, float)) and 0 <= b < float("inf")):
             raise ValueError(f"{name} must be a finite number >= 0, got {b!r}")
-    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    _, _, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
     rd = r.detach()
     mix1 = r if beta1 == 1.0 else beta1 * r + (1.0 - beta1) * rd
     mix2 = r if beta2 == 1.0 else beta2 * r + (1.0 - beta2) * rd
@@ -165,7 +198,7 @@ def cispo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, 
     Same semantics as verl's ``compute_policy_loss_cispo``.
     """
     _check_eps(eps_low, eps_high)
-    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    logp, _, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
     weight = torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high).detach()
     loss = -weight * A * logp
     return loss, _common_metrics(log_ratio, mask, r < 1.0 - eps_low, r > 1.0 + eps_high)
@@ -182,7 +215,7 @@ def gspo_loss(logp, old_logp, advantages, response_mask, eps_low: float = 3e-4, 
     (log s clamped at 10).
     """
     _check_eps(eps_low, eps_high)
-    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    logp, old_logp, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
     maskf = mask.to(logp.dtype)
     seq_log_ratio = ((logp - old_logp) * maskf).sum(-1) / maskf.sum(-1).clamp(min=1)
     log_s = torch.clamp(logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1), max=10.0)
@@ -199,7 +232,7 @@ def pg_loss(logp, old_logp, advantages, response_mask):
 
     At staleness 0 (r = 1) its gradient is the REINFORCE gradient -A grad log pi.
     """
-    log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    _, _, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
     none = torch.zeros_like(mask)
     return -A * r, _common_metrics(log_ratio, mask, none, none)
 
@@ -214,10 +247,27 @@ LOSSES: dict[str, LossFn] = _Registry()
 
 
 def register_loss(name: str, fn: LossFn, **defaults) -> LossFn:
-    """Register ``fn`` under ``name`` with default hyper-parameters (overridable per call)."""
+    """Register ``fn`` under ``name`` with default hyper-parameters (overridable per call).
+
+    The registered callable checks the four common inputs (as ``prepare_inputs`` does) and the
+    per-token loss ``fn`` returns (its shape, and finite at every response position: a finite input
+    can still overflow, e.g. |advantages| ~ 1e38), all with one host sync per call."""
     bound = functools.partial(fn, **defaults) if defaults else fn
-    LOSSES[name] = bound
-    return bound
+
+    @functools.wraps(bound)  # inspect.signature (loss_keywords) still sees fn's hyper-parameters
+    def checked_loss(logp, old_logp, advantages, response_mask, **hyper):
+        with deferred_checks():
+            _, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
+            per_tok, metrics = bound(logp, old_logp, advantages, response_mask, **hyper)
+            if not isinstance(per_tok, torch.Tensor) or per_tok.shape != logp.shape:
+                raise ValueError(f"loss {name!r} returned a per-token loss of shape {tuple(getattr(per_tok, 'shape', ()))}"
+                                 f", not logp's {tuple(logp.shape)}")
+            check_finite(f"the per-token loss of {name!r}", per_tok, mask,
+                         "at a response position although every input is finite (an overflow: |advantages| too large?)")
+        return per_tok, metrics
+
+    LOSSES[name] = checked_loss
+    return checked_loss
 
 
 def get_loss(name: str) -> LossFn:

@@ -15,11 +15,20 @@ from numbers import Real
 
 import torch
 
-from ._checks import as_bool_mask, check_finite, check_float, check_fraction, check_positive, check_same_shape
+from ._checks import (
+    check_float,
+    check_fraction,
+    check_no_grad,
+    check_positive,
+    check_same_shape,
+    checked,
+    require,
+    upcast,
+)
 from .aggregation import AGG_MODES, AggMode, aggregate
-from .auxiliary import KL_ESTIMATORS, KLEstimator, kl_penalty, positive_nll
-from .erc import apply_erc
-from .losses import LOSSES, loss_keywords, masked_mean
+from .auxiliary import KL_ESTIMATORS, REF_LOGP_IS_CONSTANT, KLEstimator, kl_penalty, positive_nll
+from .erc import apply_erc, check_entropies
+from .losses import LOSSES, check_policy_inputs, loss_keywords, masked_mean
 
 Tensor = torch.Tensor
 
@@ -73,6 +82,7 @@ class PolicyLossConfig:
                 raise ValueError(f"loss_kwargs[{key!r}] must be a finite number, got {value!r}")
 
 
+@checked
 def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor,
                         response_mask: Tensor, entropy: Tensor | None = None, old_entropy: Tensor | None = None,
                         rewards: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -83,10 +93,21 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
 
     ``entropy`` is the current policy's token entropy; it is detached for the ERC mask and only
     differentiated through by the entropy bonus. ``old_entropy`` must come from the same no-grad
-    forward (same snapshot, same temperature) as ``old_logp``.
+    forward (same snapshot, same temperature) as ``old_logp``; ``old_logp``, ``old_entropy`` and
+    ``ref_logp`` must not require grad.
+
+    Checks: every input is validated (a ValueError naming the argument); the value checks of the
+    inputs, of every intermediate term and of the final loss (finite) are read back together with
+    one host sync, before the function returns. bf16 / fp16 inputs are computed in fp32: the loss and
+    the metrics are fp32 (fp64 for fp64 inputs).
     """
+    _, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
+    # one cast for every term: a half logp then receives exactly the fp32 gradient, cast once
+    logp = upcast(logp)
+    if ref_logp is not None:  # used only when kl_coef > 0, but never with a graph
+        check_float("ref_logp", ref_logp)
+        check_no_grad("ref_logp", ref_logp, REF_LOGP_IS_CONSTANT)
     per_tok, metrics = LOSSES[cfg.loss](logp, old_logp, advantages, response_mask, **cfg.loss_kwargs)
-    mask = as_bool_mask("response_mask", response_mask, logp, "logp")
     if cfg.erc or entropy is not None or old_entropy is not None:
         if entropy is None or old_entropy is None:
             missing = "entropy" if entropy is None else "old_entropy"
@@ -96,7 +117,7 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
             for name, x in (("entropy", entropy), ("old_entropy", old_entropy)):
                 check_float(name, x)
                 check_same_shape(name, x, "logp", logp)
-                check_finite(name, x.detach())
+            check_entropies(entropy, old_entropy)
             metrics["entropy/new_mean"] = masked_mean(entropy.detach(), mask)
             metrics["entropy/old_mean"] = masked_mean(old_entropy.detach(), mask)
     if cfg.erc:
@@ -125,5 +146,7 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
             raise ValueError("entropy must be given with grad when cfg.entropy_coef > 0 (entropy bonus)")
         ent = aggregate(entropy, mask, cfg.agg_mode, cfg.agg_norm)
         loss = loss - cfg.entropy_coef * ent
+    require(torch.isfinite(loss.detach()), lambda: f"the loss is {loss.item()} although every input and every "
+            "per-token term is finite: the sum of the terms overflowed (a coefficient too large?)")
     metrics["loss/total"] = loss.detach()
     return loss, metrics
