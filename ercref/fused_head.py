@@ -20,11 +20,17 @@ recomputed tile, with upstream gradients g_logp and g_H per row:
 
 (one more (chunk, V) buffer in the backward, for p).
 Pure torch: runs on CPU and CUDA; bf16/fp16 inputs are multiplied in their dtype and reduced in fp32.
+Under ``torch.autocast`` the head follows its own explicit policy (``_FusedLogpEntropy``): the matmuls run
+in the autocast dtype in the forward *and* in the backward (which autograd runs outside the
+autocast region), so the recomputed tiles equal the forward's and the softmax normalised by the
+forward's fp32 lse sums to 1; fp32 inputs without autocast take exactly the fp32 path.
 
 Shapes: hidden (..., D), weight (V, D), labels (...) -> logp (...), entropy (...) float32
 (float64 for float64 inputs).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -35,20 +41,58 @@ Tensor = torch.Tensor
 DEFAULT_TILE_ELEMENTS = 1 << 22
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (e.g. meta): never autocast
+        return False
+
+
+def matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the head's matmuls run in for input ``x``: the ambient autocast dtype of x's
+    device type when autocast is on there (float64 is never cast, as autocast itself does),
+    otherwise x's own dtype."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and _autocast_on(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for the head's own (explicitly cast) matmuls; nothing to do when it is off."""
+    if _autocast_on(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _FusedLogpEntropy(torch.autograd.Function):
+    """Dtype policy (autocast-safe): the forward reads the ambient autocast state once and fixes
+    the matmul dtype ``mm`` (``matmul_dtype``); hidden and weight are cast to ``mm`` once, and every
+    tile, in the forward and in the recomputing backward, is ``(h_mm @ W_mm^T).to(fp32)`` with autocast
+    off, so the backward's softmax p = exp(z / tau - lse) uses the very tile values lse was reduced
+    from (rows sum to 1 to fp32 precision). The casted copies are what is saved (as autocast
+    saves its casts). dz is reduced in fp32 and cast to ``mm`` for dh = dz W_mm; dW is accumulated
+    in fp32 and returned in weight's dtype, dh in hidden's. Without autocast ``mm`` is the input
+    dtype and no copy is made."""
+
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float, chunk_rows: int,
                 entropy_grad: bool = False):
-        acc = acc_dtype(hidden.dtype)
-        # each tile is a fresh matmul output (owned: the shared tile math may overwrite it)
-        logp, lse, ent = _chunked_logp_entropy(lambda sl: (hidden[sl] @ weight.T).to(acc), hidden.shape[0], chunk_rows,
-                                               labels, temperature, True, True, acc, hidden.device)
+        dev = hidden.device.type
+        mm = matmul_dtype(hidden)
+        acc = acc_dtype(mm)
+        with _no_autocast(dev):
+            h, w = hidden.to(mm), weight.to(mm)  # no copy when the dtype already matches
+            # each tile is a fresh matmul output (owned: the shared tile math may overwrite it)
+            logp, lse, ent = _chunked_logp_entropy(lambda sl: (h[sl] @ w.T).to(acc), h.shape[0], chunk_rows,
+                                                   labels, temperature, True, True, acc, hidden.device)
         ctx.temperature, ctx.chunk_rows, ctx.entropy_grad = temperature, chunk_rows, entropy_grad
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         if entropy_grad:
-            ctx.save_for_backward(hidden, weight, labels, lse, ent)
+            ctx.save_for_backward(h, w, labels, lse, ent)
             ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
         else:
-            ctx.save_for_backward(hidden, weight, labels, lse)
+            ctx.save_for_backward(h, w, labels, lse)
             ctx.mark_non_differentiable(ent)
         return logp, ent
 
@@ -63,22 +107,25 @@ class _FusedLogpEntropy(torch.autograd.Function):
                 grad_logp = torch.zeros_like(lse)
         else:
             (hidden, weight, labels, lse), ent, grad_ent = ctx.saved_tensors, None, None
+        # hidden / weight are the saved matmul-dtype tensors (the inputs themselves without autocast)
+        h_dtype, w_dtype = ctx.dtypes
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = acc_dtype(hidden.dtype)
-        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_h = torch.empty(hidden.shape, dtype=h_dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        for i in range(0, hidden.shape[0], rows):
-            sl = slice(i, i + rows)
-            h = hidden[sl]
-            g_ent = None if grad_ent is None else grad_ent[sl].to(acc)
-            # dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau   (tile z = h W^T recomputed)
-            dz = _tile_dlogits_((h @ weight.T).to(acc), lse[sl], labels[sl], grad_logp[sl].to(acc), tau,
-                                g_ent, None if g_ent is None else ent[sl]).to(hidden.dtype)
-            if need_h:
-                grad_h[sl] = dz @ weight  # dh = dz W
-            if need_w:
-                grad_w.addmm_(dz.T.to(acc), h.to(acc))  # dW += dz^T h
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
+        with _no_autocast(hidden.device.type):  # backward may be called inside an autocast region (CPU)
+            for i in range(0, hidden.shape[0], rows):
+                sl = slice(i, i + rows)
+                h = hidden[sl]
+                g_ent = None if grad_ent is None else grad_ent[sl].to(acc)
+                # dz = [g_logp (onehot - p) - g_H p (log p + H)] / tau   (tile z = h W^T recomputed)
+                dz = _tile_dlogits_((h @ weight.T).to(acc), lse[sl], labels[sl], grad_logp[sl].to(acc), tau,
+                                    g_ent, None if g_ent is None else ent[sl]).to(hidden.dtype)
+                if need_h:
+                    grad_h[sl] = dz @ weight  # dh = dz W
+                if need_w:
+                    grad_w.addmm_(dz.T.to(acc), h.to(acc))  # dW += dz^T h
+        return grad_h, (grad_w.to(w_dtype) if need_w else None), None, None, None, None
 
 
 def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float = 1.0,
@@ -93,7 +140,7 @@ def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, t
     check_positive("temperature", temperature)
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(f"weight must be (V, D) with D = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}")
-    if hidden.dtype != weight.dtype:
+    if hidden.dtype != weight.dtype and matmul_dtype(hidden) != matmul_dtype(weight):  # autocast casts both
         raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype")
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
         raise ValueError("labels must be an int64 or int32 tensor of token ids")
