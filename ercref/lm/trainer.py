@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -51,7 +52,7 @@ from .config import Config, resolve_device
 from .data import load_task
 from .metrics_log import RunLog
 from .models import load_model
-from .rewards import score_responses
+from .rewards import judge_pool, score_responses
 from .rollout import RolloutBatch, encode_prompts, eos_ids, response_logprobs, rollout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,6 +107,8 @@ class Trainer:
                 f"{self.out} already holds {len(found)} checkpoint(s) of a run (newest: step {found[-1][0]}). "
                 "Continue it with --resume, or start over with --overwrite (deletes them), or pick another --out.")
         self.overwrite = overwrite
+        if cfg.reward.judge == "math":  # the judge's worker processes start in the background while the model loads
+            judge_pool(cfg.reward.judge_workers).start()
         self.device = resolve_device(cfg)
         self._threads_before = torch.get_num_threads()
         if cfg.train.threads:  # restored at the end of fit()
@@ -124,24 +127,25 @@ class Trainer:
         if not self.train_set:
             raise ValueError("the training set is empty")
         o = cfg.optim
-        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        decayed = (lambda p: True) if o.decay_1d_params else (lambda p: p.dim() >= 2)
+        decay = [p for p in self.model.parameters() if p.requires_grad and decayed(p)]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and not decayed(p)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)
         warm = o.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        shift = 0 if o.warmup_from_zero else 1
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + shift) / warm) if warm else 1.0)
         self.step = 0            # completed training steps
         self.cursor = 0          # prompts consumed from the training stream
         self.ref_model = None    # frozen reference policy (loss.kl_coef > 0), set by start() / restore
         self.sft_done = cfg.sft.steps == 0   # a callback may load warm-up weights and set this
         self.started = False
+        self.judge_stats: dict = {}
         self.vllm = None
-        if cfg.rollout.backend == "vllm":
-            from .rollout import VLLMGenerator
-            self.vllm = VLLMGenerator(cfg.model.name, self.tok, self.device, "bfloat16",
-                                      cfg.rollout.vllm_gpu_memory_utilization,
-                                      cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.train.seed)
+        if cfg.rollout.backend == "vllm":  # in-process engine (ercref.lm.vllm_backend), synced below / in start()
+            from .vllm_backend import VLLMGenerator
+            self.vllm = VLLMGenerator.from_config(cfg, self.model, self.tok, self.device)
         self.resumed_from = None
         if resume:
             loaded = ckpt.load_latest_valid(self.ckpt_dir, required=("step", "rng", "model", "optimizer",
@@ -151,6 +155,8 @@ class Trainer:
             else:
                 self.resumed_from = loaded[0]
                 self._restore(loaded[1])
+                if self.vllm is not None:  # the engine loaded the model folder: serve the resumed weights
+                    self.vllm.sync_weights(self.model)
         self.log = RunLog(self.out, cfg.train.tensorboard)
 
     def _emit(self, hook: str, *args) -> None:
@@ -164,6 +170,7 @@ class Trainer:
         config.json, run the SFT warm-up, freeze the reference model. Resumed run: nothing to do."""
         if self.started:
             return
+        self.check_memory()
         self.started = True
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
@@ -180,6 +187,39 @@ class Trainer:
             self._emit("on_sft_end")
         if self.cfg.loss.kl_coef > 0:
             self.ref_model = _frozen_copy(self.model)
+        if self.vllm is not None:  # serve the policy as training starts (after SFT / a callback's load), not the folder's
+            self.vllm.sync_weights(self.model)
+
+    # ------------------------------------------------------------------ memory
+    def plan_memory(self):
+        """The memory planner's estimate for this run (ercref.lm.memory.plan_memory) on this device,
+        with the loaded model's exact size and the longest chat-templated prompts of the data."""
+        from .memory import detect_device, plan_memory
+        from .models import apply_chat_template
+
+        def longest(records: list[dict]) -> int | None:
+            texts = list({apply_chat_template(self.tok, r["prompt"], require=True) for r in records}) if records else []
+            return max(len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]) if texts else None
+
+        name, capacity = detect_device(self.device)
+        return plan_memory(self.cfg, device_bytes=capacity, device_name=name, model=self.model,
+                           eval_prompts=len(self.eval_set), prompt_tokens=longest(self.train_set),
+                           eval_prompt_tokens=longest(self.eval_set))
+
+    def check_memory(self) -> None:
+        """train.memory_check: print the plan (with train.progress) and refuse ("refuse": ValueError
+        naming the setting to change) or warn ("warn") when it does not fit the device; "off": nothing."""
+        mode = self.cfg.train.memory_check
+        self.memory_plan = None
+        if mode == "off":
+            return
+        plan = self.memory_plan = self.plan_memory()
+        if self.cfg.train.progress:
+            print(plan.table(), flush=True)
+        if not plan.fits:
+            if mode == "refuse":
+                plan.check()
+            warnings.warn(plan.message(), stacklevel=2)
 
     # ------------------------------------------------------------------ data
     def next_prompts(self, n: int) -> list[dict]:
@@ -225,10 +265,58 @@ class Trainer:
         return rollout(self.model, self.tok, [r["prompt"] for r in records], [r["answer"] for r in records],
                        group_size, max_new_tokens, temperature, top_p, self.cfg.data.max_prompt_tokens,
                        self.cfg.rollout.generation_batch_size, self.cfg.model.fused_head, self.autocast, gen_fn,
-                       ref_model=self.ref_model)
+                       ref_model=self.ref_model, max_tokens_per_generate=self.cfg.rollout.max_tokens_per_generate,
+                       max_tokens_per_logprob=self.cfg.rollout.max_tokens_per_logprob or self.cfg.train.max_tokens_per_forward)
 
     def score(self, batch: RolloutBatch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return score_responses(batch.texts, batch.answers, self.cfg.reward, batch.response_lengths.cpu(), max_new_tokens)
+        """(rewards, correct); the judge's counters (judge/timeouts, ...) accumulate until the next log line."""
+        stats: dict = {}
+        out = score_responses(batch.texts, batch.answers, self.cfg.reward, batch.response_lengths.cpu(), max_new_tokens,
+                              stats=stats)
+        for k, v in stats.items():
+            self.judge_stats[k] = self.judge_stats.get(k, 0) + v
+        return out
+
+    def drain_judge_stats(self, prefix: str = "") -> dict:
+        """The judge's counters since the last call; its wall time goes under time/ (not reproducible)."""
+        out, self.judge_stats = self.judge_stats, {}
+        return {("time/judge_s" if k == "judge/seconds" else prefix + k): v for k, v in out.items()}
+
+    # ------------------------------------------------------------------ dynamic sampling
+    def sample_batch(self) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Roll out one step's prompts -> (batch, rewards, correct, keep, {"prompts", "rounds"}).
+
+        Without dynamic sampling: rollout.prompts_per_step prompts, every group trained (keep all True).
+        With it (DAPO, as the authors' verl: generate advantage.gen_batch_prompts, keep the groups whose
+        rewards (or accuracy) vary, up to rollout.prompts_per_step): rounds of gen_batch_prompts prompts
+        are generated until prompts_per_step groups are kept or advantage.max_gen_batches rounds are
+        done; then the step trains on what it kept (``keep`` marks those groups: the first kept groups in
+        stream order, capped at prompts_per_step). ``batch`` holds every generated sequence (rounds
+        concatenated), so the step's reward / length / entropy metrics cover everything generated.
+        Every round advances the data cursor and the RNG as part of the step, so a resumed run (from
+        the step's checkpoint) regenerates the same rounds."""
+        r, a = self.cfg.rollout, self.cfg.advantage
+        G, target = r.group_size, r.prompts_per_step
+        n_gen = (a.gen_batch_prompts or target) if a.dynamic_sampling else target
+        parts, kept, rounds = [], 0, 0
+        while True:
+            records = self.next_prompts(n_gen)
+            batch = self.make_rollout(records, G, r.temperature, r.top_p, r.max_new_tokens)
+            rewards, correct = self.score(batch, r.max_new_tokens)
+            rounds += 1
+            if not a.dynamic_sampling:
+                parts.append((batch, rewards, correct, torch.ones_like(correct)))
+                break
+            signal = correct.float() if a.dynamic_sampling_metric == "accuracy" else rewards
+            varied = dynamic_sampling_mask(signal, G).view(-1, G)[:, 0]
+            take = varied & (varied.long().cumsum(0) <= target - kept)  # the first kept groups, up to the target
+            kept += int(take.sum())
+            parts.append((batch, rewards, correct, take.repeat_interleave(G)))
+            if kept >= target or rounds >= a.max_gen_batches:
+                break
+        batch = parts[0][0] if len(parts) == 1 else concat_rollouts([p[0] for p in parts], self.tok.pad_token_id)
+        rewards, correct, keep = (torch.cat([p[i] for p in parts]) for i in (1, 2, 3))
+        return batch, rewards, correct, keep, {"prompts": rounds * n_gen, "rounds": rounds}
 
     # ------------------------------------------------------------------ one training step
     def minibatches(self, keep: torch.Tensor) -> list[torch.Tensor]:
@@ -243,45 +331,76 @@ class Trainer:
         return out
 
     def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on one minibatch (gradient accumulated over micro-batches, each
-        weighted by its share of response tokens: exact for the token-mean policy term).
-        Returns metrics as 0-d tensors (no host sync)."""
+        """One optimizer step on one minibatch, its gradient accumulated over micro-batches of at most
+        train.max_tokens_per_forward tokens (rows x width) and train.micro_batch_size rows
+        (ercref.lm.memory.token_budget_batches: rows sorted by length when split, each micro-batch cut to
+        its own width, for the forward and the loss). Exact: each micro-batch's loss is weighted by its share of the minibatch's normaliser,
+        response tokens for token-mean, sequences for the seq-mean modes, and the positive-NLL term
+        (a token mean over reward-1 responses) by its share of those tokens. Gradients are freed after
+        the step (they are not needed until the next one). Returns metrics as 0-d tensors (no host sync)."""
+        from ercref.auxiliary import positive_nll
+
+        from .memory import token_budget_batches, trim_rows
+
         dev, lc = self.device, self.cfg.loss
-        n = mb.sequences.shape[0]
-        micro = self.cfg.train.micro_batch_size or n
-        total_tok = mb.response_mask.sum()
+        P, R = mb.prompt_len, mb.response_mask.shape[1]
+        rlen = mb.response_mask.sum(-1)
+        total_tok = rlen.sum()
+        seqs = (rlen > 0).sum()
+        positive = mb.response_mask & (rewards == 1).to(mb.response_mask.device).unsqueeze(-1)
+        total_pos = positive.sum()
         entropy_grad = lc.entropy_coef > 0   # the bonus differentiates H; otherwise H only builds the ERC mask
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         acc: dict[str, torch.Tensor] = {}
         max_diff = torch.zeros((), device=dev)
-        for i in range(0, n, micro):
-            sl = slice(i, i + micro)
-            rmask = mb.response_mask[sl].to(dev)
+        micro = token_budget_batches(mb.attention_mask[:, :P].sum(-1), rlen, self.cfg.train.max_tokens_per_forward,
+                                     self.cfg.train.micro_batch_size)
+        # the loss runs on each micro-batch's own response width; seq-mean-token-sum-norm's default
+        # normaliser is the minibatch's response width R, so it is passed explicitly
+        cfg_r = lc
+        if lc.agg_mode == "seq-mean-token-sum-norm" and lc.agg_norm is None:
+            cfg_r = dataclasses.replace(lc, agg_norm=float(R))
+        for rows in micro:
+            s, a, p, r = trim_rows(mb.sequences, mb.attention_mask, P, rows, rlen)
+            idx = rows.to(mb.response_mask.device)
+            rmask = mb.response_mask[idx].to(dev)
             with _autocast(dev, self.autocast):
-                logp, ent = response_logprobs(self.model, mb.sequences[sl].to(dev), mb.attention_mask[sl].to(dev),
-                                              mb.prompt_len, self.cfg.rollout.temperature, self.cfg.model.fused_head,
-                                              entropy_grad=entropy_grad)
+                logp, ent = response_logprobs(self.model, s.to(dev), a.to(dev), p, self.cfg.rollout.temperature,
+                                              self.cfg.model.fused_head, entropy_grad=entropy_grad)
             logp, ent = logp.float(), ent.float()
-            old = mb.old_logp[sl].to(dev)
-            ref = mb.ref_logp[sl].to(dev) if mb.ref_logp is not None else None
-            loss, m = compute_policy_loss(lc, logp, old, adv[sl].to(dev), rmask, entropy=ent,
-                                          old_entropy=mb.old_entropy[sl].to(dev), rewards=rewards[sl].to(dev),
-                                          ref_logp=ref)
-            w = (mb.response_mask[sl].sum() / total_tok).to(dev)
-            (loss * w).backward()
+            rmask = rmask[:, :r]                 # columns past r are padding in every row of this micro-batch
+            old = mb.old_logp[idx, :r].to(dev)
+            ref = mb.ref_logp[idx, :r].to(dev) if mb.ref_logp is not None else None
+            rew = rewards[idx].to(dev)
+            loss, m = compute_policy_loss(cfg_r, logp, old, adv[idx].to(dev), rmask, entropy=ent,
+                                          old_entropy=mb.old_entropy[idx, :r].to(dev), rewards=rew, ref_logp=ref)
+            w_tok = (rlen[idx].sum() / total_tok).to(dev)
+            if len(micro) == 1:
+                w_loss = w_tok                     # 1: one forward, as without micro-batching
+            elif lc.agg_mode == "token-mean":
+                w_loss = w_tok
+            else:                                  # seq-mean modes: a mean over sequences
+                w_loss = ((rlen[idx] > 0).sum() / seqs).to(dev)
+            total = loss * w_loss
+            if lc.nll_coef > 0 and len(micro) > 1:  # the NLL term is a token mean over reward-1 responses
+                w_pos = (positive[idx].sum() / total_pos.clamp(min=1)).to(dev)
+                total = total + lc.nll_coef * (w_pos - w_loss) * positive_nll(logp, rmask, rew)
+            total.backward()
             for k, v in m.items():
-                acc[k] = acc.get(k, 0.0) + w * v
+                acc[k] = acc.get(k, 0.0) + w_tok * v
             max_diff = torch.maximum(max_diff, ((logp.detach() - old).abs() * rmask).max())
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         self.opt.step()
+        self.opt.zero_grad(set_to_none=True)   # free the gradients: the rollout and evaluation do not need them
         self.model.eval()
         acc["grad/norm"] = gnorm.detach()
         acc["logp/max_abs_diff_old"] = max_diff
         acc["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
         acc["tokens"] = total_tok
+        acc["batch/micro_batches"] = torch.tensor(float(len(micro)))
         return acc
 
     def train_step(self) -> dict:
@@ -289,11 +408,8 @@ class Trainer:
         cfg, r = self.cfg, self.cfg.rollout
         step = self.step + 1
         t0 = time.perf_counter()
-        records = self.next_prompts(r.prompts_per_step)
-        batch = self.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
-        rewards, correct = self.score(batch, r.max_new_tokens)
+        batch, rewards, correct, keep, gen = self.sample_batch()
         adv = group_advantages(rewards, r.group_size, scale_by_std=cfg.advantage.scale_by_std)
-        keep = dynamic_sampling_mask(rewards, r.group_size) if cfg.advantage.dynamic_sampling else torch.ones_like(correct)
         t_upd = time.perf_counter()
         mb_metrics = []
         for k, idx in enumerate(self.minibatches(keep)):
@@ -303,7 +419,7 @@ class Trainer:
             mb_metrics.append(m)
             self._emit("on_minibatch", {"kind": "minibatch", "step": step, "staleness": k, **m})
         if self.vllm is not None and mb_metrics:
-            self.vllm.load_weights(self.model)  # the next rollout samples from the updated policy
+            self.vllm.sync_weights(self.model)  # the next rollout samples from the updated policy (prefix cache reset)
         with warnings.catch_warnings():  # a step with no kept group takes no optimizer step
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.sched.step()
@@ -320,6 +436,7 @@ class Trainer:
             "batch/tokens": batch.attention_mask.sum(),
             "batch/kept_groups": keep.view(-1, r.group_size)[:, 0].sum(),
             "batch/minibatches": len(mb_metrics),
+            "batch/gen_prompts": gen["prompts"], "batch/gen_rounds": gen["rounds"],
         }
         if mb_metrics:  # means over minibatches; entropy/old_mean above is over the whole batch
             for key in mb_metrics[0]:
@@ -334,8 +451,10 @@ class Trainer:
         for k, row in enumerate(rows[:-1]):
             self.log.write({"kind": "minibatch", "step": step, "staleness": k, **row})
         out = {"kind": "step", "step": step, **rows[-1]}
-        for name in ("batch/seq_width", "batch/tokens", "batch/kept_groups", "batch/minibatches"):
+        for name in ("batch/seq_width", "batch/tokens", "batch/kept_groups", "batch/minibatches", "batch/gen_prompts",
+                     "batch/gen_rounds"):
             out[name] = int(out[name])
+        out.update(self.drain_judge_stats())
         out["time/generate_s"] = batch.time_generate_s
         out["time/old_logprob_s"] = batch.time_old_logprob_s
         out["time/update_s"] = t_end - t_upd
@@ -359,12 +478,15 @@ class Trainer:
             batch = rollout(self.model, self.tok, [r["prompt"] for r in self.eval_set],
                             [r["answer"] for r in self.eval_set], k, max_new, t.eval_temperature, t.eval_top_p,
                             self.cfg.data.max_prompt_tokens, self.cfg.rollout.generation_batch_size,
-                            self.cfg.model.fused_head, self.autocast, with_logprobs=False)
+                            self.cfg.model.fused_head, self.autocast, with_logprobs=False,
+                            max_tokens_per_generate=self.cfg.rollout.max_tokens_per_generate)
         rewards, correct = self.score(batch, max_new)
         avg, pas = pass_at_k(correct.view(-1, k))
         rec = {"kind": "eval", "step": self.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,
                "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
                "eval/prompts": len(self.eval_set), "eval/sample": batch.texts[0]}
+        rec.update(eval_set_metrics(self.eval_set, correct.view(-1, k)))
+        rec.update(self.drain_judge_stats(prefix="eval/"))
         self.log.write(rec)
         self._emit("on_eval", rec)
         return rec
@@ -415,7 +537,7 @@ class Trainer:
         self.start()
         self._emit("on_fit_start")
         history = []
-        if self.step == 0:
+        if self.step == 0 and t.eval_before_training:
             self.evaluate()
         bar = None
         if t.progress:
@@ -440,6 +562,50 @@ class Trainer:
         self.log.close()
         torch.set_num_threads(self._threads_before)
         return history
+
+
+def eval_set_metrics(records: list[dict], correct: torch.Tensor) -> dict:
+    """Per named eval set (records tagged ``"eval_set": name`` by data.load_task; eval/avg@k itself
+    pools every record): {"eval/<name>/avg@k", "eval/<name>/pass@k", "eval/<name>/prompts"}.
+    correct (n_prompts, k) bool, rows in the order of records."""
+    k = correct.shape[1]
+    names = [rec.get("eval_set") for rec in records]
+    out = {}
+    for name in dict.fromkeys(n for n in names if n):
+        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+        avg, pas = pass_at_k(correct[rows])
+        out.update({f"eval/{name}/avg@{k}": avg, f"eval/{name}/pass@{k}": pas, f"eval/{name}/prompts": len(rows)})
+    return out
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Rows of several rollout batches in one (dynamic-sampling rounds): prompts left-padded and
+    responses right-padded to the widest (token ``pad_id``, attention and response masks 0, old
+    log-probs / entropies 0), so every row keeps its tokens and positions."""
+    P = max(b.prompt_len for b in batches)
+    R = max(b.sequences.shape[1] - b.prompt_len for b in batches)
+    fields = {f.name for f in dataclasses.fields(RolloutBatch)}
+    known = {"sequences", "attention_mask", "response_mask", "old_logp", "old_entropy", "ref_logp", "prompt_len", "texts",
+             "prompts", "answers", "time_generate_s", "time_old_logprob_s"}
+    if fields != known:  # a new per-row field must be padded here too
+        raise NotImplementedError(f"concat_rollouts does not know the RolloutBatch fields {sorted(fields ^ known)}")
+
+    def widen(b: RolloutBatch, t: torch.Tensor, value) -> torch.Tensor:  # (N, P_b + R_b) -> (N, P + R)
+        p, r = b.prompt_len, t.shape[1] - b.prompt_len
+        return torch.nn.functional.pad(t, (P - p, R - r), value=value)
+
+    def resp(t: torch.Tensor, value) -> torch.Tensor:  # (N, R_b) -> (N, R)
+        return torch.nn.functional.pad(t, (0, R - t.shape[1]), value=value)
+
+    cat = torch.cat
+    return RolloutBatch(
+        cat([widen(b, b.sequences, pad_id) for b in batches]), cat([widen(b, b.attention_mask, 0) for b in batches]),
+        cat([resp(b.response_mask, False) for b in batches]), cat([resp(b.old_logp, 0.0) for b in batches]),
+        cat([resp(b.old_entropy, 0.0) for b in batches]), P, [t for b in batches for t in b.texts],
+        [p for b in batches for p in b.prompts], [a for b in batches for a in b.answers],
+        time_generate_s=sum(b.time_generate_s for b in batches),
+        time_old_logprob_s=sum(b.time_old_logprob_s for b in batches),
+        ref_logp=None if batches[0].ref_logp is None else cat([resp(b.ref_logp, 0.0) for b in batches]))
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

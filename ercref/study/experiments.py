@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -387,70 +388,176 @@ def token_table(tokens: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- GPU notebook helpers
-def cuda_report() -> dict:
+PAPER_PRESET = "gpu-paper-1.5b"
+ONE_GPU_PRESET = "gpu-1x80gb-1.5b"
+
+
+def cuda_report(cfg: Config | None = None) -> dict:
     """{"available", "message", and when available "name", "total_gb", "free_gb"}: a plain check
-    to run before loading a 1.5B model."""
+    to run before loading a 1.5B model. With ``cfg``, the message also carries the memory planner's
+    estimate for that config on this device (``planner_estimate``)."""
     if not torch.cuda.is_available():
         return {"available": False, "message": "No CUDA GPU found (torch.cuda.is_available() is False): the paper "
                 "recipe needs one; this notebook runs its quick CPU path with the tiny model instead."}
     free, total = torch.cuda.mem_get_info()
     name = torch.cuda.get_device_name(0)
-    msg = f"CUDA GPU: {name}, {total / 2**30:.1f} GB total, {free / 2**30:.1f} GB free."
-    if total < 40 * 2**30:
-        msg += (" Under 40 GB: the paper's 16K-token responses with 1024 sequences per step will not fit; "
-                "lower rollout.max_new_tokens / rollout.prompts_per_step / train.micro_batch_size.")
-    return {"available": True, "message": msg, "name": name, "total_gb": total / 2**30, "free_gb": free / 2**30}
+    msg = (f"CUDA GPU: {name}, {total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free. "
+           f"{ONE_GPU_PRESET!r} is sized for one 80 GB GPU; {PAPER_PRESET!r} is the authors' 64-GPU recipe "
+           "(one of its steps takes ~45-65 min on one H200 with vLLM).")
+    rep = {"available": True, "message": msg, "name": name, "total_gb": total / 2**30, "free_gb": free / 2**30}
+    if cfg is not None:
+        est = planner_estimate(cfg, device_bytes=total)
+        rep["plan"] = est
+        rep["message"] += "\n" + est["message"]
+    return rep
 
 
-# The paper's recipe (arXiv 2512.05591 section 4 and the authors' scripts) in the engine's field names.
-PAPER_RECIPE = {
-    "model.name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-    "data.path": "Kwai-Klear/KlearReasoner-MathSub-30K",
-    "data.max_prompt_tokens": 4096,
-    "rollout.prompts_per_step": 128, "rollout.group_size": 8,
-    "rollout.max_new_tokens": 16384, "rollout.temperature": 1.0, "rollout.top_p": 1.0,
-    "reward.judge": "math", "reward.scheme": "paper", "reward.correct": 1.0, "reward.wrong": -1.0,
-    "reward.no_think_close": -0.5, "reward.overlong_shaping": False,
-    "loss.loss": "dapo", "loss.loss_kwargs.eps_low": 0.2, "loss.loss_kwargs.eps_high": 0.28,
-    "loss.loss_kwargs.clip_ratio_c": 10.0,
-    "loss.erc": True, "loss.beta_low": 0.05, "loss.beta_high": 0.05, "loss.nll_coef": 0.1,
-    "loss.agg_mode": "token-mean", "advantage.dynamic_sampling": True,
-    "optim.lr": 1e-6, "optim.warmup_steps": 10, "optim.weight_decay": 0.1, "optim.grad_clip": 1.0,
-    "train.minibatch_prompts": 16,
-    "train.eval_k": 32, "train.eval_temperature": 0.6, "train.eval_top_p": 0.95, "train.eval_max_new_tokens": 32768,
+def planner_estimate(cfg: Config, device_bytes: int | None = None, device_name: str | None = None) -> dict:
+    """The memory planner's (ercref.lm.memory) peak-memory and step-time estimate for ``cfg`` on a
+    device of ``device_bytes`` (None: the detected one): {"available", "message", and when available
+    "total_gb", "fits", "step_s", "table"}. Pure arithmetic, so it runs on CPU for a GPU config."""
+    try:
+        from ercref.lm.memory import estimate_step_seconds, plan_memory
+    except ImportError:  # the planner is part of the engine; kept optional for older checkouts
+        return {"available": False, "message": "memory planner: not available (ercref.lm.memory is missing)"}
+    plan = plan_memory(cfg, device_bytes=device_bytes, device_name=device_name)
+    step = estimate_step_seconds(cfg, device_bytes=plan.device_bytes)
+    msg = (f"memory planner: peak {plan.total_bytes / 2**30:.1f} GiB of {plan.device_bytes / 2**30:.1f} GiB "
+           f"({plan.device_name}): {'fits' if plan.fits else 'does NOT fit'}; {step.text()}, "
+           f"~{step.total * cfg.train.steps / 3600:.1f} h for {cfg.train.steps} steps without evaluation "
+           "(estimates, not measurements)")
+    return {"available": True, "message": msg, "total_gb": plan.total_bytes / 2**30, "fits": bool(plan.fits),
+            "step_s": float(step.total), "table": plan.table()}
+
+
+# The authors' recipe, transcribed value by value from their scripts (Kwai-Klear/ERC) with file:line
+# for each value: data/recipes/erc_authors_1.5b.json. recipe_diff compares a config against it.
+AUTHORS_RECIPE = REPO_ROOT / "data" / "recipes" / "erc_authors_1.5b.json"
+_SOURCE_PART = re.compile(r"^[\w./-]+:\d+(-\d+)?$")
+_ENTRY_KEYS = ("setting", "authors", "value", "source", "ercref")
+
+
+def load_authors_recipe(path=None, variant: str | None = None) -> list[dict]:
+    """The entries of the authors' recipe table (default ``AUTHORS_RECIPE``), each with setting,
+    authors (the value as their script writes it), value (in ercref's units), source ("path:line",
+    several joined by "; "), ercref (the config field, or None with a "why"). ``variant`` ("gppo")
+    replaces the entries its own table maps to the same fields. ValueError naming the file and
+    the entry for a malformed table."""
+    p = Path(path) if path is not None else AUTHORS_RECIPE
+    if not p.is_file():
+        raise ValueError(f"recipe table {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as e:
+        raise ValueError(f"recipe table {str(p)!r} is not valid JSON: {e}") from None
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"recipe table {str(p)!r} must hold a non-empty list under 'entries'")
+    if variant is not None:
+        variants = data.get("variants") or {}
+        if variant not in variants:
+            raise ValueError(f"variant must be one of {sorted(variants)} (recipe table {str(p)!r}), got {variant!r}")
+        extra = variants[variant]["entries"]
+        replaced = {e.get("ercref") for e in extra if e.get("ercref")}
+        entries = [e for e in entries if e.get("ercref") not in replaced] + list(extra)
+    seen: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        where = f"recipe table {str(p)!r}, entry {i} ({e.get('setting', '?') if isinstance(e, dict) else e!r})"
+        if not isinstance(e, dict) or any(k not in e for k in _ENTRY_KEYS):
+            raise ValueError(f"{where}: every entry needs the keys {list(_ENTRY_KEYS)}")
+        parts = [s.strip() for s in str(e["source"]).split(";")]
+        bad = [s for s in parts if not _SOURCE_PART.match(s)]
+        if bad:
+            raise ValueError(f"{where}: source must be 'path:line' or 'path:line-line' (several joined by '; '), "
+                             f"got {bad[0]!r}")
+        field_name = e["ercref"]
+        if field_name is None:
+            if not isinstance(e.get("why"), str) or not e["why"].strip():
+                raise ValueError(f"{where}: an entry with ercref null must say why in 'why'")
+            continue
+        if not isinstance(field_name, str) or field_name.count(".") < 1:
+            raise ValueError(f"{where}: ercref must be a config field name 'section.field' or null, got {field_name!r}")
+        if field_name in seen:
+            raise ValueError(f"{where}: ercref field {field_name!r} is also mapped by entry {seen[field_name]}")
+        seen[field_name] = i
+    return entries
+
+
+def _recipe_fields(entries: list[dict]) -> dict:
+    return {e["ercref"]: e["value"] for e in entries if e["ercref"]}
+
+
+# {config field: the authors' value} for every mapped entry, and one line per authors' setting the
+# config cannot express (with its source and why).
+PAPER_RECIPE = _recipe_fields(load_authors_recipe())
+PAPER_NOT_IN_CONFIG = [f"{e['setting']} = {e['authors']} ({e['source']}): {e['why']}"
+                       for e in load_authors_recipe() if not e["ercref"]]
+
+# Where a preset deliberately differs from the authors' value, and why (recipe_diff's "known"
+# column; tests/test_experiments.py checks that every difference of these presets is listed here
+# and that every listed one is still a difference).
+KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
+    PAPER_PRESET: {
+        "rollout.backend": "vLLM is an optional install; the preset samples with HF generate so it runs wherever "
+                           "torch and transformers do. Set rollout.backend=vllm for the authors' engine (and speed).",
+    },
+    ONE_GPU_PRESET: {
+        "rollout.prompts_per_step": "32 prompts per step instead of 128 (a quarter of the rollout) so a step fits "
+                                    "one 80 GB GPU and takes minutes, not an hour",
+        "train.minibatch_prompts": "4 instead of 16: keeps the authors' 8 optimizer steps per rollout batch "
+                                   "(the off-policy staleness ERC is about) at 32 prompts per step",
+        "rollout.max_new_tokens": "responses <= 4K tokens instead of 16K (memory and time grow with length)",
+        "advantage.gen_batch_prompts": "64 prompts generated per step for 32 kept: the authors' 2x over-generation "
+                                       "(256 for 128) at a quarter of the batch",
+        "rollout.vllm_gpu_memory_utilization": "vLLM shares one GPU with training here (the authors offloaded "
+                                               "FSDP parameters and optimizer state to CPU during rollout)",
+        "rollout.vllm_sleep": "vLLM frees its weights and KV cache while the policy trains (one GPU for both; "
+                              "the authors' engine kept them, on 64 GPUs with offloaded training state)",
+        "data.max_prompt_tokens": "1K-token prompts: the math problems are short; less padding per row",
+        "train.eval_every": "evaluate every 25 steps: one 32-sample evaluation of AIME at long lengths costs "
+                            "more than several training steps on one GPU",
+        "train.eval_k": "avg@8 instead of avg@32 during training (same temperature / top-p)",
+        "train.eval_max_new_tokens": "8K-token evaluation responses instead of 32K",
+    },
 }
-PAPER_NOT_IN_CONFIG = [
-    "generation batch of 256 prompts filtered to 128 by dynamic sampling: the engine drops all-equal groups "
-    "without refilling the batch, so a step can train on fewer than 128 prompts",
-    "rollouts with vLLM in the authors' verl fork: set rollout.backend=vllm when vllm is installed (HF generate otherwise)",
-    "evaluation on AIME24 / AIME25 / HMMT25 / MATH-500: this notebook evaluates AIME24, AIME25 and MATH-500",
-]
 
 
-def recipe_diff(cfg: Config, recipe: dict | None = None) -> pd.DataFrame:
-    """Rows (field, paper, config) for every recipe field where cfg differs from the paper."""
-    recipe = PAPER_RECIPE if recipe is None else recipe
-    flat = _flatten(cfg.to_dict())
+def recipe_diff(cfg: Config, recipe: dict | None = None, variant: str | None = None,
+                known: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rows (field, authors, config, source, known) for every field where ``cfg`` differs from the
+    authors' recipe table (``load_authors_recipe(variant=variant)``), or from ``recipe``
+    ({field: value}) when given. ``known`` (default: KNOWN_DIFFERENCES of cfg's preset) explains
+    deliberate differences; "" in that column marks an unexplained one."""
+    if recipe is None:
+        entries = load_authors_recipe(variant=variant)
+        recipe, sources = _recipe_fields(entries), {e["ercref"]: e["source"] for e in entries if e["ercref"]}
+    else:
+        sources = {}
+    known = KNOWN_DIFFERENCES.get(cfg.preset, {}) if known is None else known
+    flat = _config_fields(cfg)
     for kw, param in (loss_keywords(cfg.loss.loss) or {}).items():  # unset loss keywords: the loss's defaults
         flat.setdefault(f"loss.loss_kwargs.{kw}", param.default)
     rows = []
-    for key, paper in recipe.items():
+    for key, theirs in recipe.items():
         if key not in flat:
             raise ValueError(f"recipe field {key!r} is not a config field")
         mine = flat[key]
-        same = (mine == paper) if not isinstance(paper, float) else (isinstance(mine, (int, float)) and abs(mine - paper) <= 1e-12)
-        if not same:
-            rows.append({"field": key, "paper": paper, "config": mine})
-    return pd.DataFrame(rows, columns=["field", "paper", "config"])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+        if isinstance(theirs, float) and not isinstance(theirs, bool):
+            same = isinstance(mine, (int, float)) and not isinstance(mine, bool) and abs(mine - theirs) <= 1e-12 * max(1.0, abs(theirs))
         else:
-            out[f"{prefix}{k}"] = v
+            same = mine == theirs
+        if not same:
+            rows.append({"field": key, "authors": theirs, "config": mine, "source": sources.get(key, ""),
+                         "known": known.get(key, "")})
+    return pd.DataFrame(rows, columns=["field", "authors", "config", "source", "known"])
+
+
+def _config_fields(cfg: Config) -> dict:
+    """{"section.field": value} for every field of cfg (dict fields whole), plus one
+    "loss.loss_kwargs.KEY" per loss keyword set in the config."""
+    out = {f"{sec}.{name}": v for sec, fields in cfg.to_dict().items() if isinstance(fields, dict)
+           for name, v in fields.items()}
+    out.update({f"loss.loss_kwargs.{k}": v for k, v in cfg.loss.loss_kwargs.items()})
     return out
 
 
