@@ -85,10 +85,15 @@ def test_very_wide_erc_band_clips_nothing_and_changes_nothing():
 
 
 def test_narrow_erc_band_clips_and_shrinks_sgd_step():
-    cfg = BanditConfig(**{**SMALL, "updates": 6, "minibatches": 4}, optimizer="sgd", lr=20.0, beta_low=0.001, beta_high=0.001)
-    recs = paired_erc_effect(cfg, 0)
-    assert max(r["erc/clip_frac"] for r in recs) > 0.3
-    assert min(r["param/step_norm_ratio"] for r in recs) < 0.95
+    # lr 0.5 keeps most ratios inside PPO's [0.8, 1.2], so the ERC mask is what removes gradient.
+    # (At lr 20 PPO-clip had already zeroed the tokens ERC clipped: step ratio 1.0 on most seeds,
+    # 0.949 on seed 0 alone.) Measured over seeds 0-9: clip fraction 0.75 on every seed (all of
+    # the off-policy minibatches), smallest step ratio 0.10-0.60.
+    cfg = BanditConfig(**{**SMALL, "updates": 6, "minibatches": 4}, optimizer="sgd", lr=0.5, beta_low=0.001, beta_high=0.001)
+    for seed in (0, 1, 2):
+        recs = paired_erc_effect(cfg, seed)
+        assert max(r["erc/clip_frac"] for r in recs) > 0.3, seed
+        assert min(r["param/step_norm_ratio"] for r in recs) < 0.85, seed
     wide = paired_erc_effect(replace(cfg, lr=1.0, beta_low=0.999, beta_high=1e6), 0)
     assert all(r["erc/clip_frac"] == 0.0 for r in wide)
     assert all(r["param/step_norm_ratio"] == pytest.approx(1.0, abs=1e-6) for r in wide)
