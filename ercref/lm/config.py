@@ -20,10 +20,11 @@ loss fields are validated by PolicyLossConfig.
 Presets (see PRESETS):
     cpu-tiny        seconds: the ~1M-parameter tiny model on single-digit addition. The model starts
                     random, so the run begins with a short supervised warm-up (120 steps of next-token
-                    loss on correct answers, ~10 s) that brings accuracy to ~20 % (pass@4 ~56 %), where
-                    rewards vary within a group; 20 RL steps then raise it (measured: mean reward of
-                    the first 5 steps 0.18 -> last 5 steps 0.25; eval avg@4 0.20 -> 0.34). Wall time
-                    ~20 s on 2 idle cores, including model build, logs, checkpoints and the plot.
+                    loss on correct answers, ~10 s) that brings the expected accuracy to 6-17 % (it
+                    depends on the seed and the thread count), where rewards vary within a group.
+                    20 RL steps then raise the exact expected accuracy by +0.003 to +0.072 (measured
+                    2026-11-29 over seeds 0-5 with 1 and 2 threads; tests/test_lm_trainer.py pools 3
+                    seeds); the sampled reward of one run is too noisy to show it. Wall time ~20-60 s.
     cpu-smollm2     minutes: SmolLM2-135M-Instruct on 4-option multiple-choice single-digit addition
                     ("answer with the letter only"), where it starts at ~20 % accuracy and mostly
                     answers in sentences; a format reward (0.2 for a bare letter) gives the early
@@ -35,7 +36,9 @@ Presets (see PRESETS):
                     reward did not rise within 9 steps.
     gpu-paper-1.5b  the paper's recipe for DeepSeek-R1-Distill-Qwen-1.5B, value by value as the authors'
                     script (data/recipes/erc_authors_1.5b.json). A multi-GPU recipe: the authors ran it
-                    on 64 GPUs; one step on one H200 is ~45-65 min with vLLM (~3 h with HF generate).
+                    on 64 GPUs; one step on one GPU takes tens of minutes with vLLM and hours with HF
+                    generate (the audit's figures: ~45-65 min and ~3 h on one H200; the planner's
+                    ercref.lm.memory.estimate_step_seconds prints its own estimate).
                     For that scale use verl with scripts/verl_erc_1.5b.sh. Needs a CUDA GPU (on CPU it
                     fails fast with a clear message before loading anything).
     gpu-1x80gb-1.5b the same model and recipe sized for one 80 GB GPU: vLLM colocated, 32 prompts x 8
