@@ -51,16 +51,18 @@ def test_kernel_is_this_interpreter(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_clean(path: Path):
-    # Rarely, the jupyter client and an idle kernel both wait on a lost message (seen here under
-    # heavy load); that surfaces as a cell timeout. One fresh-kernel retry is allowed and reported;
-    # a cell *error* (CellExecutionError) is never retried.
-    for attempt in (1, 2):
+    # Intermittently, the jupyter client and an idle kernel both wait on a lost message (seen here
+    # under load, at an ipywidgets `interact` cell, not reproducible on demand: 4 runs of the same
+    # notebook in a row passed); that surfaces as a cell timeout. Up to two fresh-kernel retries,
+    # each reported; a cell *error* (CellExecutionError) is never retried.
+    attempts = (1, 2, 3)
+    for attempt in attempts:
         nb = nbformat.read(path, as_version=4)
         try:
             execute(nb, path.parent)  # raises CellExecutionError (with the cell and traceback) on any error
             break
         except (CellTimeoutError, DeadKernelError) as e:
-            if attempt == 2:
+            if attempt == attempts[-1]:
                 raise
             print(f"RETRY {path.name}: attempt 1 hit {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
