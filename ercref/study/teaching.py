@@ -1,0 +1,177 @@
+"""Teaching helpers for the notebooks: show ercref's own source beside an equation, check a
+learner's exercise against ercref on random inputs, and sliders that also run headless.
+
+    show_source(ercref.apply_erc)         the function's source, with file and line numbers, as a
+                                          code block (read from the installed file: it never drifts)
+    check_exercise(mine, ref, make_inputs)  compares a learner's function with ercref's on random
+                                          inputs; says which input and which entry differ
+    interact(fn, **widgets)               ipywidgets.interact in JupyterLab; under ERCREF_HEADLESS=1
+                                          (the nbclient runner: tests, committed outputs) it calls
+                                          fn once with each widget's value, so no output depends on
+                                          a widget comm (jupyter/nbclient#312: such cells can hang)
+
+No math here: the notebooks' numbers come from ercref and ercref.study.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+HEADLESS_ENV = "ERCREF_HEADLESS"
+
+
+def headless() -> bool:
+    """True when ERCREF_HEADLESS is set to a non-empty value other than 0 (the nbclient runner)."""
+    return os.environ.get(HEADLESS_ENV, "") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------- source beside equations
+def source_of(obj, start: str | None = None, stop: str | None = None) -> tuple[str, str, int]:
+    """(source, file relative to the package's parent, first line number) of a function or class.
+    ``start`` / ``stop``: keep the lines from the first one containing ``start`` to the first one
+    after it containing ``stop`` (inclusive), to show the few lines that implement an equation."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
+        raise TypeError(f"obj must be a function, method or class, got {type(obj).__name__}")
+    obj = inspect.unwrap(obj)  # ercref's input-checking decorators keep the function in __wrapped__
+    lines, first = inspect.getsourcelines(obj)
+    if start is not None:
+        idx = [i for i, line in enumerate(lines) if start in line]
+        if not idx:
+            raise ValueError(f"start={start!r} is not in the source of {obj.__qualname__}")
+        lo = idx[0]
+        hi = len(lines) - 1
+        if stop is not None:
+            after = [i for i in range(lo, len(lines)) if stop in lines[i]]
+            if not after:
+                raise ValueError(f"stop={stop!r} does not follow start={start!r} in {obj.__qualname__}")
+            hi = after[0]
+        lines, first = lines[lo:hi + 1], first + lo
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    root = Path(__file__).resolve().parents[2]
+    try:
+        shown = str(path.relative_to(root))
+    except ValueError:
+        shown = path.name
+    return textwrap.dedent("".join(lines)), shown, first
+
+
+def show_source(obj, start: str | None = None, stop: str | None = None):
+    """Displayable source of ``obj`` (see source_of) headed by ``# file:line``: an IPython Markdown
+    code block in a notebook (the last expression of a cell shows it), plain text elsewhere."""
+    src, path, first = source_of(obj, start, stop)
+    text = f"# {path}, line {first}\n{src}"
+    try:
+        from IPython.display import Markdown
+    except ImportError:  # pragma: no cover - IPython ships with the notebooks extra
+        return text
+    return Markdown(f"```python\n{text}```")
+
+
+# ----------------------------------------------------------------------------- exercises
+@dataclass
+class ExerciseResult:
+    """What check_exercise found: ``passed`` and a message for the learner."""
+    name: str
+    passed: bool
+    trials: int
+    message: str
+    details: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _repr_markdown_(self) -> str:
+        mark = "**passed**" if self.passed else "**not yet**"
+        return f"{self.name}: {mark}. {self.message}"
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _compare(mine, ref, atol: float, rtol: float) -> str | None:
+    """None when equal within tolerance, else what differs (first entry, values)."""
+    a, b = _as_tuple(mine), _as_tuple(ref)
+    if len(a) != len(b):
+        return f"returned {len(a)} value(s), expected {len(b)}"
+    for j, (x, y) in enumerate(zip(a, b)):
+        which = f"output {j}: " if len(b) > 1 else ""
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        y = torch.as_tensor(y)
+        if x.shape != y.shape:
+            return f"{which}shape {tuple(x.shape)}, expected {tuple(y.shape)}"
+        if y.dtype == torch.bool or x.dtype == torch.bool:
+            bad = x.bool() != y.bool()
+        else:
+            x64, y64 = x.double(), y.double()
+            if torch.isnan(x64).any() and not torch.isnan(y64).any():
+                idx = tuple(torch.nonzero(torch.isnan(x64))[0].tolist())
+                return f"{which}NaN at index {idx} where the reference is {y64[idx].item():.6g}"
+            bad = ~torch.isclose(x64, y64, atol=atol, rtol=rtol, equal_nan=True)
+        if bad.any():
+            idx = tuple(torch.nonzero(bad)[0].tolist())
+            return (f"{which}{int(bad.sum())} of {bad.numel()} entries differ; first at index {idx}: "
+                    f"yours {x[idx].item():.6g}, expected {y[idx].item():.6g}")
+    return None
+
+
+def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[torch.Generator], dict],
+                   name: str = "exercise", trials: int = 20, seed: int = 0, atol: float = 1e-5,
+                   rtol: float = 1e-4, verbose: bool = True) -> ExerciseResult:
+    """Call ``mine(**inputs)`` and ``reference(**inputs)`` on ``trials`` random inputs
+    (``make_inputs(generator)`` returns the keyword arguments) and compare every output.
+
+    A learner's stub that raises NotImplementedError gives "not implemented yet"; any other
+    exception, a wrong shape or a wrong value names the trial, the inputs' shapes and the first
+    differing entry. Prints the message when ``verbose``; returns an ExerciseResult."""
+    if not callable(mine) or not callable(reference):
+        raise TypeError("mine and reference must be callables")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    gen = torch.Generator().manual_seed(seed)
+    result = None
+    for t in range(trials):
+        inputs = make_inputs(gen)
+        shapes = {k: tuple(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        try:
+            out = mine(**inputs)
+        except NotImplementedError:
+            result = ExerciseResult(name, False, t, "not implemented yet: write your version above, "
+                                    "or open the reference solution below.")
+            break
+        except Exception as e:  # the learner's bug, reported with the inputs that raised it
+            result = ExerciseResult(name, False, t, f"raised {type(e).__name__}: {e} (trial {t}, input shapes "
+                                    f"{shapes})", {"inputs": inputs})
+            break
+        diff = _compare(out, reference(**inputs), atol, rtol)
+        if diff is not None:
+            result = ExerciseResult(name, False, t, f"differs from ercref on trial {t} (input shapes {shapes}): "
+                                    f"{diff}", {"inputs": inputs})
+            break
+    if result is None:
+        result = ExerciseResult(name, True, trials, f"matches ercref on {trials} random inputs.")
+    if verbose:
+        print(f"{name}: {'PASSED' if result.passed else 'NOT YET'} - {result.message}")
+    return result
+
+
+# ----------------------------------------------------------------------------- sliders
+def interact(fn: Callable, **widgets):
+    """``ipywidgets.interact(fn, **widgets)`` in a live kernel with a front end. Under
+    ERCREF_HEADLESS=1 calls ``fn`` once with each widget's ``.value`` (plain values pass through)
+    (returns None), so the cell's output is a plain figure / text. Pass widgets, ``ipywidgets.fixed``
+    or plain values, not interact's tuple abbreviations."""
+    if headless():
+        kwargs = {k: getattr(w, "value", w) for k, w in widgets.items()}
+        print("(headless run: the sliders' default values; run the notebook in JupyterLab to move them)")
+        fn(**kwargs)
+        return None
+    import ipywidgets
+    return ipywidgets.interact(fn, **widgets)

@@ -1,0 +1,78 @@
+"""ercref.study.teaching: source shown beside equations, exercise checker, headless sliders."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ercref
+from ercref.study import teaching as T
+
+
+def _erc_inputs(gen: torch.Generator) -> dict:
+    B, L = 3, 7
+    return {"entropy": torch.rand(B, L, generator=gen) * 2, "old_entropy": torch.rand(B, L, generator=gen) * 2}
+
+
+def test_source_of_slices_the_lines_and_names_the_file():
+    src, path, first = T.source_of(ercref.entropy_ratio)
+    assert path.endswith("ercref/erc.py") and "def entropy_ratio" in src
+    part, _, line = T.source_of(ercref.apply_erc, start="def apply_erc", stop="):")
+    assert part.startswith("def apply_erc") and part.count("\n") >= 1 and line >= first
+    with pytest.raises(ValueError, match="start="):
+        T.source_of(ercref.apply_erc, start="no such text in there")
+    with pytest.raises(TypeError, match="obj"):
+        T.source_of(3)
+
+
+def test_show_source_is_a_markdown_code_block_with_file_and_line():
+    md = T.show_source(ercref.entropy_ratio)
+    text = md.data if hasattr(md, "data") else md
+    assert text.startswith("```python\n# ercref/erc.py, line ") and "def entropy_ratio" in text
+
+
+def test_check_exercise_passes_a_correct_solution_and_reports_a_wrong_one(capsys):
+    ok = T.check_exercise(lambda entropy, old_entropy: ercref.entropy_ratio(entropy, old_entropy),
+                          ercref.entropy_ratio, _erc_inputs, name="ratio")
+    assert ok.passed and ok.trials == 20 and "PASSED" in capsys.readouterr().out
+    bad = T.check_exercise(lambda entropy, old_entropy: entropy / old_entropy,   # forgets the 1e-8
+                           ercref.entropy_ratio, _erc_inputs, name="ratio", atol=1e-12, rtol=1e-12)
+    assert not bad.passed and "differ" in bad.message and "first at index" in bad.message
+
+
+def test_check_exercise_names_stub_shape_and_exception():
+    def stub(entropy, old_entropy):
+        raise NotImplementedError
+    assert "not implemented yet" in T.check_exercise(stub, ercref.entropy_ratio, _erc_inputs, verbose=False).message
+    shape = T.check_exercise(lambda entropy, old_entropy: entropy[0], ercref.entropy_ratio, _erc_inputs, verbose=False)
+    assert not shape.passed and "shape" in shape.message
+    boom = T.check_exercise(lambda entropy, old_entropy: 1 / 0, ercref.entropy_ratio, _erc_inputs, verbose=False)
+    assert not boom.passed and "ZeroDivisionError" in boom.message
+    nan = T.check_exercise(lambda entropy, old_entropy: entropy * float("nan"), ercref.entropy_ratio, _erc_inputs,
+                           verbose=False)
+    assert not nan.passed and "NaN" in nan.message
+    with pytest.raises(ValueError, match="trials"):
+        T.check_exercise(stub, ercref.entropy_ratio, _erc_inputs, trials=0)
+
+
+def test_check_exercise_compares_tuples_and_bool_masks():
+    def ref(entropy, old_entropy):
+        rho = ercref.entropy_ratio(entropy, old_entropy)
+        return rho, (rho > 0.95) & (rho < 1.05)
+
+    def wrong_mask(entropy, old_entropy):
+        rho = ercref.entropy_ratio(entropy, old_entropy)
+        return rho, (rho >= 0.0)
+    assert T.check_exercise(ref, ref, _erc_inputs, verbose=False).passed
+    res = T.check_exercise(wrong_mask, ref, _erc_inputs, verbose=False)
+    assert not res.passed and res.message.count("output 1") == 1
+
+
+def test_interact_headless_calls_the_function_once_with_widget_values(monkeypatch, capsys):
+    class FakeWidget:
+        value = 0.05
+    seen = []
+    monkeypatch.setenv(T.HEADLESS_ENV, "1")
+    assert T.interact(lambda beta, k: seen.append((beta, k)), beta=FakeWidget(), k=3) is None
+    assert seen == [(0.05, 3)] and "headless" in capsys.readouterr().out
+    monkeypatch.setenv(T.HEADLESS_ENV, "0")
+    assert not T.headless()
