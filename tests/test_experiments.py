@@ -1,17 +1,13 @@
 """Orchestration for notebooks 03-05: running and caching comparisons, loading them back, the
-per-token captures, and the claim verdicts computed from numbers."""
+per-token captures (the claim verdicts: tests/test_claims.py)."""
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from ercref.lm.config import make_config
 from ercref.lm.data import load_dataset_records, make_synthetic
-from ercref.study import claims as C
 from ercref.study.experiments import (
     AUTHORS_RECIPE,
     KNOWN_DIFFERENCES,
@@ -33,113 +29,7 @@ from ercref.study.experiments import (
 )
 from ercref.study.plots import LivePlot
 
-
-# ----------------------------------------------------------------------------- verdicts
-def test_clip_rate_verdict_cases():
-    assert C.clip_rate_verdict(0.21, 0.28, 0.001) == C.REPRODUCED
-    assert C.clip_rate_verdict(0.05, 0.22, 0.001) == C.STALE_ONLY          # only the stale minibatches reach ~20%
-    assert C.clip_rate_verdict(0.02, 0.03, 0.0) == C.NOT_REPRODUCED        # far below 20%
-    assert C.clip_rate_verdict(0.9, 0.95, 0.0) == C.NOT_REPRODUCED         # far above 20%
-    assert C.clip_rate_verdict(0.2, 0.25, 0.05) == C.NOT_REPRODUCED        # PPO-clip not 10x smaller
-    # fails at 0.05, but the captured ratios name the beta that would clip 20%
-    assert C.clip_rate_verdict(0.5, 0.6, 0.01, beta_at_target=0.31) == "reproduced only when beta is about 0.31 (not at 0.05)"
-    assert C.clip_rate_verdict(0.5, 0.6, 0.05, beta_at_target=0.31) == C.NOT_REPRODUCED   # PPO-clip not far below 20%
-    with pytest.raises(ValueError, match="erc_all"):
-        C.clip_rate_verdict(1.5, 0.2, 0.0)
-    with pytest.raises(ValueError, match="target"):
-        C.clip_rate_verdict(0.2, 0.2, 0.0, target=0.0)
-
-
-def test_share_verdict_uses_interval_against_threshold():
-    assert C.share_verdict((0.8, 0.7, 0.9)) == C.REPRODUCED
-    assert C.share_verdict((0.45, 0.3, 0.6)) == C.NOT_REPRODUCED
-    assert C.share_verdict((0.6, 0.4, 0.8)) == C.INCONCLUSIVE
-    with pytest.raises(ValueError, match="share_interval"):
-        C.share_verdict((0.6, 0.7, 0.8))   # mean below low
-    with pytest.raises(ValueError, match="share_interval"):
-        C.share_verdict((float("nan"), 0.1, 0.2))
-
-
-def test_lower_is_better_and_no_worse_verdicts():
-    assert C.lower_is_better_verdict((-0.02, -0.03, -0.01)) == C.REPRODUCED
-    assert C.lower_is_better_verdict((0.01, -0.02, 0.04)) == C.NOT_REPRODUCED
-    assert C.lower_is_better_verdict((-0.01, -0.04, 0.02)) == C.INCONCLUSIVE
-    assert C.no_worse_verdict((0.0, -0.02, 0.02), margin=0.05) == C.REPRODUCED
-    assert C.no_worse_verdict((-0.2, -0.3, -0.1), margin=0.05) == C.NOT_REPRODUCED
-    assert C.no_worse_verdict((-0.05, -0.12, 0.02), margin=0.05) == C.INCONCLUSIVE
-    with pytest.raises(ValueError, match="margin"):
-        C.no_worse_verdict((0.0, -0.1, 0.1), margin=-1)
-
-
-def test_beta_at_target_rate():
-    # |rho - 1| = 0.00, 0.01, ..., 0.99: 20% of the tokens have |rho - 1| >= 0.8
-    rho = 1.0 + np.arange(100) / 100 * np.where(np.arange(100) % 2, 1, -1)
-    b = C.beta_at_target_rate(rho, 0.2)
-    assert b == pytest.approx(0.792)
-    assert np.mean(np.abs(rho - 1) >= b) == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="target"):
-        C.beta_at_target_rate(rho, 1.0)
-
-
-def test_step_to_step_std_and_paired_difference():
-    assert C.step_to_step_std([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(0.0)   # a straight trend does not fluctuate
-    # diffs +1, -1, +1, -1: mean 0, sample variance 4 / 3
-    assert C.step_to_step_std([0.0, 1.0, 0.0, 1.0, 0.0]) == pytest.approx(math.sqrt(4 / 3))
-    with pytest.raises(ValueError, match="at least 3"):
-        C.step_to_step_std([1.0, float("nan"), 2.0])
-    m, lo, hi = C.paired_difference({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.0, 1: 1.0, 2: 2.5, 7: 9.0})
-    assert (m, lo, hi) == pytest.approx((1.0, 1.0, 1.0))  # seed 7 is unpaired and ignored
-    with pytest.raises(ValueError, match="share no seed"):
-        C.paired_difference({0: 1.0}, {1: 1.0})
-
-
-def _synthetic_logs(acc_gap: float, seeds=(0, 1, 2)):
-    """Logs with known properties: ERC clips 20% (0 at k=0), PPO 0.1%; clipped tokens have low
-    entropy; ERC's entropy curve is smooth and the baseline's zig-zags; accuracy gap acc_gap."""
-    rng = np.random.default_rng(0)
-    steps, mbs, evals, toks = [], [], [], []
-    for s in seeds:
-        for label, erc in (("B", False), ("E", True)):
-            for t in range(1, 11):
-                zig = 0.0 if erc else (0.3 if t % 2 else -0.3)
-                steps.append({"label": label, "seed": s, "step": t, "entropy/new_mean": 1.0 - 0.01 * t + zig,
-                              "grad/norm": 1.0 + (0.0 if erc else 0.5 * (t % 2)) + 0.01 * rng.random()})
-                for k in range(4):
-                    rec = {"label": label, "seed": s, "step": t, "staleness": k, "ppo/clip_frac_low": 0.0005,
-                           "ppo/clip_frac_high": 0.0005}
-                    if erc:
-                        rec["erc/clip_frac"] = 0.0 if k == 0 else 0.27
-                    mbs.append(rec)
-            acc = 0.5 + (acc_gap if erc else 0.0) + 0.01 * s
-            evals += [{"label": label, "seed": s, "step": 0, "eval/avg@2": 0.3},
-                      {"label": label, "seed": s, "step": 10, "eval/avg@2": acc}]
-            for i in range(200):
-                h = float(rng.uniform(0, 2))
-                toks.append({"label": label, "seed": s, "old_entropy": h, "clipped": h < 0.3 and i % 2 == 0})
-    return pd.DataFrame(steps), pd.DataFrame(mbs), pd.DataFrame(evals), pd.DataFrame(toks)
-
-
-def test_claims_table_verdicts_follow_the_numbers():
-    table, n = C.claims_table(*_synthetic_logs(acc_gap=0.0), erc="E", base="B")
-    v = dict(zip(table["claim"], table["verdict"]))
-    assert n["erc_clip_all"][0] == pytest.approx(0.75 * 0.27)
-    assert v["1. ERC clips ~20% at beta 0.05, PPO-clip far fewer"] == C.REPRODUCED
-    assert n["low_entropy_share"][0] == pytest.approx(1.0)
-    assert v["2. ERC-clipped tokens are mostly low-entropy"] == C.REPRODUCED
-    assert v["3. entropy curve fluctuates less"] == C.REPRODUCED
-    assert v["3. grad norm curve fluctuates less"] == C.REPRODUCED
-    assert v["4. accuracy no worse"] == C.REPRODUCED
-    # the same logs with ERC 20 points less accurate: claim 4 flips
-    table, n = C.claims_table(*_synthetic_logs(acc_gap=-0.2), erc="E", base="B")
-    assert n["acc_diff"][0] == pytest.approx(-0.2)
-    assert dict(zip(table["claim"], table["verdict"]))["4. accuracy no worse"] == C.NOT_REPRODUCED
-
-
-def test_claims_table_swapped_arms_do_not_reproduce_fluctuation():
-    steps, mbs, evals, toks = _synthetic_logs(0.0)
-    swapped = steps.assign(label=steps["label"].map({"E": "B", "B": "E"}))
-    table, _ = C.claims_table(swapped, mbs, evals, toks, erc="E", base="B")
-    assert dict(zip(table["claim"], table["verdict"]))["3. entropy curve fluctuates less"] == C.NOT_REPRODUCED
+# the claim verdicts and their measures are tested in tests/test_claims.py
 
 
 # ----------------------------------------------------------------------------- running and caching

@@ -1,48 +1,181 @@
 """The paper's small-scale claims, re-measured from a comparison's logs, with verdicts computed
-from the numbers (never typed in).
+from the numbers (never typed in) by symmetric rules fixed before any study run.
 
-Every measure is one number per (arm, seed); arms are compared per seed (paired: the same seed
-gives the same initial model, warm-up and prompt order), and intervals are Student-t 95 %
-intervals over seeds (ercref.study.plots.mean_interval).
+Every measure is one number per (arm, seed). Arms are compared per seed (paired: the same seed
+gives the same initial model, warm-up and prompt order), so a claim is tested on n per-seed values
+x_s: a paired difference d_s = ERC_s - baseline_s, or a per-seed share or rate. Over those n values
 
-Verdict rules (the strings a notebook prints):
-    clip_rate_verdict     "reproduced" when ERC's clip rate over all minibatches lies in
-                          [target / 2, 2 * target] and PPO-clip's rate is at least ``min_ratio``
-                          times smaller; "reproduced only when minibatches are stale (k >= 1)"
-                          when that holds only for the off-policy minibatches (k = 0 is on-policy,
-                          where rho = 1 exactly); "not reproduced" otherwise.
-    share_verdict         "reproduced" when the interval of a share lies above ``threshold``,
-                          "not reproduced" when its mean is at or below it, "inconclusive" otherwise.
-    lower_is_better_verdict  paired difference d = ERC - baseline: "reproduced" when the interval
-                          of d lies below 0, "not reproduced" when mean d >= 0, "inconclusive" otherwise.
-    no_worse_verdict      non-inferiority with margin m: "reproduced" when the interval of d lies
-                          above -m, "not reproduced" when it lies below 0, "inconclusive" otherwise.
+    mean +- t_{0.975, n-1} * sd / sqrt(n)                              (Student-t 95 % interval)
+    MDE  = (t_{0.975, n-1} + t_{0.80, n-1}) * sd / sqrt(n)             (minimum detectable effect)
+
+MDE is the true effect a two-sided 5 % test at this seed count would detect with 80 % power, given
+the observed sd of the per-seed values: an inconclusive verdict says how large an effect the study
+could have seen. t quantiles come from ercref.study.plots.t_quantile (exact, no scipy).
+
+Verdict rules (three outcomes each, symmetric in the paper's direction):
+    direction_verdict(values, direction, null=0)
+        the paper predicts the values lie above ``null`` (direction +1) or below it (-1):
+        "reproduced"    the 95 % interval excludes ``null`` on the paper's side,
+        "contradicted"  it excludes ``null`` on the other side,
+        "inconclusive"  it contains ``null``.
+        paired_verdict(erc, base, direction) is this rule on d_s = erc_s - base_s with null 0.
+    band_verdict(values, band=(lo, hi))
+        the paper states a value (ERC clips ~20 %, read as a band such as [10 %, 40 %]):
+        "reproduced" when the interval lies inside the band, "contradicted" when it lies entirely
+        outside it (above hi or below lo), "inconclusive" when it straddles an edge.
+
+Claims (claims_table):
+    1a  ERC's clip rate (all minibatches; also k >= 1 only) lies in ``band`` (default [0.10, 0.40]).
+    1b  PPO-clip clips far fewer: PPO/ERC < ``max_ratio`` (0.1), tested per seed in its linear
+        form ppo_s - max_ratio * erc_s, direction -1 (no division by a rate that can be 0).
+    2   clipped tokens are low-entropy: share of ERC-clipped tokens whose old entropy is below the
+        run's median, per seed, against 0.5, direction +1.
+    3   entropy and grad-norm curves fluctuate less: step-to-step std, paired ERC - baseline, -1.
+    4   accuracy improves: final eval avg@k, paired ERC - baseline, direction +1.
+
+Edge cases (chosen here, tested in tests/test_claims.py):
+    one seed          -> "inconclusive" with low = -inf, high = +inf, mde = inf (no sd exists);
+    no value          -> ValueError;
+    NaN / inf value   -> ValueError naming the argument;
+    seeds in one arm only -> ValueError listing them, unless drop_unpaired=True (then the test uses
+                        the shared seeds and n says how many).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ercref.study.plots import mean_interval
+from ercref.study.plots import mean_interval, t_quantile
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-STALE_ONLY = "reproduced only when minibatches are stale (k >= 1)"
-
-
-def interval(values) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t 95 % interval over seeds (low = high = mean for one seed)."""
-    return mean_interval(list(values), "ci95")
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+LABELS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
 
 
-def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, float, float]:
-    """Interval of a[s] - b[s] over the seeds both hold. ValueError when they share no seed."""
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one claim's test. ``mean``/``low``/``high``: the tested quantity over seeds
+    (95 % interval); ``n``: seeds; ``mde``: minimum detectable effect at n (module doc);
+    ``direction``: +1 / -1 (paper predicts above / below ``null``) or 0 (inside ``band``)."""
+
+    label: str
+    mean: float
+    low: float
+    high: float
+    n: int
+    mde: float
+    direction: int
+    null: float = 0.0
+    band: tuple[float, float] | None = None
+    name: str = "ERC - baseline"
+
+    def __str__(self) -> str:
+        if self.direction == 0:
+            pred = f"paper: in [{_g(self.band[0])}, {_g(self.band[1])}]"
+        else:
+            pred = f"paper: {'>' if self.direction > 0 else '<'} {_g(self.null)}"
+        s = f"{self.label}: {self.name} = {_g(self.mean)} [{_g(self.low)}, {_g(self.high)}] (95% CI, n={self.n}; {pred})"
+        if self.label == INCONCLUSIVE:
+            s += f"; MDE {_g(self.mde)} at n={self.n}"
+        return s
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _values(name: str, values) -> np.ndarray:
+    v = np.asarray(list(values.values()) if isinstance(values, Mapping) else list(values), dtype=float)
+    if v.size == 0:
+        raise ValueError(f"{name} is empty; a verdict needs at least one value per seed")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{name} contains a NaN or inf value ({v.tolist()}); drop the failed seed explicitly "
+                         "or fix the measure that produced it")
+    return v
+
+
+def _stats(name: str, values) -> tuple[float, float, float, int, float]:
+    """(mean, low, high, n, mde) of per-seed values (module doc); one value -> (-inf, inf), mde inf."""
+    v = _values(name, values)
+    n, m = int(v.size), float(v.mean())
+    if n == 1:
+        return m, -math.inf, math.inf, 1, math.inf
+    se = float(v.std(ddof=1)) / math.sqrt(n)
+    h = t_quantile(0.975, n - 1) * se                     # half-width of the 95 % interval
+    mde = (t_quantile(0.975, n - 1) + t_quantile(0.80, n - 1)) * se
+    return m, m - h, m + h, n, mde
+
+
+def min_detectable_effect(values) -> float:
+    """MDE = (t_{0.975,n-1} + t_{0.80,n-1}) * sd / sqrt(n) of per-seed values (inf for one value)."""
+    return _stats("values", values)[4]
+
+
+def direction_verdict(values, direction: int, null: float = 0.0, name: str = "ERC - baseline") -> Verdict:
+    """Is the mean of per-seed ``values`` on the paper's side of ``null``? (rule in the module doc)"""
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 (paper predicts above null) or -1 (below), got {direction!r}")
+    if not (isinstance(null, (int, float)) and math.isfinite(null)):
+        raise ValueError(f"null must be a finite number, got {null!r}")
+    m, lo, hi, n, mde = _stats("values", values)
+    above, below = lo > null, hi < null                   # the interval excludes null on that side
+    if (above and direction > 0) or (below and direction < 0):
+        label = REPRODUCED
+    elif above or below:
+        label = CONTRADICTED
+    else:
+        label = INCONCLUSIVE
+    return Verdict(label, m, lo, hi, n, mde, direction, float(null), None, name)
+
+
+def band_verdict(values, band: tuple[float, float], name: str = "value") -> Verdict:
+    """Does the interval of per-seed ``values`` lie inside ``band`` = (lo, hi)? (rule in the module doc)"""
+    if not (isinstance(band, (tuple, list)) and len(band) == 2 and all(math.isfinite(b) for b in band)
+            and band[0] < band[1]):
+        raise ValueError(f"band must be a (low, high) pair of finite numbers with low < high, got {band!r}")
+    b_lo, b_hi = float(band[0]), float(band[1])
+    m, lo, hi, n, mde = _stats("values", values)
+    if b_lo <= lo and hi <= b_hi:
+        label = REPRODUCED
+    elif hi < b_lo or lo > b_hi:
+        label = CONTRADICTED
+    else:
+        label = INCONCLUSIVE
+    return Verdict(label, m, lo, hi, n, mde, 0, 0.0, (b_lo, b_hi), name)
+
+
+def paired_differences(a: Mapping[int, float], b: Mapping[int, float], drop_unpaired: bool = False) -> dict[int, float]:
+    """{seed: a[seed] - b[seed]}. Seeds in one arm only raise ValueError (listing them) unless
+    ``drop_unpaired`` is True; no shared seed always raises."""
+    only = sorted(set(a) ^ set(b))
+    if only and not drop_unpaired:
+        raise ValueError(f"seeds {only} are in one arm only; rerun them, or pass drop_unpaired=True to test "
+                         "on the seeds both arms hold")
     seeds = sorted(set(a) & set(b))
     if not seeds:
         raise ValueError("a and b share no seed; a paired difference needs the same seeds in both arms")
-    return interval([a[s] - b[s] for s in seeds])
+    return {s: float(a[s]) - float(b[s]) for s in seeds}
+
+
+def paired_verdict(erc: Mapping[int, float], base: Mapping[int, float], direction: int,
+                   name: str = "ERC - baseline", drop_unpaired: bool = False) -> Verdict:
+    """direction_verdict on d_s = erc[s] - base[s] with null 0 (the paper predicts sign(d) = direction)."""
+    _values("erc", erc), _values("base", base)
+    return direction_verdict(paired_differences(erc, base, drop_unpaired), direction, 0.0, name)
+
+
+def interval(values) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t 95 % interval over seeds, for display (low = high = mean for one
+    seed; verdicts use _stats, where one seed gives (-inf, inf))."""
+    return mean_interval(list(values), "ci95")
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], drop_unpaired: bool = False) -> tuple[float, float, float]:
+    """Interval of a[s] - b[s] over seeds (see paired_differences for unpaired seeds)."""
+    return interval(paired_differences(a, b, drop_unpaired).values())
 
 
 def step_to_step_std(series) -> float:
@@ -55,43 +188,10 @@ def step_to_step_std(series) -> float:
     return float(np.diff(x).std(ddof=1))
 
 
-def _check_interval(name: str, iv) -> tuple[float, float, float]:
-    if len(iv) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in iv):
-        raise ValueError(f"{name} must be a (mean, low, high) triple of finite numbers, got {iv!r}")
-    m, lo, hi = (float(v) for v in iv)
-    if not lo <= m <= hi:
-        raise ValueError(f"{name} must satisfy low <= mean <= high, got {iv!r}")
-    return m, lo, hi
-
-
-def clip_rate_verdict(erc_all: float, erc_stale: float, ppo: float, target: float = 0.20,
-                      min_ratio: float = 10.0, beta_at_target: float | None = None) -> str:
-    """Claim 1 (ERC clips ~target of response tokens at beta 0.05, PPO-clip far fewer).
-
-    ``beta_at_target`` (optional): the beta at which the run's captured entropy ratios would clip
-    ``target`` of the tokens (beta_at_target_rate); when the claim fails at 0.05 but PPO-clip is
-    still far below target, the verdict names that beta ("reproduced only when beta is about ...")."""
-    for name, v in (("erc_all", erc_all), ("erc_stale", erc_stale), ("ppo", ppo)):
-        if not (isinstance(v, (int, float)) and 0 <= v <= 1):
-            raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
-    if not 0 < target < 1:
-        raise ValueError(f"target must be in (0, 1), got {target!r}")
-
-    def ok(rate):
-        return target / 2 <= rate <= 2 * target and rate >= min_ratio * ppo
-
-    if ok(erc_all):
-        return REPRODUCED
-    if ok(erc_stale):
-        return STALE_ONLY
-    if beta_at_target is not None and target >= min_ratio * ppo:
-        return f"reproduced only when beta is about {beta_at_target:.2f} (not at 0.05)"
-    return NOT_REPRODUCED
-
-
 def beta_at_target_rate(rho, target: float = 0.20) -> float:
     """The symmetric beta at which ERC would clip ``target`` of these tokens: the (1 - target)
-    quantile of |rho - 1| (a token is clipped when |rho - 1| >= beta, up to the strict bounds)."""
+    quantile of |rho - 1| (a token is clipped when |rho - 1| >= beta, up to the strict bounds).
+    A description of the captured tokens, not a verdict: a run trained at that beta would differ."""
     r = np.asarray(list(rho), dtype=float)
     r = r[np.isfinite(r)]
     if r.size == 0:
@@ -99,38 +199,6 @@ def beta_at_target_rate(rho, target: float = 0.20) -> float:
     if not 0 < target < 1:
         raise ValueError(f"target must be in (0, 1), got {target!r}")
     return float(np.quantile(np.abs(r - 1.0), 1.0 - target))
-
-
-def share_verdict(share_interval, threshold: float = 0.5) -> str:
-    """Claim 2 (most ERC-clipped tokens are low-entropy): is the share above threshold?"""
-    m, lo, hi = _check_interval("share_interval", share_interval)
-    if lo > threshold:
-        return REPRODUCED
-    if m <= threshold:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
-
-
-def lower_is_better_verdict(diff_interval) -> str:
-    """Claim 3 (ERC's curves fluctuate less): d = ERC - baseline of a fluctuation measure."""
-    m, lo, hi = _check_interval("diff_interval", diff_interval)
-    if hi < 0:
-        return REPRODUCED
-    if m >= 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
-
-
-def no_worse_verdict(diff_interval, margin: float = 0.05) -> str:
-    """Claim 4 (accuracy no worse): d = ERC - baseline accuracy, non-inferiority margin ``margin``."""
-    m, lo, hi = _check_interval("diff_interval", diff_interval)
-    if not margin >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin!r}")
-    if lo > -margin:
-        return REPRODUCED
-    if hi < 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
 
 
 # ----------------------------------------------------------------------------- measures from logs
@@ -150,30 +218,55 @@ def fmt_interval(iv, pct: bool = False, digits: int = 3) -> str:
 
 
 def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataFrame, tokens: pd.DataFrame,
-                 erc: str, base: str, acc_key: str | None = None, margin: float = 0.05) -> tuple[pd.DataFrame, dict]:
-    """The four claims for arms ``erc`` (ERC on, beta 0.05) and ``base`` (same loss without ERC).
+                 erc: str, base: str, acc_key: str | None = None, band: tuple[float, float] = (0.10, 0.40),
+                 max_ratio: float = 0.1, drop_unpaired: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The paper's claims (module doc) for arms ``erc`` (ERC on, beta 0.05) and ``base`` (same loss
+    without ERC).
 
     steps / minibatches / evals: the engine's log records with label and seed; tokens: one row
     per captured response token (experiments.token_table) with old_entropy, clipped, label, seed.
-    Returns (table with columns claim, measure, ERC, baseline, verdict; dict of the raw numbers).
+    Returns (table with columns claim, measure, ERC, baseline, verdict (the label), detail
+    (str of the Verdict, with the MDE when inconclusive), note; dict of the raw numbers, with
+    per-seed values under "seeds/<name>" and the Verdict objects under "verdicts").
     """
-    n = {}
+    if not 0 < max_ratio < 1:
+        raise ValueError(f"max_ratio must be in (0, 1), got {max_ratio!r}")
+    n: dict = {"verdicts": {}}
+    rows = []
+
+    def add(claim, measure, erc_txt, base_txt, v: Verdict, note=""):
+        n["verdicts"][claim] = v
+        rows.append((claim, measure, erc_txt, base_txt, v.label, str(v), note))
+
     # 1. clip rates
     mb_erc = minibatches[minibatches["label"] == erc]
-    n["erc_clip_all"] = interval(per_seed(minibatches, erc, lambda g: g["erc/clip_frac"].mean()).values())
-    n["erc_clip_stale"] = interval(per_seed(mb_erc[mb_erc["staleness"] >= 1], erc,
-                                            lambda g: g["erc/clip_frac"].mean()).values())
+    rate_all = per_seed(minibatches, erc, lambda g: g["erc/clip_frac"].mean())
+    rate_stale = per_seed(mb_erc[mb_erc["staleness"] >= 1], erc, lambda g: g["erc/clip_frac"].mean())
 
     def ppo_rate(g):
         return (g["ppo/clip_frac_low"] + g["ppo/clip_frac_high"]).mean()
 
-    n["ppo_clip_erc_arm"] = interval(per_seed(minibatches, erc, ppo_rate).values())
-    n["ppo_clip_base_arm"] = interval(per_seed(minibatches, base, ppo_rate).values())
-    beta_t = None
+    ppo_erc_arm, ppo_base_arm = per_seed(minibatches, erc, ppo_rate), per_seed(minibatches, base, ppo_rate)
+    n["seeds/erc_clip_all"], n["seeds/erc_clip_stale"], n["seeds/ppo_clip_erc_arm"] = rate_all, rate_stale, ppo_erc_arm
+    n["erc_clip_all"], n["erc_clip_stale"] = interval(rate_all.values()), interval(rate_stale.values())
+    n["ppo_clip_erc_arm"], n["ppo_clip_base_arm"] = interval(ppo_erc_arm.values()), interval(ppo_base_arm.values())
+    beta_note = ""
     if "rho" in tokens.columns:
         n["beta_at_20pct"] = interval(per_seed(tokens, erc, lambda g: beta_at_target_rate(g["rho"])).values())
-        beta_t = n["beta_at_20pct"][0]
-    v1 = clip_rate_verdict(n["erc_clip_all"][0], n["erc_clip_stale"][0], n["ppo_clip_erc_arm"][0], beta_at_target=beta_t)
+        beta_note = f"; beta that would clip 20% of the captured tokens: {fmt_interval(n['beta_at_20pct'])}"
+    band_txt = f"[{band[0]:.0%}, {band[1]:.0%}]"
+    add(f"1a. ERC clips ~20% of tokens (band {band_txt})", "ERC clip fraction of response tokens, all minibatches",
+        fmt_interval(n["erc_clip_all"], pct=True), "", band_verdict(rate_all, band, "ERC clip rate"), beta_note.lstrip("; "))
+    add(f"1a'. same, stale minibatches only (k >= 1, band {band_txt})", "ERC clip fraction, minibatches with k >= 1",
+        fmt_interval(n["erc_clip_stale"], pct=True), "", band_verdict(rate_stale, band, "ERC clip rate at k>=1"),
+        "k = 0 is on-policy, where rho = 1 exactly")
+    lin = {s: ppo_erc_arm[s] - max_ratio * rate_all[s] for s in rate_all if s in ppo_erc_arm}
+    ratio = [ppo_erc_arm[s] / rate_all[s] for s in lin if rate_all[s] > 0]
+    add(f"1b. PPO-clip clips < {max_ratio:g} x ERC's tokens", f"PPO - {max_ratio:g} x ERC clip fraction, ERC arm",
+        fmt_interval(n["erc_clip_all"], pct=True), "PPO-clip: " + fmt_interval(n["ppo_clip_erc_arm"], pct=True),
+        direction_verdict(lin, -1, 0.0, f"PPO - {max_ratio:g} x ERC"),
+        (f"PPO/ERC ratio mean over seeds {np.mean(ratio):.3g}; " if ratio else "")
+        + f"PPO-clip in the baseline arm {fmt_interval(n['ppo_clip_base_arm'], pct=True)}")
     # 2. low-entropy share of clipped tokens (low: old entropy below the median of all captured tokens of that run)
     tk = tokens[tokens["label"] == erc]
 
@@ -185,21 +278,25 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     shares = {s: v for s, v in per_seed(tk, erc, low_share).items() if math.isfinite(v)}
     if not shares:
         raise ValueError("no ERC-clipped token in the captures; claim 2 cannot be measured")
+    n["seeds/low_entropy_share"] = shares
     n["low_entropy_share"] = interval(shares.values())
     n["median_H_clipped"] = interval(per_seed(tk, erc, lambda g: g[g["clipped"]]["old_entropy"].median()).values())
     n["median_H_kept"] = interval(per_seed(tk, erc, lambda g: g[~g["clipped"]]["old_entropy"].median()).values())
-    v2 = share_verdict(n["low_entropy_share"], 0.5)
+    add("2. ERC-clipped tokens are mostly low-entropy", "share of clipped tokens with old entropy below the run's median",
+        fmt_interval(n["low_entropy_share"], pct=True), "threshold 50%",
+        direction_verdict(shares, +1, 0.5, "low-entropy share"),
+        f"seeds with a clipped token: {len(shares)}; median old entropy: clipped {fmt_interval(n['median_H_clipped'])}, "
+        f"kept {fmt_interval(n['median_H_kept'])} nats")
     # 3. fluctuation of entropy and grad norm
-    rows3 = []
     for key, name in (("entropy/new_mean", "entropy"), ("grad/norm", "grad norm")):
         a = per_seed(steps, erc, lambda g: step_to_step_std(g.sort_values("step")[key]))
         b = per_seed(steps, base, lambda g: step_to_step_std(g.sort_values("step")[key]))
+        n[f"seeds/fluct_{name}_erc"], n[f"seeds/fluct_{name}_base"] = a, b
         n[f"fluct_{name}_erc"], n[f"fluct_{name}_base"] = interval(a.values()), interval(b.values())
-        n[f"fluct_{name}_diff"] = paired_difference(a, b)
-        rows3.append((f"3. {name} curve fluctuates less", "step-to-step std of the per-step mean",
-                      fmt_interval(n[f"fluct_{name}_erc"], digits=4), fmt_interval(n[f"fluct_{name}_base"], digits=4),
-                      lower_is_better_verdict(n[f"fluct_{name}_diff"]),
-                      f"paired diff {fmt_interval(n[f'fluct_{name}_diff'], digits=4)}"))
+        n[f"fluct_{name}_diff"] = paired_difference(a, b, drop_unpaired)
+        add(f"3. {name} curve fluctuates less", "step-to-step std of the per-step mean",
+            fmt_interval(n[f"fluct_{name}_erc"], digits=4), fmt_interval(n[f"fluct_{name}_base"], digits=4),
+            paired_verdict(a, b, -1, f"{name} fluctuation ERC - baseline", drop_unpaired))
     # 4. accuracy
     if acc_key is None:
         acc_key = next(c for c in evals.columns if c.startswith("eval/avg@"))
@@ -207,20 +304,9 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     ev = evals[last]
     a = per_seed(ev, erc, lambda g: g[acc_key].mean())
     b = per_seed(ev, base, lambda g: g[acc_key].mean())
-    n["acc_erc"], n["acc_base"], n["acc_diff"] = interval(a.values()), interval(b.values()), paired_difference(a, b)
-    v4 = no_worse_verdict(n["acc_diff"], margin)
-    table = [
-        ("1. ERC clips ~20% at beta 0.05, PPO-clip far fewer", "clip fraction of response tokens, all minibatches "
-         "(stale k>=1 in note)", fmt_interval(n["erc_clip_all"], pct=True), "PPO-clip: " + fmt_interval(n["ppo_clip_erc_arm"], pct=True),
-         v1, f"ERC at k>=1: {fmt_interval(n['erc_clip_stale'], pct=True)}; PPO-clip in baseline arm "
-             f"{fmt_interval(n['ppo_clip_base_arm'], pct=True)}"
-             + (f"; beta clipping 20% of the captured tokens: {fmt_interval(n['beta_at_20pct'])}" if beta_t is not None else "")),
-        ("2. ERC-clipped tokens are mostly low-entropy", "share of clipped tokens with old entropy below the run's median",
-         fmt_interval(n["low_entropy_share"], pct=True), "threshold 50%", v2,
-         f"median old entropy: clipped {fmt_interval(n['median_H_clipped'])}, kept {fmt_interval(n['median_H_kept'])} nats"),
-        *rows3,
-        ("4. accuracy no worse", f"final {acc_key}", fmt_interval(n["acc_erc"]), fmt_interval(n["acc_base"]), v4,
-         f"paired diff {fmt_interval(n['acc_diff'])}, margin {margin}"),
-    ]
-    df = pd.DataFrame(table, columns=["claim", "measure", "ERC", "baseline", "verdict", "note"])
+    n["seeds/acc_erc"], n["seeds/acc_base"] = a, b
+    n["acc_erc"], n["acc_base"], n["acc_diff"] = interval(a.values()), interval(b.values()), paired_difference(a, b, drop_unpaired)
+    add("4. accuracy improves", f"final {acc_key}", fmt_interval(n["acc_erc"]), fmt_interval(n["acc_base"]),
+        paired_verdict(a, b, +1, f"{acc_key} ERC - baseline", drop_unpaired))
+    df = pd.DataFrame(rows, columns=["claim", "measure", "ERC", "baseline", "verdict", "detail", "note"])
     return df, n

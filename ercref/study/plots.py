@@ -2,8 +2,10 @@
 (notebooks 03-05), a live plot of a running trainer, and the PNG summary of one CLI run.
 
     set_style()                          seaborn whitegrid, colorblind palette
-    mean_interval(values, interval, bounds)   (mean, low, high) over seeds
-    seed_band_plot / metric_panels       mean over seeds with a band, one line per label
+    mean_interval(values, interval, bounds)   (mean, low, high) over seeds; t_quantile (exact, no scipy)
+    seed_lines                           THE figure style: per-seed thin lines plus the bold mean per label
+    heatmap_diff                         stability map: paired ERC - baseline difference per (K, lr) cell
+    seed_band_plot / metric_panels       mean over seeds with a band (metric_panels(style="lines"): seed_lines)
     paired_seed_plot                     per-seed before/after lines with the means
     comparison_figure / staleness_figure LM runs: per-step curves; clip fractions per staleness k
     LivePlot                             ExperimentTrainer callback, redraws from the JSONL log
@@ -19,10 +21,13 @@ No band is drawn where a single seed exists.
 
 Bounded metrics: with few seeds the symmetric t interval is wide (t_{0.975, 2} = 4.3 at n = 3)
 and can leave a metric's valid range, e.g. a band below 0 for a clip fraction. Pass ``bounds``
-to clip the band to the range: a (low, high) pair, a {metric: (low, high)} dict, or "fractions"
-(every metric for which is_fraction(name) holds -> [0, 1]). The clipping is for display: the band
-is the interval intersected with the range. Default None: bands are left as computed. "range"
-(min..max over seeds) never leaves the valid range and is an honest alternative for n <= 3.
+to clip the band to the range: a (low, high) pair, a {metric: (low, high)} dict, "fractions"
+(every metric for which is_fraction(name) holds -> [0, 1]) or None (no clipping). The clipping is
+for display: the band is the interval intersected with the range. Default everywhere: "fractions".
+"range" (min..max over seeds) never leaves the valid range and is an honest alternative for n <= 3.
+
+The series' figure style (issue 12): per-seed thin lines plus the bold mean (seed_lines); a band
+only on request and only over >= MIN_BAND_SEEDS seeds; integer ticks on step axes; axes labelled.
 
 Plotting only: the numbers are the engine's logged metrics and the experiments' records.
 """
@@ -40,11 +45,12 @@ import pandas as pd
 import seaborn as sns
 
 PALETTE = "colorblind"
-# two-sided 97.5% quantiles of Student's t, by degrees of freedom (no scipy dependency)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 INTERVALS = ("ci95", "range")
 UNIT_RANGE = (0.0, 1.0)
+MIN_BAND_SEEDS = 5          # seed_lines draws a 95% band only over at least this many seeds
+SEED_ALPHA, SEED_LW, MEAN_LW = 0.3, 0.8, 2.2
+AXIS_LABELS = {"step": "RL step (rollout batch)", "update": "update", "sft_step": "SFT step",
+               "staleness": "staleness k (optimizer steps since the rollout)"}
 Bounds = tuple | Mapping | str | None  # see the module docstring
 
 
@@ -57,13 +63,53 @@ def set_style() -> None:
     })
 
 
-def t_quantile_975(dof: int) -> float:
-    """Upper 97.5% quantile of Student's t with ``dof`` degrees of freedom (table, conservative
-    between entries: the value of the next smaller tabulated dof)."""
+def t_cdf(x: float, dof: int) -> float:
+    """P(T <= x) for Student's t with integer ``dof``, exact (Abramowitz & Stegun 26.7.3-4): with
+    theta = atan(x / sqrt(dof)), A = P(|T| < |x|) is
+
+        dof = 1:    A = 2 theta / pi
+        dof odd:    A = 2/pi [theta + sin(theta) (c + 2/3 c^3 + ... + (2*4*..*(dof-3))/(1*3*..*(dof-2)) c^(dof-2))]
+        dof even:   A = sin(theta) [1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... + (1*3*..*(dof-3))/(2*4*..*(dof-2)) c^(dof-2)]
+
+    with c = cos(theta), and P(T <= x) = (1 + sign(x) A) / 2. No scipy needed."""
     if not isinstance(dof, int) or dof < 1:
         raise ValueError(f"dof must be a positive int, got {dof!r}")
-    keys = [k for k in _T975 if k <= dof]
-    return _T975[max(keys)] if dof <= 120 else 1.960
+    theta = math.atan(abs(x) / math.sqrt(dof))
+    s, c = math.sin(theta), math.cos(theta)
+    if dof % 2:
+        term, total = c, c if dof > 1 else 0.0        # c, then c^3 * 2/3, c^5 * (2*4)/(3*5), ...
+        for k in range(3, dof - 1, 2):
+            term *= c * c * (k - 1) / k
+            total += term
+        a = 2 / math.pi * (theta + s * total)
+    else:
+        term, total = 1.0, 1.0                        # 1, then c^2 / 2, c^4 * 3/(2*4), ...
+        for k in range(2, dof - 1, 2):
+            term *= c * c * (k - 1) / k
+            total += term
+        a = s * total
+    return 0.5 + math.copysign(0.5 * a, x)
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with integer ``dof`` (bisection on :func:`t_cdf`, to 1e-10),
+    e.g. t_quantile(0.975, 2) = 4.3027, t_quantile(0.80, 4) = 0.9410."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    if p < 0.5:
+        return -t_quantile(1 - p, dof)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, dof) < p:
+        hi *= 2
+    while hi - lo > 1e-10 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, dof) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def t_quantile_975(dof: int) -> float:
+    """Upper 97.5% quantile of Student's t with ``dof`` degrees of freedom (the 95% interval's t)."""
+    return t_quantile(0.975, dof)
 
 
 def is_fraction(metric: str) -> bool:
@@ -134,9 +180,9 @@ def to_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 def seed_band_plot(ax, records: Sequence[dict] | pd.DataFrame, y: str, x: str = "update", hue: str | None = "label",
                    title: str | None = None, ylabel: str | None = None, xlabel: str | None = None,
-                   interval: str = "ci95", logy: bool = False, legend: bool = True, bounds: Bounds = None):
+                   interval: str = "ci95", logy: bool = False, legend: bool = True, bounds: Bounds = "fractions"):
     """Mean over seeds of ``y`` against ``x`` with a band (see module doc), one line per ``hue``.
-    ``bounds``: clip the band to ``y``'s valid range (see module doc; default: no clipping)."""
+    ``bounds``: clip the band to ``y``'s valid range (see module doc; default "fractions")."""
     df = records if isinstance(records, pd.DataFrame) else to_frame(records)
     if y not in df.columns:
         raise ValueError(f"y={y!r} is not a recorded metric; available: {sorted(df.columns)}")
@@ -169,9 +215,13 @@ def seed_band_plot(ax, records: Sequence[dict] | pd.DataFrame, y: str, x: str = 
 
 def metric_panels(records: Sequence[dict] | pd.DataFrame, panels: Sequence[tuple], x: str = "update",
                   hue: str | None = "label", ncols: int = 3, suptitle: str | None = None,
-                  interval: str = "ci95", panel_size: tuple[float, float] = (4.2, 3.0), bounds: Bounds = None):
-    """A grid of :func:`seed_band_plot`. panels: (metric, title, ylabel) or (metric, title, ylabel, logy).
-    ``bounds``: see the module doc (e.g. "fractions"). Returns the figure."""
+                  interval: str = "ci95", panel_size: tuple[float, float] = (4.2, 3.0), bounds: Bounds = "fractions",
+                  style: str = "band"):
+    """A grid of panels: (metric, title, ylabel) or (metric, title, ylabel, logy). ``style``: "band"
+    (:func:`seed_band_plot`, mean with a 95% band) or "lines" (:func:`seed_lines`, per-seed lines
+    plus the mean). ``bounds``: see the module doc. Returns the figure."""
+    if style not in ("band", "lines"):
+        raise ValueError(f"style must be 'band' or 'lines', got {style!r}")
     if len(panels) == 0:
         raise ValueError("panels is empty")
     df = records if isinstance(records, pd.DataFrame) else to_frame(records)
@@ -180,14 +230,134 @@ def metric_panels(records: Sequence[dict] | pd.DataFrame, panels: Sequence[tuple
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
     for i, (ax, spec) in enumerate(zip(axes.flat, panels)):
         key, title, ylabel, *rest = spec
-        seed_band_plot(ax, df, key, x=x, hue=hue, title=title, ylabel=ylabel, interval=interval,
-                       logy=bool(rest and rest[0]), legend=(i == 0), bounds=bounds)
+        if style == "lines":
+            seed_lines(ax, df, key, x=x, hue=hue, bounds=bounds, title=title, ylabel=ylabel,
+                       logy=bool(rest and rest[0]), legend=(i == 0))
+        else:
+            seed_band_plot(ax, df, key, x=x, hue=hue, title=title, ylabel=ylabel, interval=interval,
+                           logy=bool(rest and rest[0]), legend=(i == 0), bounds=bounds)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def _integer_ticks(ax, x: str, xs) -> None:
+    """Integer ticks on a step-like axis (named step/update/sft_step/staleness, or all-integer values)."""
+    from matplotlib.ticker import MaxNLocator
+
+    vals = np.asarray(xs, dtype=float)
+    if x in AXIS_LABELS or (vals.size and np.all(np.isfinite(vals)) and np.all(vals == np.round(vals))):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def seed_lines(ax, df: Sequence[dict] | pd.DataFrame, y: str, x: str = "step", hue: str | None = "label",
+               bounds: Bounds = "fractions", band: bool = False, title: str | None = None, ylabel: str | None = None,
+               xlabel: str | None = None, logy: bool = False, legend: bool = True):
+    """The series' figure style: for each ``hue`` value (one colour), one thin line per seed
+    (alpha SEED_ALPHA, legend label "_<name> seed <s>", hidden from the legend) and the bold mean over
+    seeds at each ``x`` (legend "<name> (n=<seeds>)"). ``band=True`` adds the 95% interval of the mean,
+    clipped to ``bounds`` (module doc), only where >= MIN_BAND_SEEDS seeds exist. Integer ticks on
+    step-like axes; axes labelled (``xlabel``/``ylabel`` default to AXIS_LABELS / the metric name).
+    Rows without a "seed" column count as one seed. Returns ax."""
+    df = df if isinstance(df, pd.DataFrame) else to_frame(df)
+    for name, col in (("y", y), ("x", x)):
+        if col not in df.columns:
+            raise ValueError(f"{name}={col!r} is not a column; available: {sorted(df.columns)}")
+    if "seed" not in df.columns:
+        df = df.assign(seed=0)
+    # colours follow the hue order of all rows, so an arm keeps its colour in panels where others have no value
+    groups = [(None, df)] if hue is None or hue not in df.columns else list(df.groupby(hue, sort=False))
+    colors = sns.color_palette(PALETTE, max(1, len(groups)))
+    rng = bounds_for(y, bounds)
+    for color, (name, g) in zip(colors, groups):
+        g = g[np.isfinite(g[y].astype(float))]
+        if g.empty:
+            continue
+        for s, gs in g.groupby("seed", sort=True):
+            gs = gs.groupby(x, sort=True)[y].mean()
+            ax.plot(gs.index, gs.values, color=color, lw=SEED_LW, alpha=SEED_ALPHA, label=f"_{name} seed {s}")
+        per_x = g.groupby([x, "seed"])[y].mean().groupby(level=0)
+        n_seeds = int(g["seed"].nunique())
+        mean = per_x.mean()
+        ax.plot(mean.index, mean.values, color=color, lw=MEAN_LW,
+                label=f"{'mean' if name is None else name} (n={n_seeds})")
+        if band and n_seeds >= MIN_BAND_SEEDS:
+            iv = np.array([mean_interval(v, "ci95", rng) for _, v in per_x])
+            ax.fill_between(mean.index, iv[:, 1], iv[:, 2], color=color, alpha=0.18, lw=0)
+    if logy:
+        ax.set_yscale("log")
+    _integer_ticks(ax, x, df[x][np.isfinite(df[y].astype(float))])
+    ax.set_title(title or y)
+    ax.set_xlabel(xlabel or AXIS_LABELS.get(x, x))
+    ax.set_ylabel(ylabel or y)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=True)
+    return ax
+
+
+VERDICT_MARKS = {"reproduced": "reproduced", "contradicted": "contradicted", "inconclusive": "inconclusive"}
+
+
+def heatmap_diff(ax, table, row: str = "K", col: str = "lr", min_seeds: int = MIN_BAND_SEEDS,
+                 title: str = "ERC - DAPO", cbar_label: str = "mean paired difference ERC - DAPO",
+                 row_label: str = "optimizer steps per rollout batch K", col_label: str = "learning rate",
+                 digits: int = 2):
+    """The stability map: one cell per (``row``, ``col``) (rows: K, cols: learning rate), coloured by
+    the mean paired difference (diverging colormap centred at 0, symmetric limits), with
+    "mean / [low, high] / verdict" written in each cell. Cells with fewer than ``min_seeds`` seeds are
+    left blank with "n=<seeds>" in grey and a note under the axes.
+
+    ``table``: a DataFrame with columns row, col, mean, low, high, n (and optionally verdict), one line
+    per cell, or a {(row value, col value): claims.Verdict} dict. Returns the AxesImage."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    if isinstance(table, Mapping):
+        table = pd.DataFrame([{row: r, col: c, "mean": v.mean, "low": v.low, "high": v.high, "n": v.n,
+                               "verdict": v.label} for (r, c), v in table.items()])
+    need = [row, col, "mean", "low", "high", "n"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; it needs {need} (and optionally 'verdict')")
+    if table.duplicated([row, col]).any():
+        raise ValueError(f"table has more than one line for some ({row}, {col}) cell; aggregate seeds first")
+    rows, cols = sorted(table[row].unique()), sorted(table[col].unique())
+    grid = np.full((len(rows), len(cols)), np.nan)
+    recs = table.to_dict("records")
+    for r in recs:
+        if r["n"] >= min_seeds and math.isfinite(r["mean"]):
+            grid[rows.index(r[row]), cols.index(r[col])] = r["mean"]
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim),
+                   aspect="auto", origin="lower")
+    n_blank = 0
+    for r in recs:
+        i, j = rows.index(r[row]), cols.index(r[col])
+        if np.isnan(grid[i, j]):
+            n_blank += 1
+            ax.text(j, i, f"n={int(r['n'])}", ha="center", va="center", fontsize=8, color="0.5")
+            continue
+        m, lo, hi = (r[c] + 0.0 for c in ("mean", "low", "high"))          # + 0.0: no "-0"
+        txt = f"{m:+.{digits}g}\n[{lo:.{digits}g}, {hi:.{digits}g}]"
+        if "verdict" in r and isinstance(r["verdict"], str):
+            txt += "\n" + VERDICT_MARKS.get(r["verdict"], r["verdict"])
+        dark = abs(r["mean"]) > 0.6 * lim
+        ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), [f"{c:g}" if isinstance(c, (int, float)) else str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    ax.grid(False)
+    ax.figure.colorbar(im, ax=ax, label=cbar_label)
+    if n_blank:
+        ax.annotate(f"blank: {n_blank} cell(s) with fewer than {min_seeds} seeds (no interval shown)",
+                    xy=(0, -0.18), xycoords="axes fraction", fontsize=8, color="0.4", va="top")
+    return im
 
 
 def paired_seed_plot(ax, before: dict, after: dict, labels: tuple[str, str], title: str, ylabel: str,
@@ -231,21 +401,30 @@ def with_ppo_total(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _same_column(df: pd.DataFrame, a: str, b: str) -> bool:
+    """True when columns a and b hold the same values (e.g. reward/mean = reward/accuracy for a 0/1
+    reward): the later panel would duplicate the earlier one."""
+    return bool(np.allclose(df[a].to_numpy(float), df[b].to_numpy(float), equal_nan=True))
+
+
 def comparison_figure(steps: pd.DataFrame, labels=None, panels=STEP_PANELS, suptitle: str | None = None, ncols: int = 3,
-                      bounds: Bounds = None):
-    """Mean over seeds (95% band) per training step, one line per arm. ``bounds="fractions"``
-    keeps the bands of accuracies and clip fractions inside [0, 1] (default: unclipped)."""
+                      bounds: Bounds = "fractions", style: str = "lines"):
+    """Per training step, one colour per arm: per-seed thin lines plus the bold mean (``style="lines"``,
+    the default) or the mean with a 95% band (``style="band"``, clipped to ``bounds``). A panel whose
+    metric equals an earlier panel's in every row (reward/mean of a 0/1 reward) is left out."""
     df = with_ppo_total(steps)
     if labels is not None:
         df = df[df["label"].isin(labels)]
     panels = [p for p in panels if p[0] in df.columns and df[p[0]].notna().any()]
-    return metric_panels(df, panels, x="step", hue="label", ncols=ncols, suptitle=suptitle, bounds=bounds)
+    keys = [p[0] for p in panels]
+    panels = [p for i, p in enumerate(panels) if not any(_same_column(df, p[0], k) for k in keys[:i])]
+    return metric_panels(df, panels, x="step", hue="label", ncols=ncols, suptitle=suptitle, bounds=bounds, style=style)
 
 
 def staleness_panel(ax, minibatches: pd.DataFrame, metric: str, labels=None, title: str | None = None,
-                    ylabel: str = "fraction of response tokens", bounds: Bounds = None):
+                    ylabel: str = "fraction of response tokens", bounds: Bounds = "fractions"):
     """Mean of ``metric`` over steps and seeds at each staleness k (95% interval over seeds of the
-    per-seed means), one line per arm. ``bounds``: see the module doc (default: unclipped)."""
+    per-seed means, clipped to ``bounds``), one line per arm, with each seed's mean as a faint dot."""
     df = with_ppo_total(minibatches)
     if labels is not None:
         df = df[df["label"].isin(labels)]
@@ -259,6 +438,7 @@ def staleness_panel(ax, minibatches: pd.DataFrame, metric: str, labels=None, tit
         rows = [(k, *mean_interval(s[metric], bounds=rng)) for k, s in per_seed.groupby("staleness")]
         k, m, lo, hi = (np.array(c) for c in zip(*rows))
         ax.errorbar(k, m, yerr=[m - lo, hi - m], marker="o", capsize=4, color=color, label=name)
+        ax.plot(per_seed["staleness"], per_seed[metric], "o", color=color, alpha=SEED_ALPHA, ms=3, label=f"_{name} seeds")
     ax.set_title(title or metric)
     ax.set_xlabel("staleness k (optimizer steps since the rollout)")
     ax.set_ylabel(ylabel)
@@ -268,7 +448,7 @@ def staleness_panel(ax, minibatches: pd.DataFrame, metric: str, labels=None, tit
     return ax
 
 
-def staleness_figure(minibatches: pd.DataFrame, labels=None, suptitle: str | None = None, bounds: Bounds = None):
+def staleness_figure(minibatches: pd.DataFrame, labels=None, suptitle: str | None = None, bounds: Bounds = "fractions"):
     """ERC and PPO-clip fractions against staleness, side by side."""
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
     staleness_panel(ax[0], minibatches, "erc/clip_frac", labels, "ERC clip fraction per staleness", bounds=bounds)
