@@ -8,15 +8,15 @@ from .advantages import dynamic_sampling_mask, group_advantages, overlong_reward
 from .aggregation import AGG_MODES, aggregate
 from .auxiliary import kl_penalty, positive_nll
 from .entropy import compiled_entropy_from_logits, entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
-from .erc import apply_erc, entropy_ratio, erc_masks
+from .erc import ERC_MASKS, apply_erc, entropy_ratio, erc_masks, random_like_erc_mask
 from .losses import LOSSES, get_loss, register_loss
 from .metrics import metrics_to_floats
 from .objective import PolicyLossConfig, compute_policy_loss
 
 __version__ = "0.1.0"
 __all__ = [
-    "AGG_MODES", "LOSSES", "PolicyLossConfig", "aggregate", "apply_erc", "compiled_entropy_from_logits", "compute_policy_loss",
+    "AGG_MODES", "ERC_MASKS", "LOSSES", "PolicyLossConfig", "aggregate", "apply_erc", "compiled_entropy_from_logits", "compute_policy_loss",
     "dynamic_sampling_mask", "entropy_from_logits", "entropy_ratio", "erc_masks", "get_loss",
     "group_advantages", "kl_penalty", "logprobs_and_entropy", "logprobs_from_logits", "metrics_to_floats", "overlong_reward",
-    "positive_nll", "register_loss",
+    "positive_nll", "random_like_erc_mask", "register_loss",
 ]

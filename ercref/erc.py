@@ -11,12 +11,18 @@ denominator. The current entropy carries no gradient: it only builds the mask. T
 authors' ``compute_policy_loss_{grpo,gppo}_erc`` (Kwai-Klear/ERC), whose ``torch.where(mask,
 l, l.detach())`` we use as is. Paper default beta_low = beta_high = 0.05 (bounds 0.95 / 1.05).
 
+The random-mask control (``erc_mask="random"``, ``random_like_erc_mask``) stops the gradient of as
+many response tokens as the entropy-ratio mask would, drawn uniformly at random: it tells "ERC picks
+the right tokens" from "ERC drops tokens".
+
 Shapes: entropy, old_entropy, response_mask, per_token_loss: (B, T).
 Precision: rho and the comparisons are computed in fp32 whatever the entropies' dtype (fp64 stays
 fp64), so bf16 / fp16 entropies give exactly the mask of fp32 entropies with the same values.
 old_entropy must not require grad (it is a constant of the rollout snapshot).
 """
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 
@@ -33,9 +39,12 @@ from ._checks import (
     require,
     upcast,
 )
+from .losses import top_k_mask
 
 Tensor = torch.Tensor
 ENTROPY_EPS = 1e-8
+ErcMask = Literal["entropy-ratio", "random"]
+ERC_MASKS: tuple[str, ...] = get_args(ErcMask)
 OLD_ENTROPY_IS_CONSTANT = "old_entropy is the rollout snapshot's entropy, the fixed reference ERC compares against"
 
 
@@ -93,17 +102,50 @@ def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
 
 
 @checked
+def random_like_erc_mask(keep: Tensor, response_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The random-mask control: a keep mask (B, T) bool that stops the gradient of a uniformly random
+    subset of the response tokens, exactly as many as ``keep`` (ERC's I_t) stops.
+
+        n_stop = #{t : response token, not keep_t}
+        stop   = n_stop response tokens drawn uniformly without replacement
+        return   response_mask & ~stop
+
+    It separates "ERC picks the right tokens" from "ERC drops tokens". The draw is one
+    torch.randperm over all B*T positions (the keys; padding can never be drawn), on ``generator``
+    or else torch's global generator of the mask's device; no host sync.
+    """
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a bool tensor (ERC's keep mask from erc_masks), got {getattr(keep, 'dtype', type(keep))}")
+    mask = as_bool_mask("response_mask", response_mask, keep, "keep")
+    n_stop = (mask & ~keep).sum()
+    device = mask.device if generator is None else generator.device
+    keys = torch.randperm(mask.numel(), generator=generator, device=device).to(mask.device).view(mask.shape)
+    stop = top_k_mask(torch.where(mask, keys, -1), n_stop)   # n_stop <= #response tokens: only they are drawn
+    return mask & ~stop
+
+
+@checked
 def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
-              beta_low: float = 0.05, beta_high: float = 0.05) -> tuple[Tensor, dict[str, Tensor]]:
+              beta_low: float = 0.05, beta_high: float = 0.05, erc_mask: ErcMask = "entropy-ratio",
+              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Wrap any per-token loss l_t (B, T) with ERC: I_t * l_t + (1 - I_t) * sg(l_t).
+
+    ``erc_mask="random"`` is the random-mask control: I_t is replaced by ``random_like_erc_mask(I)``
+    (as many stopped tokens, drawn uniformly from the response tokens, on ``generator`` or torch's
+    global generator); "entropy-ratio" (the default) is ERC itself and draws nothing.
 
     Returns the new per-token loss (same forward values and dtype, bit for bit) and metrics (detached 0-d
     tensors; ``ercref.metrics_to_floats`` converts them with one host sync):
-      erc/clip_frac       fraction of response tokens ERC clips (= 1 - the authors' kept fraction)
-      erc/clip_frac_low   ... with rho <= 1 - beta_low
-      erc/clip_frac_high  ... with rho >= 1 + beta_high
+      erc/clip_frac       fraction of response tokens whose gradient is stopped (= 1 - the authors' kept
+                          fraction; the same number for both masks)
+      erc/clip_frac_low   ... of the entropy-ratio mask with rho <= 1 - beta_low (for "random" too)
+      erc/clip_frac_high  ... of the entropy-ratio mask with rho >= 1 + beta_high (for "random" too)
       entropy/ratio_mean  mean rho over response tokens
+      erc/random_overlap  "random" only: share of the randomly stopped tokens that the entropy-ratio mask
+                          also stops (0 when none is stopped); chance level is erc/clip_frac
     """
+    if erc_mask not in ERC_MASKS:
+        raise ValueError(f"erc_mask must be one of {list(ERC_MASKS)}, got {erc_mask!r}")
     check_float("per_token_loss", per_token_loss)
     check_same_shape("per_token_loss", per_token_loss, "entropy", entropy)
     keep, low, high, rho = erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
@@ -111,6 +153,9 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
     check_any("response_mask", mask)
     check_finite("per_token_loss", per_token_loss, mask, "at a response position")
     n = mask.sum()
+    erc_keep = keep
+    if erc_mask == "random":
+        keep = random_like_erc_mask(erc_keep, mask, generator)
     out = torch.where(keep, per_token_loss, per_token_loss.detach())
     metrics = {
         "erc/clip_frac": (mask & ~keep).sum() / n,
@@ -118,4 +163,7 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
         "erc/clip_frac_high": high.sum() / n,
         "entropy/ratio_mean": (rho * mask).sum() / n,  # rho is already detached
     }
+    if erc_mask == "random":
+        stopped = mask & ~keep
+        metrics["erc/random_overlap"] = (stopped & ~erc_keep).sum() / stopped.sum().clamp(min=1)
     return out, metrics

@@ -22,11 +22,13 @@ whole dict with one). Fractions are over response tokens:
     ppo/clip_frac_high  the high-side clip is active (A > 0, r > 1 + eps_high)
     ppo/dual_clip_frac  the dual clip is active      (A < 0, -A r > -A c)
     kl/approx_old       k1 estimate of KL(pi_old || pi_theta): mean of (old_logp - logp)
+    cov/selected_frac   Clip-Cov / KL-Cov only: the tokens selected by covariance (gradient off / KL on)
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -133,6 +135,34 @@ def _check_eps(eps_low: float, eps_high: float) -> None:
     check_positive("eps_high", eps_high)
 
 
+def _check_ratio(name: str, value: float) -> None:
+    """0 < value <= 1: a share of the response tokens."""
+    check_positive(name, value)
+    if value > 1:
+        raise ValueError(f"{name} must be <= 1 (it is a share of the response tokens), got {value!r}")
+
+
+def response_covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """The per-token covariance term of Cui et al. (arXiv 2505.22617), without gradient:
+
+        Cov_t = (A_t - mean_m A) * (log pi_theta(a_t|s_t) - mean_m log pi_theta)
+
+    means over the response tokens m of the batch; (B, T), the advantages broadcast to (B, T).
+    Its batch mean is Cov(log pi, A), the term that drives the entropy change of a policy-gradient step."""
+    logp, A = logp.detach(), advantages.detach().expand_as(logp)
+    return (A - masked_mean(A, mask)) * (logp - masked_mean(logp, mask))
+
+
+def top_k_mask(scores: Tensor, k: Tensor | int) -> Tensor:
+    """Bool mask (shape of ``scores``) of the k largest scores (ties: the first in row-major order).
+    ``k`` may be a 0-d tensor on the device: no host sync (a rank per entry, k compared on device)."""
+    flat = scores.detach().flatten()
+    order = torch.argsort(flat, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(flat.numel(), device=flat.device)
+    return (rank < k).view(scores.shape)
+
+
 # ----------------------------------------------------------------------------- losses
 def ppo_clip_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, eps_high: float | None = None,
                   clip_ratio_c: float | None = None):
@@ -237,6 +267,85 @@ def pg_loss(logp, old_logp, advantages, response_mask):
     return -A * r, _common_metrics(log_ratio, mask, none, none)
 
 
+def clip_cov_loss(logp, old_logp, advantages, response_mask, eps_low: float = 0.2, eps_high: float = 0.2,
+                  clip_cov_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0):
+    """Clip-Cov (Cui et al., "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617):
+    PPO-clip, plus the gradient of a few random high-covariance tokens switched off.
+
+        Cov_t  = (A_t - mean A) (log pi_t - mean log pi)            (``response_covariance``)
+        C      = { t : response token, PPO clip inactive at t, clip_cov_lb < Cov_t < clip_cov_ub }
+        S      = max(floor(clip_cov_ratio * #response tokens), 1) tokens of C drawn uniformly at random
+                 (all of C if it is smaller): the first of torch.randperm(|C|) over C in row-major order
+        l_t    = 0                                                   if t in S
+                 max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high))  otherwise
+
+    "PPO clip inactive" is the clipped term not exceeding the unclipped one. Like verl 0.9.1's
+    ``compute_policy_loss_clip_cov`` (and the authors' code it adapts), a selected token's loss is
+    multiplied by 0: its *value* is 0 too, not only its gradient. Value and gradient equal verl's
+    given the same global RNG state (r is clamped at exp(+-20) as in every ercref loss; verl does
+    not clamp). Defaults are verl's (clip_cov_ratio 2e-4, bounds 1 / 5, clip ratios 0.2 / 0.2).
+
+    Randomness: torch.randperm on torch's global CPU generator, consumed exactly as verl does (one
+    call when C is non-empty); seed it (torch.manual_seed) to reproduce a selection. Costs one host
+    sync (|C| and the count). Metric ``cov/selected_frac``: share of response tokens in S (verl's
+    ``actor/pg_clipfrac``).
+    """
+    _check_eps(eps_low, eps_high)
+    _check_ratio("clip_cov_ratio", clip_cov_ratio)
+    for name, v in (("clip_cov_lb", clip_cov_lb), ("clip_cov_ub", clip_cov_ub)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if not clip_cov_lb < clip_cov_ub:
+        raise ValueError(f"clip_cov_lb must be < clip_cov_ub (the covariance window (lb, ub) is empty), "
+                         f"got clip_cov_lb={clip_cov_lb!r}, clip_cov_ub={clip_cov_ub!r}")
+    logp, _, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    unclipped = -A * r
+    clipped = -A * torch.clamp(r, 1.0 - eps_low, 1.0 + eps_high)
+    cov = response_covariance(logp, A, mask)
+    candidates = mask & ~(clipped > unclipped) & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+    n_select = max(int(clip_cov_ratio * mask.sum().item()), 1)   # the host sync (as verl)
+    idx = torch.nonzero(candidates)
+    selected = torch.zeros_like(mask)
+    if len(idx) > 0:
+        idx = idx[torch.randperm(len(idx))[:n_select].to(idx.device)]   # global CPU generator, as verl
+        selected[idx[:, 0], idx[:, 1]] = True
+    loss = torch.where(selected, torch.zeros_like(unclipped), torch.maximum(unclipped, clipped))
+    metrics = _common_metrics(log_ratio, mask, (A < 0) & (r < 1.0 - eps_low), (A > 0) & (r > 1.0 + eps_high))
+    metrics["cov/selected_frac"] = _frac(selected, mask)
+    return loss, metrics
+
+
+def kl_cov_loss(logp, old_logp, advantages, response_mask, kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 0.1):
+    """KL-Cov (Cui et al., arXiv 2505.22617): the unclipped policy gradient, plus a KL penalty on the
+    tokens of largest covariance.
+
+        Cov_t = (A_t - mean A) (log pi_t - mean log pi)              (``response_covariance``)
+        S     = the k = max(floor(kl_cov_ratio * #response tokens), 1) response tokens of largest Cov_t
+        l_t   = -A r_t + ppo_kl_coef * |log pi_theta(a_t|s_t) - log pi_old(a_t|s_t)|   if t in S
+                -A r_t                                                               otherwise
+
+    No PPO clip. Value and gradient equal verl 0.9.1's ``compute_policy_loss_kl_cov`` (up to ties
+    of Cov_t at the k-th place; r clamped at exp(+-20) as in every ercref loss). Defaults are
+    verl's config defaults (kl_cov_ratio 2e-4, ppo_kl_coef 0.1; verl's function falls back to 1.0
+    only when the config field is None). Deterministic (a top-k), no host sync.
+    Metric ``cov/selected_frac``: share of response tokens in S.
+    """
+    _check_ratio("kl_cov_ratio", kl_cov_ratio)
+    if isinstance(ppo_kl_coef, bool) or not isinstance(ppo_kl_coef, (int, float)) or not 0 <= ppo_kl_coef < float("inf"):
+        raise ValueError(f"ppo_kl_coef must be a finite number >= 0, got {ppo_kl_coef!r}")
+    logp, old_logp, log_ratio, r, A, mask = prepare_inputs(logp, old_logp, advantages, response_mask)
+    cov = response_covariance(logp, A, mask)
+    # k in float64 on the device: the same floor(ratio * n) as verl's Python float product, no sync
+    k = torch.clamp(torch.floor(mask.sum().double() * kl_cov_ratio), min=1)
+    selected = top_k_mask(torch.where(mask, cov, -torch.inf), k)
+    pg = -A * r
+    loss = torch.where(selected, pg + ppo_kl_coef * (logp - old_logp).abs(), pg)
+    none = torch.zeros_like(mask)
+    metrics = _common_metrics(log_ratio, mask, none, none)
+    metrics["cov/selected_frac"] = _frac(selected, mask)
+    return loss, metrics
+
+
 # ----------------------------------------------------------------------------- registry
 class _Registry(dict):
     def __missing__(self, key):
@@ -294,3 +403,5 @@ register_loss("gppo", gppo_loss, eps_low=0.2, eps_high=0.2, beta1=1.0, beta2=1.0
 register_loss("cispo", cispo_loss)
 register_loss("gspo", gspo_loss)
 register_loss("pg", pg_loss)
+register_loss("clip_cov", clip_cov_loss)
+register_loss("kl_cov", kl_cov_loss)

@@ -27,7 +27,7 @@ from ._checks import (
 )
 from .aggregation import AGG_MODES, AggMode, aggregate
 from .auxiliary import KL_ESTIMATORS, REF_LOGP_IS_CONSTANT, KLEstimator, kl_penalty, positive_nll
-from .erc import apply_erc, check_entropies
+from .erc import ERC_MASKS, ErcMask, apply_erc, check_entropies
 from .losses import LOSSES, check_policy_inputs, loss_keywords, masked_mean
 
 Tensor = torch.Tensor
@@ -40,6 +40,7 @@ class PolicyLossConfig:
     erc: bool = True                   # wrap the loss with Entropy Ratio Clipping
     beta_low: float = 0.05             # ERC keeps a token if 1 - beta_low < H_new / H_old (paper: 0.05)
     beta_high: float = 0.05            # ... and H_new / H_old < 1 + beta_high (paper: 0.05)
+    erc_mask: ErcMask = "entropy-ratio"  # entropy-ratio (ERC) | random (control: as many tokens stopped, drawn at random; needs erc)
     agg_mode: AggMode = "token-mean"   # token-mean (DAPO/ERC), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr.GRPO)
     agg_norm: float | None = None      # fixed normaliser for seq-mean-token-sum-norm (None: response length T)
     nll_coef: float = 0.1              # positive-sample NLL weight (paper: 0.1; 0 disables)
@@ -51,6 +52,11 @@ class PolicyLossConfig:
     def __post_init__(self):
         LOSSES[self.loss]  # raises ValueError naming the unknown loss
         self._check_loss_kwargs()
+        if self.erc_mask not in ERC_MASKS:
+            raise ValueError(f"erc_mask must be one of {list(ERC_MASKS)}, got {self.erc_mask!r}")
+        if self.erc_mask == "random" and not self.erc:
+            raise ValueError("erc_mask='random' needs erc=True: the random control stops as many tokens as the "
+                             "entropy-ratio mask would clip (set erc=True, or erc_mask='entropy-ratio')")
         if self.erc:
             check_fraction("beta_low", self.beta_low)
             check_positive("beta_high", self.beta_high)
@@ -121,7 +127,7 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
             metrics["entropy/new_mean"] = masked_mean(entropy.detach(), mask)
             metrics["entropy/old_mean"] = masked_mean(old_entropy.detach(), mask)
     if cfg.erc:
-        per_tok, erc_metrics = apply_erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high)
+        per_tok, erc_metrics = apply_erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high, cfg.erc_mask)
         metrics.update(erc_metrics)
     if cfg.track_zero_grad and logp.requires_grad and torch.is_grad_enabled():
         (g,) = torch.autograd.grad(per_tok.sum(), logp, retain_graph=True, allow_unused=True)
