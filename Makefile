@@ -11,7 +11,7 @@ NODEPS  := $(SMOLLM2) verl==0.9.1
 # exact versions of everything else, made from requirements.txt (the ranges) by `make lock`
 LOCK    := requirements.lock
 
-.PHONY: lab test test-fast test-browser test-vllm setup-vllm lint bench setup lock clean
+.PHONY: lab test test-fast test-browser test-vllm setup-vllm lint bench setup lock clean notebooks
 
 setup: $(STAMP)
 
@@ -91,6 +91,11 @@ $(VSTAMP): pyproject.toml
 
 test-vllm: $(VSTAMP)
 	$(VBIN)/python -m pytest -q tests/test_vllm.py
+
+# Execute every notebook in full mode (headless) and write it back with its outputs and a stamp
+# of its cells (ercref/study/nbexec.py); tests/test_notebooks.py fails when a stamp is stale.
+notebooks: $(STAMP)
+	$(BIN)/python -m ercref.study.nbexec notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entropy.py
