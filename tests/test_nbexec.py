@@ -200,3 +200,31 @@ def test_cli_writes_outputs_and_stamp_and_a_timeout_is_retried(tmp_path, capsys)
     assert stale_reason(nb, "quick") is None and nb.metadata["ercref"]["wall_s"] > 0
     assert nbexec.main(["--check", "--quick", str(path)]) == 0
     assert nbexec.main(["--check", str(path)]) == 1
+
+
+def test_quantize_png_shrinks_a_plot_and_keeps_its_pixels_close():
+    import base64
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        ax.plot(np.cumsum(rng.normal(size=400)), alpha=0.3, lw=0.8)
+    ax.fill_between(range(400), -5, 5, alpha=0.2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    small = nbexec.quantize_png(b64)
+    assert len(small) < 0.8 * len(b64)
+    a = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=float)
+    b = np.asarray(Image.open(io.BytesIO(base64.b64decode(small))).convert("RGB"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2.0       # mean error < 2 of 255 levels
+    tiny = base64.b64encode(buf.getvalue()[:10]).decode()
+    assert nbexec.quantize_png(tiny) == tiny                        # below min_bytes: untouched

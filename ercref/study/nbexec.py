@@ -25,9 +25,11 @@ through execute_notebook and checks each committed one's stamp with stale_reason
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -141,6 +143,8 @@ def shrink_outputs(nb):
                 if not data:
                     raise ValueError(f"{_describe_cell(nb, index)} displays only {dropped}; shrink_outputs keeps "
                                      "image/png and text/*: display a PNG figure or text instead")
+                if "image/png" in data:
+                    data["image/png"] = quantize_png(data["image/png"])
             size = len(json.dumps(out))
             if size > MAX_OUTPUT_BYTES:
                 raise ValueError(f"{_describe_cell(nb, index)} has an output of {size / 1e6:.2f} MB (limit "
@@ -148,6 +152,22 @@ def shrink_outputs(nb):
             kept.append(out)
         cell.outputs = kept
     return nb
+
+
+def quantize_png(b64: str, min_bytes: int = 40_000) -> str:
+    """A base64 PNG larger than ``min_bytes`` re-encoded with a 256-colour palette (Pillow's
+    median cut: plots have few colours, so it looks the same at ~1/3 of the size); smaller ones,
+    and any the palette would not shrink, unchanged."""
+    raw = base64.b64decode(b64)
+    if len(raw) < min_bytes:
+        return b64
+    from PIL import Image  # matplotlib's own dependency
+    img = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    if buf.tell() >= len(raw):
+        return b64
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # ----------------------------------------------------------------------------- execution
