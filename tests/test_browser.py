@@ -214,10 +214,11 @@ def test_beta_slider_redraws_plot(lab, tmp_path):
 @pytest.mark.parametrize("lab", [NOTEBOOK_02], indirect=True)
 def test_notebook_02_beta_slider_rehighlights_clipped_tokens(lab, tmp_path):
     """Notebook 02 in the browser: real SmolLM2 tokens; moving the ERC beta slider re-renders the
-    highlighted text (a wider band clips fewer tokens). Saves docs/img/02_clipped_tokens.png."""
+    highlighted text (a wider band clips fewer tokens). Saves docs/img/02_clipped_tokens.png at the
+    slider's default, the paper's beta 0.05, before moving it."""
     with run_all_in_browser(lab, "notebook wall time", {"width": 1500, "height": 1100}, tmp_path) as page:
         # the token view's own cell (the loss-shape plot above has an "ERC beta" slider too)
-        interact = code_cell(page, NOTEBOOK_02, "widgets.interact(show_clipped").locator(".widget-interact")
+        interact = code_cell(page, NOTEBOOK_02, "interact(show_clipped").locator(".widget-interact")
         slider = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text="ERC beta"))
         slider.wait_for(timeout=60_000)
         out = interact.locator(".jp-OutputArea-output", has=page.locator("span")).last
@@ -226,6 +227,12 @@ def test_notebook_02_beta_slider_rehighlights_clipped_tokens(lab, tmp_path):
         assert "<span" in html_before, "the highlighted response text should be rendered"
         readout = slider.locator(".widget-readout")
         value_before = float(readout.inner_text())
+        assert value_before == 0.05, "the token view should open at the paper's beta 0.05"
+        SCREENSHOT_02.parent.mkdir(parents=True, exist_ok=True)
+        interact.scroll_into_view_if_needed()
+        time.sleep(0.5)
+        interact.screenshot(path=str(SCREENSHOT_02))
+        assert SCREENSHOT_02.stat().st_size > 10_000
         handle = slider.locator(".noUi-handle")
         handle.scroll_into_view_if_needed()
         handle.focus()
@@ -237,8 +244,3 @@ def test_notebook_02_beta_slider_rehighlights_clipped_tokens(lab, tmp_path):
         while out.inner_html() == html_before and time.time() < deadline:
             time.sleep(0.5)
         assert out.inner_html() != html_before, "moving ERC beta must re-render the highlighted tokens"
-        SCREENSHOT_02.parent.mkdir(parents=True, exist_ok=True)
-        interact.scroll_into_view_if_needed()
-        time.sleep(0.5)
-        interact.screenshot(path=str(SCREENSHOT_02))
-        assert SCREENSHOT_02.stat().st_size > 10_000
