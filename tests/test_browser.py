@@ -179,12 +179,18 @@ def code_cell(page, notebook: Path, source_snippet: str):
 @pytest.mark.slow
 def test_beta_slider_redraws_plot(lab, tmp_path):
     with run_all_in_browser(lab, "notebook compute took", {"width": 1700, "height": 1100}, tmp_path) as page:
-        interact = code_cell(page, NOTEBOOK, "widgets.interact(explore").locator(".widget-interact")
+        interact = code_cell(page, NOTEBOOK, "interact(explore").locator(".widget-interact")
         img = interact.locator(".jp-OutputArea-output img").first
         img.wait_for(state="attached", timeout=60_000)
         interact.get_by_text("ran with beta_low=0.05").wait_for(timeout=60_000)
         src_before = img.get_attribute("src")
         assert src_before and src_before.startswith("data:image/png"), "the slider plot should be an inline PNG"
+        # the README's screenshot: at the paper's beta 0.05, before the slider moves
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        interact.scroll_into_view_if_needed()
+        time.sleep(0.5)
+        interact.screenshot(path=str(SCREENSHOT))
+        assert SCREENSHOT.stat().st_size > 10_000
 
         slider = interact.locator(".widget-slider", has=page.locator(".widget-label", has_text="beta_low"))
         readout = slider.locator(".widget-readout")
@@ -203,11 +209,6 @@ def test_beta_slider_redraws_plot(lab, tmp_path):
         assert interact.locator(".jp-OutputArea-output img").count() == 1, "the old figure must be replaced"
         assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").count() == 0
 
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        interact.scroll_into_view_if_needed()
-        time.sleep(0.5)
-        interact.screenshot(path=str(SCREENSHOT))
-        assert SCREENSHOT.stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -24,6 +24,13 @@ One *update* (one rollout batch, :func:`bandit_update`):
   4. measure the drift over ALL contexts and ALL actions, which PPO-clip never looks at:
         KL_c   = sum_a pi_old(a|c) log(pi_old(a|c) / pi_new(a|c))       (per context; mean and max)
         moved  = sum_{a not sampled at c} |pi_new(a|c) - pi_old(a|c)|   (mean over contexts)
+     and whether the samples outside ERC's band sit at the contexts that drifted most (detector_counts).
+
+Controls (control_runs, notebook 01): does ERC restrain drift PPO-clip cannot see, or only shorten
+the step? Per seed, four arms: no ERC; ERC; "matched step" (no ERC at the lr whose mean parameter
+step matches ERC's, matched_step_run); "random mask" (as many samples stopped as ERC's band would
+clip, drawn at random: PolicyLossConfig.erc_mask="random"). No loss math here: every arm goes through
+ercref.compute_policy_loss.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from ercref._checks import check_fraction, check_positive
 from ercref.advantages import group_advantages
 from ercref.entropy import logprobs_and_entropy
 from ercref.erc import erc_masks
+from ercref.metrics import metrics_to_floats
 from ercref.objective import PolicyLossConfig, compute_policy_loss
 
 Tensor = torch.Tensor
@@ -68,6 +76,7 @@ class BanditConfig:
     eps: float = 0.2                   # eps_low = eps_high = eps for the clip-based losses
     loss_kwargs: dict = field(default_factory=dict)  # extra overrides (e.g. clip_ratio_c)
     erc: bool = False                  # wrap the loss with Entropy Ratio Clipping
+    erc_mask: str = "entropy-ratio"    # "random": the random-mask control (as many samples stopped, at random)
     beta_low: float = 0.05
     beta_high: float = 0.05
     nll_coef: float = 0.0              # positive-sample NLL (rewards here are in [0, 1], rarely exactly 1)
@@ -109,8 +118,9 @@ class BanditConfig:
         if self.loss not in ("pg",):
             kwargs.setdefault("eps_low", self.eps)
             kwargs.setdefault("eps_high", self.eps)
-        return PolicyLossConfig(loss=self.loss, loss_kwargs=kwargs, erc=self.erc, beta_low=self.beta_low,
-                                beta_high=self.beta_high, nll_coef=self.nll_coef, track_zero_grad=False)
+        return PolicyLossConfig(loss=self.loss, loss_kwargs=kwargs, erc=self.erc, erc_mask=self.erc_mask,
+                                beta_low=self.beta_low, beta_high=self.beta_high, nll_coef=self.nll_coef,
+                                track_zero_grad=False)
 
 
 # ----------------------------------------------------------------------------- environments
@@ -246,13 +256,42 @@ def minibatch_step(cfg: BanditConfig, loss_cfg: PolicyLossConfig, policy: nn.Mod
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    m = metrics_to_floats(m)
+    m["_outside_band"] = ~keep.squeeze(1)  # (b,) bool, per sample: popped by bandit_update
     return m
+
+
+def context_kl(p_old: Tensor, p_new: Tensor) -> Tensor:
+    """KL_c = sum_a pi_old(a|c) log(pi_old(a|c) / pi_new(a|c)) per context: (C, K), (C, K) -> (C,)."""
+    return (p_old * (p_old.clamp_min(1e-30).log() - p_new.clamp_min(1e-30).log())).sum(-1)
+
+
+def detector_counts(kl: Tensor, contexts: Tensor, outside: Tensor, top_frac: float = 0.25) -> dict[str, float]:
+    """Does ERC's entropy band flag the contexts whose full distribution drifted most in this update?
+
+    kl (C,): KL_c over the update; contexts (B,): each sample's context; outside (B,) bool: the
+    sample was outside ERC's band (1 - beta_low, 1 + beta_high) at its minibatch step (with ERC on:
+    the samples ERC clipped). The top-drift contexts are the ceil(top_frac * n) batch contexts with
+    the largest KL_c (n = distinct contexts in the batch). Returns counts, to be pooled over updates:
+        detector/flagged       samples outside the band
+        detector/flagged_top   ... of them at a top-drift context
+        detector/samples       samples in the batch
+        detector/samples_top   ... of them at a top-drift context (chance share = samples_top / samples)
+    A band that flags at random gives flagged_top / flagged ~ samples_top / samples.
+    """
+    check_fraction("top_frac", top_frac)
+    batch_ctx = torch.unique(contexts)
+    n_top = max(1, math.ceil(top_frac * batch_ctx.numel()))
+    top = batch_ctx[torch.topk(kl[batch_ctx], n_top).indices]
+    at_top = torch.isin(contexts, top)
+    return {"detector/flagged": float(outside.sum()), "detector/flagged_top": float((outside & at_top).sum()),
+            "detector/samples": float(contexts.numel()), "detector/samples_top": float(at_top.sum())}
 
 
 def drift_metrics(cfg: BanditConfig, p_old: Tensor, p_new: Tensor, ro: Rollout) -> dict[str, float]:
     """What PPO-clip does not see, over all C contexts and all K actions. p_old, p_new: (C, K)."""
     C, K = p_old.shape
-    kl = (p_old * (p_old.clamp_min(1e-30).log() - p_new.clamp_min(1e-30).log())).sum(-1)  # (C,)
+    kl = context_kl(p_old, p_new)  # (C,)
     sampled = torch.zeros(C, K, dtype=torch.bool)
     sampled[ro.contexts, ro.actions.squeeze(1)] = True
     in_batch = sampled.any(-1)
@@ -280,7 +319,11 @@ def bandit_update(cfg: BanditConfig, loss_cfg: PolicyLossConfig, bandit: Bandit,
     theta_old = flat_params(policy)
     ro = rollout(cfg, bandit, policy, gen)
     perm = torch.randperm(ro.contexts.shape[0], generator=gen)
-    steps = [minibatch_step(cfg, loss_cfg, policy, opt, ro, idx) for idx in torch.tensor_split(perm, cfg.minibatches)]
+    parts = torch.tensor_split(perm, cfg.minibatches)
+    steps = [minibatch_step(cfg, loss_cfg, policy, opt, ro, idx) for idx in parts]
+    outside = torch.zeros(ro.contexts.shape[0], dtype=torch.bool)  # each sample is in one minibatch
+    for idx, s in zip(parts, steps):
+        outside[idx] = s.pop("_outside_band")
     p_new = all_probs(policy, bandit.n_contexts, cfg.temperature)
     H_new = -(p_new * p_new.clamp_min(1e-30).log()).sum(-1)
     out = {
@@ -289,10 +332,12 @@ def bandit_update(cfg: BanditConfig, loss_cfg: PolicyLossConfig, bandit: Bandit,
         "entropy/full_mean": float(H_new.mean()),
     }
     out.update(drift_metrics(cfg, p_old, p_new, ro))
+    out.update(detector_counts(context_kl(p_old, p_new), ro.contexts, outside))
     out["param/step_norm"] = float((flat_params(policy) - theta_old).norm())
     for key in ("ppo/clip_frac_low", "ppo/clip_frac_high", "erc/clip_frac", "erc/outside_band_frac",
-                "ratio/outside_frac_at_step"):
-        out[key] = sum(s[key] for s in steps) / len(steps)
+                "ratio/outside_frac_at_step", "erc/random_overlap"):
+        if key in steps[0]:
+            out[key] = sum(s[key] for s in steps) / len(steps)
     out["ppo/clip_frac"] = out["ppo/clip_frac_low"] + out["ppo/clip_frac_high"]
     # the stale steps only (k >= 1): the first step is on-policy, nothing can be clipped there
     stale = steps[1:] or steps
@@ -309,7 +354,10 @@ def run_bandit(cfg: BanditConfig, seed: int | None = None) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors this small only pay the cost of intra-op threads
     try:
-        return _run(cfg, seed)
+        # the random-mask control draws on torch's global generator: seeded here, restored after
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(20_000 + seed)
+            return _run(cfg, seed)
     finally:
         torch.set_num_threads(threads)
 
@@ -398,6 +446,95 @@ def per_seed_mean(records: list[dict], key: str, label: str | None = None, skip_
     if not acc:
         raise ValueError(f"key {key!r} (label {label!r}) not found in records")
     return {s: sum(v) / len(v) for s, v in acc.items()}
+
+
+# ----------------------------------------------------------------------------- controls
+CONTROL_LABELS = ("no ERC", "ERC", "matched step", "random mask")
+
+
+def mean_step_norm(records: list[dict]) -> float:
+    """Mean over updates (update 0 excluded) of ||theta_new - theta_old||, the parameter step of one update."""
+    steps = [r["param/step_norm"] for r in records if r["update"] > 0]
+    if not steps:
+        raise ValueError("records hold no update (only the initial record); run at least one update")
+    return sum(steps) / len(steps)
+
+
+def matched_step_run(cfg: BanditConfig, seed: int, target_step_norm: float, tol: float = 0.01, max_runs: int = 8,
+                     first: list[dict] | None = None) -> tuple[float, list[dict]]:
+    """The matched-step control: ``cfg`` without ERC, at the learning rate whose mean parameter step
+    per update (mean_step_norm, S) matches ``target_step_norm`` (ERC's, measured on the same seed).
+
+    Rule: S(lr) grows with lr (an SGD step is proportional to lr to first order). Run 1 is at cfg.lr;
+    run 2 at lr * target / S (the proportional guess); from then on the secant through the two runs
+    closest to the target, lr = lr_a + (target - S_a) (lr_b - lr_a) / (S_b - S_a), with the
+    proportional guess whenever the secant is undefined or gives lr <= 0. Stops when
+    |S / target - 1| <= tol or after ``max_runs`` runs; returns (lr, records) of the run closest to
+    the target. ``first``: records of the run at cfg.lr (the no-ERC arm), if already made.
+    """
+    check_positive("target_step_norm", target_step_norm)
+    check_fraction("tol", tol)
+    if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
+        raise ValueError(f"max_runs must be a positive int, got {max_runs!r}")
+    off = replace(cfg, erc=False, erc_mask="entropy-ratio")
+    tried: list[tuple[float, float, float, list[dict]]] = []  # (gap, lr, S, records)
+    lr = cfg.lr
+    for k in range(max_runs):
+        recs = first if (k == 0 and first is not None) else run_bandit(replace(off, lr=lr), seed)
+        S = mean_step_norm(recs)
+        tried.append((abs(S / target_step_norm - 1.0), lr, S, recs))
+        tried.sort(key=lambda t: t[0])
+        if tried[0][0] <= tol:
+            break
+        guess = lr * target_step_norm / max(S, 1e-12)
+        if len(tried) >= 2:
+            (_, lr_a, S_a, _), (_, lr_b, S_b, _) = tried[:2]
+            if S_b != S_a:
+                secant = lr_a + (target_step_norm - S_a) * (lr_b - lr_a) / (S_b - S_a)
+                guess = secant if secant > 0 else guess
+        lr = guess
+    return tried[0][1], tried[0][3]
+
+
+def control_runs(cfg: BanditConfig, seeds: tuple[int, ...] | None = None, tol: float = 0.01,
+                 max_runs: int = 8) -> list[dict]:
+    """The four arms that separate "ERC restrains drift PPO-clip cannot see" from "ERC shortens the
+    step", per seed (same seed: same initial policy, reward table and first rollout):
+
+        "no ERC"        cfg without ERC, at cfg.lr
+        "ERC"           cfg with ERC (entropy-ratio mask)
+        "matched step"  without ERC, lr matched per seed to ERC's mean parameter step (matched_step_run)
+        "random mask"   ERC's band replaced by a random mask stopping as many samples as ERC's band
+                        would clip in that minibatch (PolicyLossConfig.erc_mask="random")
+
+    Every record carries ``label``, ``seed`` and ``lr`` (the matched lr for "matched step")."""
+    out = []
+    for seed in (cfg.seeds if seeds is None else seeds):
+        off = run_bandit(replace(cfg, erc=False, erc_mask="entropy-ratio"), seed)
+        on = run_bandit(replace(cfg, erc=True, erc_mask="entropy-ratio"), seed)
+        lr_m, matched = matched_step_run(cfg, seed, mean_step_norm(on), tol, max_runs, first=off)
+        rnd = run_bandit(replace(cfg, erc=True, erc_mask="random"), seed)
+        for label, recs, lr in zip(CONTROL_LABELS, (off, on, matched, rnd), (cfg.lr, cfg.lr, lr_m, cfg.lr)):
+            out.extend({**r, "label": label, "lr": lr} for r in recs)
+    return out
+
+
+def detector_share(records: list[dict], label: str | None = None) -> tuple[dict[int, float], dict[int, float]]:
+    """Per seed, pooled over updates: ({seed: share of out-of-band samples at top-drift contexts},
+    {seed: that share under random flagging}) from detector_counts' records. Seeds that never
+    flagged a sample are left out."""
+    acc: dict[int, list[float]] = {}
+    for r in records:
+        if (label is not None and r.get("label") != label) or r["update"] == 0:
+            continue
+        a = acc.setdefault(r["seed"], [0.0, 0.0, 0.0, 0.0])
+        for i, k in enumerate(("detector/flagged_top", "detector/flagged", "detector/samples_top", "detector/samples")):
+            a[i] += r[k]
+    if not acc:
+        raise ValueError(f"no update records with label {label!r}")
+    share = {s: a[0] / a[1] for s, a in acc.items() if a[1] > 0}
+    chance = {s: a[2] / a[3] for s, a in acc.items() if a[1] > 0}
+    return share, chance
 
 
 def config_dict(cfg: BanditConfig) -> dict:
