@@ -386,6 +386,7 @@ class TrainConfig(_Section):
     tensorboard: bool = False           # also write TensorBoard logs under <out>/tb
     progress: bool = True               # tqdm progress bar
     plot: bool = True                   # PNG of reward / entropy / clip fractions at the end
+    log_update_norm: bool = True        # log optim/update_norm (||step||_2; keeps one copy of the trained weights during the optimizer step)
     save_policy: bool = True            # write the final policy as a Hugging Face folder (safetensors) <out>/policy
 
     def _check(self) -> None:
@@ -527,6 +528,7 @@ def _gpu_paper_1_5b() -> Config:
         optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.1, grad_clip=1.0,
                           warmup_from_zero=True, decay_1d_params=True),  # the authors' verl fork (see data/recipes)
         train=TrainConfig(minibatch_prompts=16,                     # -> 8 optimizer steps per rollout batch
+                          log_update_norm=False,                    # its weight copy would cost 6 GB at 1.5B
                           micro_batch_size=8, max_tokens_per_forward=65_536,  # <= 3 rows x 20K per forward/backward
                           steps=1000, save_every=10, eval_every=10, eval_before_training=False,
                           eval_k=32, eval_temperature=0.6, eval_top_p=0.95, eval_max_new_tokens=32768,

@@ -393,7 +393,14 @@ class Trainer:
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        # ||theta_after - theta_before||_2, on device (no sync); train.log_update_norm: one weight copy
+        before = [p.detach().clone() for p in params] if self.cfg.train.log_update_norm else None
         self.opt.step()
+        if before is not None:
+            for b, p in zip(before, params):
+                b.sub_(p.detach())
+            acc["optim/update_norm"] = torch.nn.utils.get_total_norm(before).float()
+            del before
         self.opt.zero_grad(set_to_none=True)   # free the gradients: the rollout and evaluation do not need them
         self.model.eval()
         acc["grad/norm"] = gnorm.detach()
@@ -432,6 +439,7 @@ class Trainer:
             "len/response_mean": batch.response_lengths.float().mean(),
             "len/truncated_frac": (~_ends_with_eos(batch, self.model, self.tok)).float().mean(),
             "entropy/old_mean": (batch.old_entropy * rm).sum() / rm.sum(),
+            "rollout/distinct_frac": distinct_fraction(batch.sequences[:, batch.prompt_len:], rm),
             "batch/seq_width": int(batch.sequences.shape[1]),
             "batch/tokens": batch.attention_mask.sum(),
             "batch/kept_groups": keep.view(-1, r.group_size)[:, 0].sum(),
@@ -619,6 +627,18 @@ def _ends_with_eos(batch: RolloutBatch, model, tok) -> torch.Tensor:
     resp = batch.sequences[:, batch.prompt_len:]
     last = resp.gather(1, (batch.response_lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.isin(last, torch.tensor(eos_ids(model, tok), device=last.device))
+
+
+def distinct_fraction(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of distinct rows among the N rows of ``tokens`` (N, T), each row read at ``mask`` only
+    (a response's tokens; padding ignored): 1 = all different, 1/N = all the same. A 0-d tensor on the
+    device, no host sync: row i is hashed as h_i = sum_t w_t * (tok_it + 1) * m_it with fixed random
+    float64 weights w (distinct rows collide only by exact float equality), then distinct hashes are
+    counted after a sort."""
+    gen = torch.Generator().manual_seed(0)   # its own generator: the global RNG (the run's trajectory) is untouched
+    w = torch.rand(tokens.shape[1], generator=gen, dtype=torch.float64).to(tokens.device)
+    h = (((tokens.double() + 1) * mask) * w).sum(-1).sort().values
+    return (1 + (h[1:] != h[:-1]).sum()).double() / max(h.numel(), 1)
 
 
 def _autocast(device, dtype):

@@ -1,0 +1,4 @@
+"""``python -m ercref.study <study> [--hours H] [--workers N] ...``: see ercref.study.runner."""
+from .runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Named studies as data: which runs a question needs, nothing about how they are run (runner.py).
+
+A ``Study`` is a preset, overrides shared by every run (``base``), cells (a setting of the
+environment: optimizer steps per batch, learning rate, ...; name -> overrides) and arms (the
+method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One run = one
+(cell, arm, seed); its config is ``make_config(preset, base | cell | arm | {"train.seed": seed})``.
+
+    tiny-stability-map  cpu-tiny: K in {1, 2, 4, 8, 16} optimizer steps per rollout batch of 16 prompts
+                        (train.minibatch_prompts = 16 / K) x learning rates MAP_LRS; DAPO and DAPO+ERC
+                        (beta 0.05) everywhere, GPPO and GPPO+ERC at K in GPPO_KS; seeds 0-4; 100 RL steps
+    tiny-controls       cpu-tiny at CONTROL_CELLS (any map cell name is accepted with --cells): every
+                        baseline and control of issue 11 and the beta ablation {0.01, 0.05, 0.1, 0.2}
+    smollm2-learns      cpu-smollm2: DAPO, DAPO+ERC and the random-mask control, 5 seeds; the budget
+                        (steps, batch, lr, K) are parameters of ``smollm2_learns``
+
+Cost of tiny-stability-map (measured 2026-11-29 on the 2-core dev machine, shared, load ~8-10; one
+thread per run, two runs side by side): ~105 s per run of start-up (model, 120 SFT steps, evaluations)
+plus ~1.1 s (K = 1) to ~2.5 s (K = 16) per RL step, so ~220-360 s per 100-step run, ~290 s on average:
+210 runs x ~290 s ~ 17 CPU-hours, ~8.5 h of wall time with 2 workers (an idle machine is faster; the
+runner's --status prints the estimate from the cache's own measured run times). tiny-controls at its
+2 default cells: 110 runs, ~9 CPU-hours.
+
+Matched-step control (``Study.matched``: arm -> (target arm, reference arm)): the arm runs with
+the reference arm's config at learning rate
+
+    lr_matched = lr_reference * mean ||dtheta||(target) / mean ||dtheta||(reference)
+
+where mean ||dtheta|| is the mean of ``optim/update_norm`` (the L2 norm of one AdamW step's
+parameter change) over every minibatch row of every study seed of that arm at that cell. AdamW's
+step is lr times a gradient-scale-free direction, so its norm is ~proportional to lr and this
+matches the mean step length to first order (the runner logs the achieved ratio in the run's
+meta). The runner computes it from the cache (runner.matched_lr), so the arm waits until both
+arms have every seed of the study at that cell.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .experiments import GPPO_EPS, erc_arm
+
+ARM_OR_CELL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._=-]*$")   # a folder name in the cache
+
+
+@dataclass
+class Study:
+    """A named set of runs: cells x arms x seeds of one preset (see the module docstring)."""
+    name: str
+    preset: str
+    base: dict
+    cells: dict[str, dict]
+    arms: dict[str, dict]
+    seeds: list[int]
+    default_cells: list[str] | None = None            # what runs without --cells (None: every cell)
+    cell_arms: dict[str, list[str]] = field(default_factory=dict)   # cell -> its arms (absent: every arm)
+    matched: dict[str, tuple[str, str]] = field(default_factory=dict)  # arm -> (target arm, reference arm)
+    est_run_s: float = 60.0                            # prior for one run's wall time until the cache has some
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for kind, names in (("cell", self.cells), ("arm", self.arms)):
+            for n in names:
+                if not ARM_OR_CELL_NAME.match(n):
+                    raise ValueError(f"{kind} name {n!r} of study {self.name!r} must match {ARM_OR_CELL_NAME.pattern} "
+                                     "(it names a folder of the cache)")
+        for n in (self.default_cells or []) + list(self.cell_arms):
+            if n not in self.cells:
+                raise ValueError(f"study {self.name!r}: cell {n!r} is not one of {list(self.cells)}")
+        for arms in self.cell_arms.values():
+            for a in arms:
+                if a not in self.arms:
+                    raise ValueError(f"study {self.name!r}: arm {a!r} is not one of {list(self.arms)}")
+        for a, (target, ref) in self.matched.items():
+            if a not in self.arms or target not in self.arms or ref not in self.arms:
+                raise ValueError(f"study {self.name!r}: matched arm {a!r} -> ({target!r}, {ref!r}) names an unknown arm")
+
+    def arms_at(self, cell: str) -> list[str]:
+        return list(self.cell_arms.get(cell, self.arms))
+
+    def overrides(self, cell: str, arm: str, seed: int, extra: dict | None = None) -> dict:
+        """The overrides of one run (base < cell < arm < seed < extra)."""
+        if cell not in self.cells:
+            raise ValueError(f"cell must be one of {list(self.cells)} (study {self.name!r}), got {cell!r}")
+        if arm not in self.arms:
+            raise ValueError(f"arm must be one of {list(self.arms)} (study {self.name!r}), got {arm!r}")
+        return {**self.base, **self.cells[cell], **self.arms[arm], "train.seed": int(seed), **(extra or {})}
+
+    def config(self, cell: str, arm: str, seed: int, extra: dict | None = None):
+        from ercref.lm.config import make_config
+
+        return make_config(self.preset, overrides=self.overrides(cell, arm, seed, extra))
+
+    def runs(self, cells=None, arms=None, seeds=None) -> list[tuple[str, str, int]]:
+        """(cell, arm, seed) of every run selected, seeds outermost (paired arms finish together) and
+        matched arms last (they need the others' results). ValueError naming an unknown cell / arm."""
+        for kind, given, known in (("cells", cells, self.cells), ("arms", arms, self.arms)):
+            bad = [x for x in (given or []) if x not in known]
+            if bad:
+                raise ValueError(f"--{kind}: {bad} not in study {self.name!r}; known: {list(known)}")
+        cells = list(cells) if cells else list(self.default_cells or self.cells)
+        seeds = [int(s) for s in seeds] if seeds is not None and len(seeds) else list(self.seeds)
+        out = []
+        for late in (False, True):
+            for seed in seeds:
+                for cell in cells:
+                    for arm in self.arms_at(cell):
+                        if (arms and arm not in arms) or ((arm in self.matched) != late):
+                            continue
+                        out.append((cell, arm, seed))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "preset": self.preset, "base": self.base, "cells": self.cells, "arms": self.arms,
+                "seeds": self.seeds, "default_cells": self.default_cells, "cell_arms": self.cell_arms,
+                "matched": {k: list(v) for k, v in self.matched.items()}, "est_run_s": self.est_run_s,
+                "description": self.description}
+
+
+# ----------------------------------------------------------------------------- tiny LM
+MAP_KS = (1, 2, 4, 8, 16)          # optimizer steps per rollout batch of 16 prompts
+# Learning rates from probe runs (K = 16, seed 0, 100 steps, 2026-11-29): DAPO at 3e-4 is stable (entropy
+# 0.90 -> 0.36, held-out avg@4 0.14 -> 0.27); at 1e-3 its entropy collapses (0.73 -> 0.03 by step 50, avg@4
+# flat at 0.16; DAPO+ERC there: entropy 0.82 -> 0.17 at step 100, ERC clips ~60 % of tokens); at 3e-3 it
+# collapses within 10 steps (a grad-norm spike of 10, then reward 0 and zero gradients).
+MAP_LRS = (3e-4, 1e-3, 3e-3)
+GPPO_KS = (4, 16)                  # the subset of K where GPPO +- ERC also runs (every lr)
+TINY_STUDY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 100,
+                   "rollout.prompts_per_step": 16, "train.eval_every": 20, "train.save_checkpoints": False,
+                   "train.save_policy": False}
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def tiny_cell(k: int, lr: float) -> tuple[str, dict]:
+    """("K{k}-lr{lr:g}", overrides): k optimizer steps per rollout batch of 16 prompts at AdamW lr."""
+    if k not in MAP_KS:
+        raise ValueError(f"K must be one of {MAP_KS} (16 prompts split evenly), got {k}")
+    return f"K{k}-lr{lr:g}", {"train.minibatch_prompts": 16 // k, "optim.lr": float(lr)}
+
+
+def parse_tiny_cell(name: str) -> tuple[int, float]:
+    m = re.fullmatch(r"K(\d+)-lr([0-9.e+-]+)", name)
+    if not m:
+        raise ValueError(f"tiny cell name must look like 'K8-lr0.001' (K{{steps per batch}}-lr{{lr}}), got {name!r}")
+    return int(m.group(1)), float(m.group(2))
+
+
+def map_cells(ks=MAP_KS, lrs=MAP_LRS) -> dict[str, dict]:
+    return dict(tiny_cell(k, lr) for k in ks for lr in lrs)
+
+
+def tiny_stability_map(ks=MAP_KS, lrs=MAP_LRS, seeds=SEEDS, steps: int = 100) -> Study:
+    cells = map_cells(ks, lrs)
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
+            "GPPO": erc_arm("gppo", None, **GPPO_EPS), "GPPO+ERC": erc_arm("gppo", 0.05, **GPPO_EPS)}
+    cell_arms = {c: ["DAPO", "DAPO+ERC"] for c in cells if parse_tiny_cell(c)[0] not in GPPO_KS}
+    return Study("tiny-stability-map", "cpu-tiny", {**TINY_STUDY_BASE, "train.steps": steps}, cells, arms, list(seeds),
+                 cell_arms=cell_arms, est_run_s=290.0,
+                 description="Where does off-policy DAPO become unstable on the tiny LM, and does ERC change it? "
+                             "K optimizer steps per rollout batch x learning rate, DAPO vs DAPO+ERC (GPPO +- ERC "
+                             "at some K), 5 seeds.")
+
+
+# Cells for the controls, chosen from the map (edit after the map is in; --cells takes any map cell).
+CONTROL_CELLS = ("K8-lr0.001", "K16-lr0.001")
+ENTROPY_COEF = 0.001   # entropy bonus of the control arm (loss.entropy_coef)
+KL_COEF = 0.01         # KL-to-reference coefficient of the control arm (loss.kl_coef)
+BETAS = (0.01, 0.05, 0.1, 0.2)
+
+
+def tiny_controls(cells=CONTROL_CELLS, seeds=SEEDS, steps: int = 100, entropy_coef: float = ENTROPY_COEF,
+                  kl_coef: float = KL_COEF) -> Study:
+    """Every baseline and control at the map's informative cells (all map cells are defined, so
+    ``--cells`` can pick any; ``cells`` are the default)."""
+    all_cells = map_cells()
+    for c in cells:
+        if c not in all_cells:
+            all_cells[c] = tiny_cell(*parse_tiny_cell(c))[1]
+    arms = {
+        "DAPO": erc_arm("dapo", None),
+        "DAPO+ERC": erc_arm("dapo", 0.05),
+        "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"}),
+        "DAPO-matched-step": erc_arm("dapo", None),           # lr set by the runner (Study.matched)
+        "DAPO+entropy-bonus": erc_arm("dapo", None, **{"loss.entropy_coef": float(entropy_coef)}),
+        "DAPO+KL": erc_arm("dapo", None, **{"loss.kl_coef": float(kl_coef)}),
+        "Clip-Cov": erc_arm("clip_cov", None),
+        "KL-Cov": erc_arm("kl_cov", None),
+    }
+    for b in BETAS:
+        if b != 0.05:
+            arms[f"DAPO+ERC-b{b:g}"] = erc_arm("dapo", b)
+    return Study("tiny-controls", "cpu-tiny", {**TINY_STUDY_BASE, "train.steps": steps}, all_cells, arms, list(seeds),
+                 default_cells=list(cells), matched={"DAPO-matched-step": ("DAPO+ERC", "DAPO")}, est_run_s=290.0,
+                 description="At the informative cells of the map: DAPO, DAPO+ERC, the random-mask and matched-step "
+                             "controls, entropy bonus, KL to the reference, Clip-Cov, KL-Cov, and beta in "
+                             f"{list(BETAS)}.")
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+def smollm2_learns(seeds=SEEDS, steps: int = 30, prompts_per_step: int = 8, group_size: int = 8,
+                   minibatch_prompts: int = 2, lr: float = 1e-5, max_new_tokens: int = 12) -> Study:
+    """SmolLM2-135M on the cpu-smollm2 task: DAPO, DAPO+ERC, random mask. The budget is a parameter
+    (pick one where DAPO's held-out accuracy rises >= 10 points above its start)."""
+    base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
+            "rollout.prompts_per_step": prompts_per_step, "rollout.group_size": group_size,
+            "rollout.max_new_tokens": max_new_tokens, "train.minibatch_prompts": minibatch_prompts,
+            "optim.lr": float(lr), "train.eval_every": max(1, steps // 5), "train.eval_k": 2, "data.num_eval": 32,
+            "train.save_checkpoints": False, "train.save_policy": False}
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
+            "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
+    return Study("smollm2-learns", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=15.0 * steps,
+                 description="Does ERC change what SmolLM2-135M learns (and when it collapses) where DAPO learns?")
+
+
+STUDIES = {"tiny-stability-map": tiny_stability_map, "tiny-controls": tiny_controls, "smollm2-learns": smollm2_learns}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ValueError(f"study must be one of {sorted(STUDIES)}, got {name!r}")
+    return STUDIES[name]()

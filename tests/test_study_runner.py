@@ -1,0 +1,245 @@
+"""The study runner (ercref.study.runner) and the trainer metrics it relies on: optim/update_norm
+and rollout/distinct_frac, skip-if-cached, atomic results under a kill, the --hours budget, the
+matched-step learning-rate rule, the tidy loader. Tiny settings: a few RL steps of the tiny model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ercref.lm.config import make_config
+from ercref.lm.trainer import Trainer, distinct_fraction
+from ercref.study import runner
+from ercref.study.studies import STUDIES, Study, get_study, parse_tiny_cell, tiny_cell
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"sft.steps": 20, "sft.batch_size": 32, "rollout.prompts_per_step": 4, "rollout.group_size": 4,
+         "train.minibatch_prompts": 2, "train.progress": False, "train.plot": False, "data.num_eval": 4,
+         "train.eval_k": 2, "train.steps": 2, "train.threads": 1, "train.save_checkpoints": False,
+         "train.save_policy": False, "train.eval_before_training": False}
+
+
+def small_study(name="t", steps=2, seeds=(0,), est_run_s=30.0) -> Study:
+    return Study(name, "cpu-tiny", {**SMALL, "train.steps": steps}, {"K2-lr0.001": {"optim.lr": 1e-3}},
+                 {"DAPO": {"loss.erc": False}, "DAPO+ERC": {"loss.erc": True}}, list(seeds), est_run_s=est_run_s)
+
+
+# ----------------------------------------------------------------------------- trainer metrics
+def test_distinct_fraction_counts_rows_at_the_mask_only():
+    tok = torch.tensor([[5, 6, 7], [5, 6, 9], [5, 6, 7], [1, 2, 3]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    # rows 0 and 1 agree at their mask (5 6), row 2 is 5 6 7 (longer), row 3 differs
+    assert float(distinct_fraction(tok, mask)) == pytest.approx(3 / 4)
+    assert float(distinct_fraction(tok[:1].repeat(6, 1), mask[:1].repeat(6, 1))) == pytest.approx(1 / 6)
+    assert float(distinct_fraction(torch.arange(12).view(4, 3), torch.ones(4, 3, dtype=torch.bool))) == 1.0
+    g = torch.get_rng_state()
+    distinct_fraction(tok, mask)
+    assert torch.equal(g, torch.get_rng_state())   # the run's RNG stream is untouched
+
+
+def _fit(tmp_path, lr_zero: bool):
+    tr = Trainer(make_config("cpu-tiny", overrides=SMALL), tmp_path / ("zero" if lr_zero else "lr"))
+    if lr_zero:  # the config refuses lr 0; the optimizer does not
+        for g in tr.opt.param_groups:
+            g["lr"] = 0.0
+        tr.sched.base_lrs = [0.0] * len(tr.sched.base_lrs)
+    mbs = []
+
+    class Keep:
+        def on_minibatch(self, trainer, rec):
+            mbs.append((float(rec["optim/update_norm"]), float(rec["grad/norm"])))
+
+    tr.callbacks.append(Keep())
+    return tr.fit(), mbs
+
+
+def test_update_norm_and_distinct_frac_are_logged_and_sane(tmp_path):
+    steps0, mb0 = _fit(tmp_path, lr_zero=True)
+    steps1, mb1 = _fit(tmp_path, lr_zero=False)
+    assert len(mb0) == len(mb1) == 2 * 2          # 2 steps x K = 2 minibatches
+    assert all(u == 0.0 for u, _ in mb0)          # lr 0: AdamW moves nothing (weight decay is lr-scaled)
+    assert any(g > 0 for _, g in mb1)
+    assert all(0 < u < 1e3 for u, g in mb1 if g > 0)   # a nonzero gradient moves the weights
+    for steps, mbs in ((steps0, mb0), (steps1, mb1)):
+        for i, r in enumerate(steps):
+            assert r["optim/update_norm"] == pytest.approx(sum(u for u, _ in mbs[2 * i: 2 * i + 2]) / 2, rel=1e-5)
+            assert 1 / 16 <= r["rollout/distinct_frac"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- study definitions
+def test_named_studies_are_well_formed():
+    m = get_study("tiny-stability-map")
+    assert {parse_tiny_cell(c) for c in m.cells} == {(k, lr) for k in (1, 2, 4, 8, 16) for lr in (3e-4, 1e-3, 3e-3)}
+    assert m.seeds == [0, 1, 2, 3, 4] and m.base["train.steps"] >= 100
+    for c in m.cells:
+        assert {"DAPO", "DAPO+ERC"} <= set(m.arms_at(c))
+    assert any("GPPO" in a for c in m.cells for a in m.arms_at(c))
+    assert not all("GPPO" in m.arms_at(c) for c in m.cells)
+    cfg = m.config("K8-lr0.001", "DAPO", 3)
+    assert (cfg.train.minibatch_prompts, cfg.rollout.prompts_per_step, cfg.optim.lr, cfg.loss.erc, cfg.train.seed) == \
+        (2, 16, 1e-3, False, 3)
+    assert tiny_cell(4, 3e-3) == ("K4-lr0.003", {"train.minibatch_prompts": 4, "optim.lr": 3e-3})
+    c = get_study("tiny-controls")
+    assert {"DAPO", "DAPO+ERC", "DAPO+random-mask", "DAPO-matched-step", "DAPO+entropy-bonus", "DAPO+KL", "Clip-Cov",
+            "KL-Cov", "DAPO+ERC-b0.01", "DAPO+ERC-b0.1", "DAPO+ERC-b0.2"} == set(c.arms)
+    assert c.arms["DAPO+random-mask"]["loss.erc_mask"] == "random"
+    assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "smollm2-learns"}
+    runs = c.runs()
+    assert [a for _, a, _ in runs][-len(c.seeds) * len(c.default_cells):] == ["DAPO-matched-step"] * 10  # matched last
+    with pytest.raises(ValueError, match="--cells"):
+        c.runs(cells=["nope"])
+    with pytest.raises(ValueError, match="folder"):
+        Study("x", "cpu-tiny", {}, {"a b": {}}, {"A": {}}, [0])
+
+
+# ----------------------------------------------------------------------------- matched-step rule
+def test_matched_lr_rule():
+    lr, scale = runner.matched_lr(1e-3, [0.5, 1.5], [2.0, 2.0, 2.0])
+    assert scale == pytest.approx(0.5) and lr == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="reference"):
+        runner.matched_lr(1e-3, [1.0], [0.0])
+    with pytest.raises(ValueError, match="at least one"):
+        runner.matched_lr(1e-3, [], [1.0])
+
+
+def _fake_run(root, cell, arm, seed, wall_s=10.0, norms=(1.0,)):
+    log, meta = runner.run_paths(root, cell, arm, seed)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"kind": "minibatch", "step": 1, "staleness": k, "optim/update_norm": n} for k, n in enumerate(norms)]
+    rows.append({"kind": "step", "step": 1, "reward/mean": 0.5})
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta.write_text(json.dumps({"cell": cell, "arm": arm, "seed": seed, "wall_s": wall_s}))
+
+
+def test_matched_overrides_read_the_cache(tmp_path):
+    s = Study("m", "cpu-tiny", dict(SMALL), {"c": {"optim.lr": 2e-3}}, {"DAPO": {"loss.erc": False},
+              "DAPO+ERC": {"loss.erc": True}, "DAPO-matched": {"loss.erc": False}}, [0, 1],
+              matched={"DAPO-matched": ("DAPO+ERC", "DAPO")})
+    root = tmp_path / "m"
+    for seed in (0, 1):
+        _fake_run(root, "c", "DAPO", seed, norms=(2.0, 2.0))
+    _fake_run(root, "c", "DAPO+ERC", 0, norms=(1.0, 0.5))
+    assert runner.matched_overrides(s, root, "c", "DAPO-matched") is None      # DAPO+ERC seed 1 missing
+    _fake_run(root, "c", "DAPO+ERC", 1, norms=(1.5, 1.0))
+    over = runner.matched_overrides(s, root, "c", "DAPO-matched")
+    assert over["optim.lr"] == pytest.approx(2e-3 * 1.0 / 2.0) and over["_matched"]["scale"] == pytest.approx(0.5)
+    runner.run_paths(root, "c", "DAPO", 1)[0].write_text(json.dumps({"kind": "minibatch", "step": 1}) + "\n")
+    with pytest.raises(ValueError, match="update_norm"):
+        runner.matched_overrides(s, root, "c", "DAPO-matched")
+
+
+# ----------------------------------------------------------------------------- budget
+def test_hours_budget_stops_starting_runs(tmp_path):
+    s = small_study(seeds=(0, 1, 2), est_run_s=7200.0)
+    res = runner.run_study(s, tmp_path, hours=0.5, workers=1, log=lambda *a: None)   # prior: 2 h per run
+    assert res["done"] == [] and len(res["not_started"]) == 6
+    root = runner.study_dir("t", tmp_path)
+    _fake_run(root, "K2-lr0.001", "DAPO", 0, wall_s=3000.0)     # the cache's measured time replaces the prior
+    res = runner.run_study(s, tmp_path, hours=0.5, arms=["DAPO"], workers=1, log=lambda *a: None)
+    assert res["done"] == [] and res["skipped_cached"] == 1 and res["not_started"] == [("K2-lr0.001", "DAPO", 1),
+                                                                                      ("K2-lr0.001", "DAPO", 2)]
+    st = runner.status(s, tmp_path)
+    assert st.set_index("arm").loc["DAPO", "cached"] == 1
+    assert st["left_cpu_h"].sum() == pytest.approx((2 * 3000 + 3 * 3000) / 3600)
+
+
+def test_changed_definition_is_refused(tmp_path):
+    runner.write_study_json(small_study(), tmp_path)
+    runner.write_study_json(small_study(seeds=(0, 1)), tmp_path)     # more seeds: fine
+    s = small_study()
+    s.arms["DAPO"] = {"loss.erc": False, "optim.lr": 5e-4}
+    with pytest.raises(ValueError, match="arm 'DAPO'"):
+        runner.write_study_json(s, tmp_path)
+
+
+def test_a_bad_arm_fails_before_any_run(tmp_path):
+    s = small_study()
+    s.arms["DAPO"] = {"loss.loss": "no_such_loss"}
+    with pytest.raises(ValueError, match="no_such_loss"):
+        runner.run_study(s, tmp_path, workers=1, log=lambda *a: None)
+    assert not (runner.study_dir("t", tmp_path) / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- real runs
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study")
+    res = runner.run_study(small_study(), d, workers=2, log=lambda *a: None)
+    return d, res
+
+
+def test_runs_are_cached_and_skipped(two_runs):
+    d, res = two_runs
+    assert sorted((r["arm"], r["seed"]) for r in res["done"]) == [("DAPO", 0), ("DAPO+ERC", 0)]
+    root = runner.study_dir("t", d)
+    log, meta = runner.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)
+    m = json.loads(meta.read_text())
+    assert m["config"]["loss"]["erc"] is True and m["seed"] == 0 and m["wall_s"] > 0
+    assert {"platform", "cpu", "torch", "torch_threads"} <= set(m["machine"]) and m["machine"]["torch_threads"] == 1
+    assert "git_commit" in m and m["ercref_version"]
+    before = log.stat().st_mtime_ns
+    again = runner.run_study(small_study(), d, workers=2, log=lambda *a: None)
+    assert again["done"] == [] and again["skipped_cached"] == 2 and log.stat().st_mtime_ns == before
+    assert not list(root.rglob(".*tmp*"))
+
+
+def test_loader_returns_tidy_frames(two_runs):
+    d, _ = two_runs
+    res = runner.load_study("t", d)
+    for df in (res.steps, res.minibatches, res.evals):
+        assert {"cell", "arm", "seed"} <= set(df.columns)
+    assert len(res.steps) == 2 * 2 and len(res.minibatches) == 2 * 2 * 2      # arms x steps (x K)
+    assert set(res.steps["arm"]) == {"DAPO", "DAPO+ERC"} and set(res.steps["cell"]) == {"K2-lr0.001"}
+    assert res.steps.groupby("arm")["step"].apply(list).to_dict() == {"DAPO": [1, 2], "DAPO+ERC": [1, 2]}
+    assert "erc/clip_frac" in res.minibatches.columns and "optim/update_norm" in res.minibatches.columns
+    assert len(res.runs) == 2 and res.definition["name"] == "t"
+    with pytest.raises(ValueError, match="no cached study"):
+        runner.load_study("nothing", d)
+
+
+_KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_study_runner import small_study
+from ercref.study import runner
+runner.main(["t", "--workers", "1", "--results-dir", sys.argv[1]], studies={{"t": lambda: small_study(steps=400)}})
+"""
+
+
+def test_a_killed_study_leaves_no_partial_run(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT.format(tests=str(REPO / "tests")), str(tmp_path / "res")],
+                            cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:   # wait until the worker's engine has logged an RL step, then kill the study (parent and worker)
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            logs = list((tmp_path / "tmp").glob("ercref-t-*/run/metrics.jsonl"))
+            if logs and '"kind": "step"' in logs[0].read_text():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert logs, "the run never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    root = runner.study_dir("t", tmp_path / "res")
+    assert (root / "study.json").is_file()
+    assert not list((root / "runs").rglob("seed*")) if (root / "runs").exists() else True
+    assert not runner.is_cached(root, "K2-lr0.001", "DAPO", 0)
+    assert runner.load_study("t", tmp_path / "res").steps.empty
+
+
+def test_cli_list_and_status(two_runs, capsys):
+    d, _ = two_runs
+    assert runner.main(["--list"]) == 0
+    assert "tiny-stability-map" in capsys.readouterr().out
+    assert runner.main(["t", "--status", "--results-dir", str(d)], studies={"t": small_study}) == 0
+    assert "cached 2 / 2 runs" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        runner.main(["t", "--cells", "nope", "--status"], studies={"t": small_study})
