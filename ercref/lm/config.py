@@ -386,7 +386,7 @@ class TrainConfig(_Section):
     tensorboard: bool = False           # also write TensorBoard logs under <out>/tb
     progress: bool = True               # tqdm progress bar
     plot: bool = True                   # PNG of reward / entropy / clip fractions at the end
-    log_update_norm: bool = True        # log optim/update_norm (||step||_2; keeps one copy of the trained weights during the optimizer step)
+    log_update_norm: bool = True        # log optim/update_norm, ||step||_2 (one weight copy per optimizer step)
     save_policy: bool = True            # write the final policy as a Hugging Face folder (safetensors) <out>/policy
 
     def _check(self) -> None:
