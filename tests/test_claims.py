@@ -212,7 +212,7 @@ def _synthetic_logs(acc_gap: float, seeds=(0, 1, 2, 3, 4), erc_rate: float = 0.2
         for label, erc in (("B", False), ("E", True)):
             for t in range(1, 11):
                 zig = 0.0 if erc else (0.3 if t % 2 else -0.3)
-                steps.append({"label": label, "seed": s, "step": t, "entropy/new_mean": 1.0 - 0.01 * t + zig,
+                steps.append({"label": label, "seed": s, "step": t, C.ENTROPY_KEY: 1.0 - 0.01 * t + zig,
                               "grad/norm": 1.0 + (0.0 if erc else 0.5 * (t % 2)) + 0.01 * rng.random()})
                 for k in range(4):
                     rec = {"label": label, "seed": s, "step": t, "staleness": k, "ppo/clip_frac_low": 0.0005,
@@ -274,3 +274,34 @@ def test_claims_table_ppo_ratio_is_tested_without_division():
     assert v["1b. PPO-clip clips < 0.1 x ERC's tokens"] == C.CONTRADICTED
     with pytest.raises(ValueError, match="max_ratio"):
         C.claims_table(steps, mbs, evals, toks, erc="E", base="B", max_ratio=2.0)
+
+
+def test_claims_table_and_stability_read_the_same_entropy_curve():
+    """Claim 3's entropy fluctuation is stability.entropy_volatility of the same run (one key, one rule)."""
+    import inspect
+
+    from ercref.study import stability
+
+    assert inspect.signature(stability.entropy_volatility).parameters["key"].default == C.ENTROPY_KEY
+    assert C.ENTROPY_KEY == "entropy/old_mean"           # the rollout policy's entropy, as the paper's curves
+    steps, mbs, evals, toks = _synthetic_logs(acc_gap=0.1)
+    steps = steps.assign(**{"entropy/new_mean": 5.0})    # a flat update-forward entropy must not be the one read
+    _, n = C.claims_table(steps, mbs, evals, toks, erc="E", base="B")
+    for label, arm in (("E", "erc"), ("B", "base")):
+        for s, g in steps[steps["label"] == label].groupby("seed"):
+            rows = [{"kind": "step", **r} for r in g.to_dict("records")]
+            assert n[f"seeds/fluct_entropy_{arm}"][s] == pytest.approx(stability.entropy_volatility(rows))
+    assert n["seeds/fluct_entropy_base"][0] > 0.1 > n["seeds/fluct_entropy_erc"][0]
+
+
+def test_claims_table_without_tokens_says_claim_2_is_not_measured():
+    steps, mbs, evals, toks = _synthetic_logs(acc_gap=0.1)
+    table, n = C.claims_table(steps, mbs, evals, None, erc="E", base="B")
+    with_tokens, _ = C.claims_table(steps, mbs, evals, toks, erc="E", base="B")
+    row = table.set_index("claim").loc["2. ERC-clipped tokens are mostly low-entropy"]
+    assert row["verdict"] == C.NOT_MEASURED and "tokens=None" in row["detail"]
+    assert "2. ERC-clipped tokens are mostly low-entropy" not in n["verdicts"] and "low_entropy_share" not in n
+    others = table[table["verdict"] != C.NOT_MEASURED]
+    assert len(others) == len(with_tokens) - 1 and set(others["verdict"]) == {C.REPRODUCED}
+    pd.testing.assert_frame_equal(others.reset_index(drop=True),
+                                  with_tokens[with_tokens["claim"] != row.name].reset_index(drop=True))

@@ -114,3 +114,10 @@ def test_run_summary_of_a_real_engine_log(tmp_path):
     assert s["steps"] == 4 and s["entropy_volatility"] >= 0 and isinstance(s["grad_spikes"], int)
     assert 0 <= s["final_accuracy"] <= 1 and s["erc_clip_k0"] == 0.0     # on-policy: rho = 1 exactly
     assert s["update_norm"] is None or s["update_norm"] > 0
+
+
+def test_zero_gradient_minibatches_are_neither_spikes_nor_history():
+    # after a collapse the norm is exactly 0 (no advantage): the median must not fall to 0
+    norms = [1.0, 1.1, 0.9, 1.0, 1.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.2, 0.0, 0.95, 5.0]
+    rows = [{"kind": "minibatch", "step": i + 1, "staleness": 0, "grad/norm": g} for i, g in enumerate(norms)]
+    assert S.grad_norm_spikes(rows, k=3, min_history=5) == 1          # only the 5.0

@@ -182,6 +182,13 @@ def test_runs_are_cached_and_skipped(two_runs):
     assert m["config"]["loss"]["erc"] is True and m["seed"] == 0 and m["wall_s"] > 0
     assert {"platform", "cpu", "torch", "torch_threads"} <= set(m["machine"]) and m["machine"]["torch_threads"] == 1
     assert "git_commit" in m and m["ercref_version"]
+    assert log.name.endswith(".jsonl.gz") and log.read_bytes()[:2] == b"\x1f\x8b"   # gzip JSON Lines
+    rows = runner.read_run_log(log)
+    assert {"sft", "step", "minibatch", "eval"} <= {r["kind"] for r in rows}
+    plain = log.with_name("plain.jsonl")                                          # a plain .jsonl reads too
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.read_run_log(plain) == rows
+    plain.unlink()
     before = log.stat().st_mtime_ns
     again = runner.run_study(small_study(), d, workers=2, log=lambda *a: None)
     assert again["done"] == [] and again["skipped_cached"] == 2 and log.stat().st_mtime_ns == before

@@ -1,4 +1,4 @@
-"""``python -m ercref.study <study> [--hours H] [--workers N] ...``: see ercref.study.runner."""
+"""``python -m ercref.study <study> [--hours H] [--workers N] [--status] [--report] ...``: see ercref.study.runner."""
 from .runner import main
 
 raise SystemExit(main())

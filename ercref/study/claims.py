@@ -30,7 +30,8 @@ Claims (claims_table):
         form ppo_s - max_ratio * erc_s, direction -1 (no division by a rate that can be 0).
     2   clipped tokens are low-entropy: share of ERC-clipped tokens whose old entropy is below the
         run's median, per seed, against 0.5, direction +1.
-    3   entropy and grad-norm curves fluctuate less: step-to-step std, paired ERC - baseline, -1.
+    3   entropy and grad-norm curves fluctuate less: step-to-step std, paired ERC - baseline, -1
+        (entropy: ENTROPY_KEY, the rollout policy's per-step entropy, as stability.entropy_volatility).
     4   accuracy improves: final eval avg@k, paired ERC - baseline, direction +1.
 
 Edge cases (chosen here, tested in tests/test_claims.py):
@@ -53,6 +54,11 @@ from ercref.study.plots import mean_interval, t_quantile
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
 LABELS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
+NOT_MEASURED = "not measured"        # claims_table's label for a claim whose inputs were not passed (no verdict)
+# The per-step entropy every fluctuation measure reads (claim 3 here, stability.entropy_volatility):
+# the rollout policy's mean token entropy of that step, what the paper's entropy curves show.
+ENTROPY_KEY = "entropy/old_mean"
+CLIP_RATE_BAND = (0.10, 0.40)        # claim 1a: the paper's "ERC clips ~20 % of tokens", read as a band
 
 
 @dataclass(frozen=True)
@@ -217,14 +223,16 @@ def fmt_interval(iv, pct: bool = False, digits: int = 3) -> str:
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataFrame, tokens: pd.DataFrame,
-                 erc: str, base: str, acc_key: str | None = None, band: tuple[float, float] = (0.10, 0.40),
+def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataFrame, tokens: pd.DataFrame | None,
+                 erc: str, base: str, acc_key: str | None = None, band: tuple[float, float] = CLIP_RATE_BAND,
                  max_ratio: float = 0.1, drop_unpaired: bool = False) -> tuple[pd.DataFrame, dict]:
     """The paper's claims (module doc) for arms ``erc`` (ERC on, beta 0.05) and ``base`` (same loss
     without ERC).
 
     steps / minibatches / evals: the engine's log records with label and seed; tokens: one row
-    per captured response token (experiments.token_table) with old_entropy, clipped, label, seed.
+    per captured response token (experiments.token_table) with old_entropy, clipped, label, seed;
+    None when the runs captured no tokens (claim 2's row then reads NOT_MEASURED, without a Verdict).
+    Claim 3's entropy curve is ENTROPY_KEY of the step rows.
     Returns (table with columns claim, measure, ERC, baseline, verdict (the label), detail
     (str of the Verdict, with the MDE when inconclusive), note; dict of the raw numbers, with
     per-seed values under "seeds/<name>" and the Verdict objects under "verdicts").
@@ -234,9 +242,11 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     n: dict = {"verdicts": {}}
     rows = []
 
-    def add(claim, measure, erc_txt, base_txt, v: Verdict, note=""):
-        n["verdicts"][claim] = v
-        rows.append((claim, measure, erc_txt, base_txt, v.label, str(v), note))
+    def add(claim, measure, erc_txt, base_txt, v: Verdict | None, note=""):
+        if v is not None:
+            n["verdicts"][claim] = v
+        rows.append((claim, measure, erc_txt, base_txt, NOT_MEASURED if v is None else v.label,
+                     note if v is None else str(v), "" if v is None else note))
 
     # 1. clip rates
     mb_erc = minibatches[minibatches["label"] == erc]
@@ -251,7 +261,7 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     n["erc_clip_all"], n["erc_clip_stale"] = interval(rate_all.values()), interval(rate_stale.values())
     n["ppo_clip_erc_arm"], n["ppo_clip_base_arm"] = interval(ppo_erc_arm.values()), interval(ppo_base_arm.values())
     beta_note = ""
-    if "rho" in tokens.columns:
+    if tokens is not None and "rho" in tokens.columns:
         n["beta_at_20pct"] = interval(per_seed(tokens, erc, lambda g: beta_at_target_rate(g["rho"])).values())
         beta_note = f"; beta that would clip 20% of the captured tokens: {fmt_interval(n['beta_at_20pct'])}"
     band_txt = f"[{band[0]:.0%}, {band[1]:.0%}]"
@@ -268,27 +278,14 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
         (f"PPO/ERC ratio mean over seeds {np.mean(ratio):.3g}; " if ratio else "")
         + f"PPO-clip in the baseline arm {fmt_interval(n['ppo_clip_base_arm'], pct=True)}")
     # 2. low-entropy share of clipped tokens (low: old entropy below the median of all captured tokens of that run)
-    tk = tokens[tokens["label"] == erc]
+    if tokens is None:
+        add("2. ERC-clipped tokens are mostly low-entropy", "share of clipped tokens with old entropy below the "
+            "run's median", "", "", None, "no per-token captures were passed (tokens=None)")
+    else:
+        _low_entropy_claim(tokens, erc, n, add)
 
-    def low_share(g):
-        med = g["old_entropy"].median()
-        c = g[g["clipped"]]
-        return float((c["old_entropy"] < med).mean()) if len(c) else float("nan")
-
-    shares = {s: v for s, v in per_seed(tk, erc, low_share).items() if math.isfinite(v)}
-    if not shares:
-        raise ValueError("no ERC-clipped token in the captures; claim 2 cannot be measured")
-    n["seeds/low_entropy_share"] = shares
-    n["low_entropy_share"] = interval(shares.values())
-    n["median_H_clipped"] = interval(per_seed(tk, erc, lambda g: g[g["clipped"]]["old_entropy"].median()).values())
-    n["median_H_kept"] = interval(per_seed(tk, erc, lambda g: g[~g["clipped"]]["old_entropy"].median()).values())
-    add("2. ERC-clipped tokens are mostly low-entropy", "share of clipped tokens with old entropy below the run's median",
-        fmt_interval(n["low_entropy_share"], pct=True), "threshold 50%",
-        direction_verdict(shares, +1, 0.5, "low-entropy share"),
-        f"seeds with a clipped token: {len(shares)}; median old entropy: clipped {fmt_interval(n['median_H_clipped'])}, "
-        f"kept {fmt_interval(n['median_H_kept'])} nats")
     # 3. fluctuation of entropy and grad norm
-    for key, name in (("entropy/new_mean", "entropy"), ("grad/norm", "grad norm")):
+    for key, name in ((ENTROPY_KEY, "entropy"), ("grad/norm", "grad norm")):
         a = per_seed(steps, erc, lambda g: step_to_step_std(g.sort_values("step")[key]))
         b = per_seed(steps, base, lambda g: step_to_step_std(g.sort_values("step")[key]))
         n[f"seeds/fluct_{name}_erc"], n[f"seeds/fluct_{name}_base"] = a, b
@@ -310,3 +307,26 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
         paired_verdict(a, b, +1, f"{acc_key} ERC - baseline", drop_unpaired))
     df = pd.DataFrame(rows, columns=["claim", "measure", "ERC", "baseline", "verdict", "detail", "note"])
     return df, n
+
+
+def _low_entropy_claim(tokens: pd.DataFrame, erc: str, n: dict, add) -> None:
+    """Claim 2 of claims_table, from the per-token captures: adds its numbers to ``n`` and its row with ``add``."""
+    tk = tokens[tokens["label"] == erc]
+
+    def low_share(g):
+        med = g["old_entropy"].median()
+        c = g[g["clipped"]]
+        return float((c["old_entropy"] < med).mean()) if len(c) else float("nan")
+
+    shares = {s: v for s, v in per_seed(tk, erc, low_share).items() if math.isfinite(v)}
+    if not shares:
+        raise ValueError("no ERC-clipped token in the captures; claim 2 cannot be measured")
+    n["seeds/low_entropy_share"] = shares
+    n["low_entropy_share"] = interval(shares.values())
+    n["median_H_clipped"] = interval(per_seed(tk, erc, lambda g: g[g["clipped"]]["old_entropy"].median()).values())
+    n["median_H_kept"] = interval(per_seed(tk, erc, lambda g: g[~g["clipped"]]["old_entropy"].median()).values())
+    add("2. ERC-clipped tokens are mostly low-entropy", "share of clipped tokens with old entropy below the run's median",
+        fmt_interval(n["low_entropy_share"], pct=True), "threshold 50%",
+        direction_verdict(shares, +1, 0.5, "low-entropy share"),
+        f"seeds with a clipped token: {len(shares)}; median old entropy: clipped {fmt_interval(n['median_H_clipped'])}, "
+        f"kept {fmt_interval(n['median_H_kept'])} nats")

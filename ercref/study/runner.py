@@ -2,16 +2,18 @@
 
     python -m ercref.study tiny-stability-map --hours 2.5      # fill the cache for 2.5 h, then stop
     python -m ercref.study tiny-stability-map --status         # what is cached, what is left, CPU-hours
+    python -m ercref.study tiny-stability-map --report         # the verdict table of the cache (report.py)
     python -m ercref.study --list                              # the studies
 
 One run (cell, arm, seed) is one unit of work. Cache of study NAME (results dir default data/results):
 
     NAME/study.json                              the study's definition (cells, arms, seeds, overrides)
-    NAME/runs/CELL/ARM/seedK.jsonl               the engine's log rows (kinds sft / step / minibatch / eval)
+    NAME/runs/CELL/ARM/seedK.jsonl.gz            the engine's log rows (kinds sft / step / minibatch / eval),
+                                                 gzip-compressed JSON Lines (~6x smaller; read_run_log reads it)
     NAME/runs/CELL/ARM/seedK.meta.json           config, seed, git commit, machine, wall seconds, ercref version
 
-A run whose .jsonl exists is skipped. Both files are written when the run ends, each to a temporary
-name and moved into place (os.replace): the .meta.json first, the .jsonl last, so a .jsonl is the
+A run whose .jsonl.gz exists is skipped. Both files are written when the run ends, each to a temporary
+name and moved into place (os.replace): the .meta.json first, the .jsonl.gz last, so a .jsonl.gz is the
 mark of a finished run and a study killed at any moment leaves a consistent cache. With ``--hours``
 the runner starts a run only if, by its estimate (the median wall time of cached runs of the same
 arm and cell, else of the arm, else of the study, else the study's prior), it ends within the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import gzip
 import json
 import multiprocessing
 import os
@@ -40,6 +43,7 @@ from .experiments import RESULTS_DIR, compact
 from .studies import STUDIES, Study
 
 DEFAULT_WORKERS = 2
+LOG_SUFFIX = ".jsonl.gz"
 
 
 # ----------------------------------------------------------------------------- cache paths
@@ -50,18 +54,30 @@ def study_dir(name: str, results_dir=None) -> Path:
 def run_paths(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, Path]:
     """(log, meta) paths of one run under the study folder ``root``."""
     d = root / "runs" / cell / arm
-    return d / f"seed{seed}.jsonl", d / f"seed{seed}.meta.json"
+    return d / f"seed{seed}{LOG_SUFFIX}", d / f"seed{seed}.meta.json"
+
+
+def read_run_log(path: str | os.PathLike) -> list[dict]:
+    """The log rows of one cached run (gzip JSON Lines; a plain .jsonl also reads)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def _seed_of(log: Path) -> int:
+    return int(log.name[len("seed"):-len(LOG_SUFFIX)])
 
 
 def is_cached(root: Path, cell: str, arm: str, seed: int) -> bool:
     return run_paths(root, cell, arm, seed)[0].is_file()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str | bytes) -> None:
     """Write to a hidden temporary file in the same folder, then os.replace (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
+    with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -167,7 +183,7 @@ def matched_overrides(study: Study, root: Path, cell: str, arm: str) -> dict | N
 
 # ----------------------------------------------------------------------------- one run
 def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: int, extra: dict | None = None) -> dict:
-    """Train one (cell, arm, seed) and write its .meta.json and .jsonl atomically (in that order).
+    """Train one (cell, arm, seed) and write its .meta.json and .jsonl.gz atomically (in that order).
     Meant for a worker process: the engine runs in a temporary folder that is removed after."""
     import torch
 
@@ -194,7 +210,7 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     log_path, meta_path = run_paths(root, cell, arm, seed)
     _write_atomic(meta_path, json.dumps(meta, indent=2, default=str))
     rows = [compact({k: v for k, v in r.items() if k not in ("label", "seed")}) for r in logs]
-    _write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in rows))
+    _write_atomic(log_path, gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0))
     return {"cell": cell, "arm": arm, "seed": seed, "wall_s": wall}
 
 
@@ -202,8 +218,8 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
 def cached_wall_times(root: Path) -> list[dict]:
     """[{"cell", "arm", "seed", "wall_s"}] of every finished run in the cache."""
     out = []
-    for log in sorted((root / "runs").glob("*/*/seed*.jsonl")):
-        meta = log.with_name(log.name[: -len(".jsonl")] + ".meta.json")
+    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
+        meta = log.with_name(f"seed{_seed_of(log)}.meta.json")
         if meta.is_file():
             m = json.loads(meta.read_text())
             out.append({"cell": m["cell"], "arm": m["arm"], "seed": m["seed"], "wall_s": float(m["wall_s"])})
@@ -344,15 +360,15 @@ class StudyResults:
 
 
 def load_study(name: str, results_dir=None) -> StudyResults:
-    """Every finished run of study ``name`` (a .jsonl in the cache). ValueError naming the folder
+    """Every finished run of study ``name`` (a .jsonl.gz in the cache). ValueError naming the folder
     when the study has no cache."""
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"no cached study {name!r} at {root} (run: python -m ercref.study {name})")
     frames, runs = [], []
-    for log in sorted((root / "runs").glob("*/*/seed*.jsonl")):
-        cell, arm, seed = log.parent.parent.name, log.parent.name, int(log.name[4:-len(".jsonl")])
-        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
+        cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
+        rows = read_run_log(log)
         df = pd.DataFrame.from_records(rows)
         df.insert(0, "seed", seed)
         df.insert(0, "arm", arm)
@@ -388,6 +404,9 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help=f"cache root (default {RESULTS_DIR})")
     ap.add_argument("--list", action="store_true", help="list the studies, or with a study its cells, arms and runs")
     ap.add_argument("--status", action="store_true", help="show cached / left runs and CPU-hours per cell and arm")
+    ap.add_argument("--report", action="store_true",
+                    help="print the markdown report of the cache: paired verdicts per cell and arm pair, provenance "
+                         "(what the README's 'What we found' section pastes; ercref.study.report)")
     args = ap.parse_args(argv)
     if args.study is None:
         if not args.list:
@@ -400,6 +419,11 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
         ap.error(f"unknown study {args.study!r}; known: {', '.join(sorted(studies))}")
     study = studies[args.study]()
     try:
+        if args.report:
+            from .report import study_report
+
+            print(study_report(study.name, args.results_dir), end="")
+            return 0
         if args.list:
             print(f"{study.name}: preset {study.preset}, seeds {study.seeds}\nbase {study.base}")
             for c in (args.cells or study.default_cells or list(study.cells)):

@@ -55,8 +55,10 @@ def entropy_volatility(rows, key: str = "entropy/old_mean") -> float:
 def grad_norm_spikes(rows, k: float = SPIKE_K, min_history: int = SPIKE_MIN_HISTORY, window: int | None = None,
                      key: str = "grad/norm") -> int:
     """Count of minibatches i (in (step, staleness) order) with g_i > k * median(g_j, j < i) over the
-    finite earlier norms (the last ``window`` of them when given), once >= ``min_history`` exist.
-    A non-finite g_i is a spike."""
+    finite non-zero earlier norms (the last ``window`` of them when given), once >= ``min_history``
+    exist. A non-finite g_i is a spike. A norm of exactly 0 (no gradient: every advantage in the
+    minibatch is 0, as after a collapse) is neither a spike nor history: otherwise the median falls
+    to 0 after a collapse and every later non-zero norm would count."""
     if not k > 1:
         raise ValueError(f"spike k must be > 1 (a spike is k x the running median), got {k!r}")
     if not (isinstance(min_history, int) and min_history >= 1):
@@ -68,6 +70,8 @@ def grad_norm_spikes(rows, k: float = SPIKE_K, min_history: int = SPIKE_MIN_HIST
     for x in g:
         if not math.isfinite(x):
             spikes += 1
+            continue
+        if x == 0:
             continue
         past = history if window is None else history[-window:]
         if len(past) >= min_history and x > k * float(np.median(past)):

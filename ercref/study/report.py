@@ -1,0 +1,205 @@
+"""What a study's cache shows, as a table of paired verdicts: markdown for the README's "What we
+found", a DataFrame for notebooks. Every number is read from the cache; the statistics are
+ercref.study.claims' (intervals, MDE, symmetric verdicts) and the measures ercref.study.stability's.
+
+    python -m ercref.study tiny-stability-map --report [--results-dir D]     # prints study_report(...)
+
+Pairs (arm_pairs): an arm "X+ERC" (or "X+ERC-b<beta>", the beta ablation) against "X" when the
+study has that arm; every other arm that is no such X (a control or baseline) against "DAPO+ERC".
+The difference is always ERC arm - other arm, per seed, on the seeds both arms hold at that cell.
+
+Measures (one number per run, MEASURES; direction = what the paper predicts for ERC - other):
+    entropy volatility     -1  stability.entropy_volatility: std of the step-to-step change of the
+                               rollout entropy (claims.ENTROPY_KEY)
+    grad-norm spikes       -1  stability.grad_norm_spikes (k = 3 x the running median)
+    steps to collapse      +1  stability.collapse_step, with a run that never collapses scored
+                               steps + 1 (censored at the run's end: two seeds that never collapse
+                               differ by 0, so a cell where no run collapses is inconclusive with MDE 0,
+                               marked "no run collapsed"); chosen over a collapsed-by-the-end
+                               indicator because it also sees ERC delaying a collapse both arms reach
+    final accuracy         +1  stability.final_accuracy (the last held-out eval/avg@k)
+and the ERC arm's clip fraction (mean erc/clip_frac over all its minibatches, k = 0 included, as
+claim 1a of claims.claims_table), tested with claims.band_verdict against claims.CLIP_RATE_BAND.
+
+A verdict needs MIN_SEEDS paired seeds; a (cell, pair) with fewer is listed as "n=... seeds: no verdict".
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import claims, stability
+from .plots import MIN_BAND_SEEDS
+from .runner import cached_wall_times, read_run_log, run_paths, study_dir
+
+MIN_SEEDS = MIN_BAND_SEEDS           # paired seeds a verdict needs (issue 11: >= 5; the same as plots' bands)
+REFERENCE_ERC_ARM = "DAPO+ERC"       # what the controls and baselines are compared with
+ERC_ARM = re.compile(r"^(?P<base>.+)\+ERC(-b[0-9.e+-]+)?$")
+# (column of run_table, the paper's direction for ERC - other, header with the paper's prediction)
+MEASURES = (("entropy_volatility", -1, "entropy volatility (paper: ERC lower)"),
+            ("grad_spikes", -1, "grad-norm spikes (paper: ERC fewer)"),
+            ("steps_to_collapse", +1, "steps to collapse, never = steps + 1 (paper: ERC later)"),
+            ("final_accuracy", +1, "final held-out accuracy (paper: ERC higher)"))
+CLIP = "erc_clip_frac"
+
+
+def arm_pairs(arms) -> list[tuple[str, str]]:
+    """[(ERC arm, other arm)] of a study's arms (module doc), ERC-vs-its-loss pairs first."""
+    arms = list(arms)
+    pairs = [(a, ERC_ARM.match(a)["base"]) for a in arms if ERC_ARM.match(a) and ERC_ARM.match(a)["base"] in arms]
+    bases = {b for _, b in pairs}
+    if REFERENCE_ERC_ARM in arms:
+        pairs += [(REFERENCE_ERC_ARM, a) for a in arms if not ERC_ARM.match(a) and a not in bases]
+    return pairs
+
+
+def _definition(name: str, root: Path) -> dict:
+    """The cached study.json, else the definition in studies.STUDIES (an empty cache)."""
+    if (root / "study.json").is_file():
+        return json.loads((root / "study.json").read_text())
+    from .studies import get_study
+
+    return get_study(name).to_dict()
+
+
+def run_table(name: str, results_dir=None) -> pd.DataFrame:
+    """One row per finished run in the cache of study ``name``: cell, arm, seed, its provenance
+    (wall_s, git_commit, cpu, finished) and stability.run_summary of its log, plus
+    steps_to_collapse (collapse_step, never -> steps + 1) and erc_clip_frac (NaN without ERC)."""
+    root = study_dir(name, results_dir)
+    rows = []
+    for t in cached_wall_times(root) if (root / "runs").is_dir() else []:
+        log, meta_path = run_paths(root, t["cell"], t["arm"], t["seed"])
+        recs = read_run_log(log)
+        try:
+            summary = stability.run_summary(recs)
+        except ValueError as e:
+            raise ValueError(f"{log}: {e} (delete the run's log and .meta.json to rerun it)") from e
+        meta = json.loads(meta_path.read_text())
+        clip = [r["erc/clip_frac"] for r in recs if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
+        collapse = summary["collapse_step"]
+        rows.append({**t, "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
+                     "finished": meta.get("finished"), **summary,
+                     "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
+                     CLIP: float(np.mean(clip)) if clip else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _per_seed(runs: pd.DataFrame, cell: str, arm: str, col: str) -> dict[int, float]:
+    g = runs[(runs["cell"] == cell) & (runs["arm"] == arm)].dropna(subset=[col])
+    return {int(s): float(v) for s, v in zip(g["seed"], g[col])}
+
+
+def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (cell, ERC arm, other arm, measure) with a cached run of both arms: n paired seeds,
+    the arms' means, the tested quantity's mean / low / high (paired difference; the ERC arm's clip
+    rate for measure "erc_clip_frac"), the paper's direction (0: a band), verdict (None below
+    MIN_SEEDS seeds), mde and detail (str of the claims.Verdict)."""
+    root = study_dir(name, results_dir)
+    d = _definition(name, root)
+    runs = run_table(name, results_dir) if runs is None else runs
+    cols = ["cell", "erc_arm", "other_arm", "measure", "direction", "n", "erc_mean", "other_mean", "mean", "low",
+            "high", "verdict", "mde", "detail"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    cells = list(d["cells"]) + sorted(set(runs["cell"]) - set(d["cells"]))
+    out = []
+    for cell in cells:
+        arms = list((d.get("cell_arms") or {}).get(cell, d["arms"]))
+        arms += sorted(set(runs.loc[runs["cell"] == cell, "arm"]) - set(arms))
+        for erc, other in arm_pairs(arms):
+            both = set(_per_seed(runs, cell, erc, "seed")) & set(_per_seed(runs, cell, other, "seed"))
+            for col, direction, _ in (*MEASURES, (CLIP, 0, "")):
+                a = {s: x for s, x in _per_seed(runs, cell, erc, col).items() if s in both}
+                b = {s: x for s, x in _per_seed(runs, cell, other, col).items() if s in a}
+                seeds = sorted(a) if col == CLIP else sorted(b)      # the clip rate is the ERC arm's alone
+                if not seeds:
+                    continue
+                a = {s: a[s] for s in seeds}
+                v = None
+                if len(seeds) >= MIN_SEEDS:
+                    v = (claims.band_verdict(a, claims.CLIP_RATE_BAND, f"{erc} clip rate") if col == CLIP else
+                         claims.paired_verdict(a, b, direction, f"{col}: {erc} - {other}"))
+                out.append({"cell": cell, "erc_arm": erc, "other_arm": other, "measure": col, "direction": direction,
+                            "n": len(seeds), "erc_mean": float(np.mean(list(a.values()))),
+                            "other_mean": float(np.mean(list(b.values()))) if b and col != CLIP else math.nan,
+                            "mean": v.mean if v else math.nan, "low": v.low if v else math.nan,
+                            "high": v.high if v else math.nan, "verdict": v.label if v else None,
+                            "mde": v.mde if v else math.nan, "detail": str(v) if v else None})
+    return pd.DataFrame(out, columns=cols)
+
+
+def _g(x: float) -> str:
+    return f"{x:+.3g}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
+
+
+def _cell_text(r, runs: pd.DataFrame) -> str:
+    if r.verdict is None:
+        return f"n={r.n} seeds: no verdict"
+    if r.measure == CLIP:
+        return f"{r.mean:.1%} [{r.low:.1%}, {r.high:.1%}] {r.verdict}" + (" (clipped no token)" if r.erc_mean == 0 else "")
+    s = f"{_g(r.mean)} [{_g(r.low)}, {_g(r.high)}] {r.verdict}"
+    if r.verdict == claims.INCONCLUSIVE:
+        s += f", MDE {r.mde:.2g}"
+    if r.measure == "steps_to_collapse":
+        sub = runs[(runs["cell"] == r.cell) & runs["arm"].isin([r.erc_arm, r.other_arm])]
+        if sub["collapse_step"].isna().all():
+            s += " (no run collapsed)"
+    return s
+
+
+def _provenance(name: str, runs: pd.DataFrame, d: dict, results_dir) -> str:
+    where = f"data/results/{name}" if results_dir is None else str(Path(results_dir) / name)
+    n_def = sum(len((d.get("cell_arms") or {}).get(c, d["arms"])) for c in (d.get("default_cells") or d["cells"]))
+    head = (f"Study `{name}` (cache `{where}`): {len(runs)} runs cached "
+            f"(the default selection is {n_def * len(d['seeds'])} runs)")
+    if runs.empty:
+        return head + f"; nothing to report yet. Fill it with `python -m ercref.study {name} --hours 2.5`."
+    commits = runs["git_commit"].fillna("unknown").value_counts().sort_index()
+    cpus = sorted(set(runs["cpu"].dropna()))
+    return (head + f", seeds {sorted(int(s) for s in set(runs['seed']))}, "
+            f"{runs['wall_s'].sum() / 3600:.2f} CPU-hours (one thread per run), finished "
+            f"{runs['finished'].dropna().min()} to {runs['finished'].dropna().max()}; git commits "
+            + ", ".join(f"`{c[:12] + ('-dirty' if c.endswith('-dirty') else '')}` ({k} runs)" for c, k in commits.items())
+            + (f"; machine {', '.join(cpus)}" if cpus else "") + ".")
+
+
+def study_report(name: str, results_dir=None) -> str:
+    """The markdown report of what the cache of study ``name`` holds (module doc): provenance,
+    a verdict count, one table row per (cell, pair) with >= MIN_SEEDS paired seeds, and a list
+    of those with fewer."""
+    root = study_dir(name, results_dir)
+    d = _definition(name, root)
+    runs = run_table(name, results_dir)
+    lines = [_provenance(name, runs, d, results_dir)]
+    vt = verdict_table(name, results_dir, runs)
+    if vt.empty:
+        return "\n".join(lines) + "\n"
+    judged = vt[vt["verdict"].notna() & (vt["measure"] != CLIP)]
+    counts = judged["verdict"].value_counts()
+    lines += ["", f"Paired by seed, ERC arm - other arm, 95 % Student-t interval over seeds (`ercref.study.claims`): "
+              f"**reproduced** = the interval excludes 0 in the paper's direction, **contradicted** = it excludes 0 "
+              f"the other way, **inconclusive** = it contains 0 (MDE: the smallest effect those seeds could "
+              f"detect). Of {len(judged)} tests with >= {MIN_SEEDS} paired seeds: "
+              + ", ".join(f"{counts.get(lab, 0)} {lab}" for lab in claims.LABELS) + "."]
+    head = ["cell", "ERC arm vs other", "n", *(h for _, _, h in MEASURES),
+            f"ERC clip fraction (paper ~20 %: in [{claims.CLIP_RATE_BAND[0]:.0%}, {claims.CLIP_RATE_BAND[1]:.0%}])"]
+    table, few = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], []
+    for (cell, erc, other), g in vt.groupby(["cell", "erc_arm", "other_arm"], sort=False):
+        n = int(g["n"].max())
+        if g["verdict"].isna().all():
+            few.append(f"{cell} {erc} vs {other} (n={n} seeds: no verdict)")
+            continue
+        by = {r.measure: _cell_text(r, runs) for r in g.itertuples()}
+        table.append("| " + " | ".join([cell, f"{erc} vs {other}", str(n), *(by.get(c, "") for c, _, _ in MEASURES),
+                                        by.get(CLIP, "")]) + " |")
+    if len(table) > 2:
+        lines += ["", *table]
+    if few:
+        lines += ["", f"Fewer than {MIN_SEEDS} paired seeds: " + "; ".join(few) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,196 @@
+"""ercref.study.report: the verdict table of a study cache (built here in tmp_path in the runner's
+layout), `python -m ercref.study NAME --report`, and the README's "What we found" block, which must
+equal the report of the committed cache."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ercref.study import claims, report, stability
+from ercref.study.runner import main, run_paths, study_dir, write_study_json
+from ercref.study.studies import Study, tiny_controls, tiny_stability_map
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, K = 20, 4
+ARMS = {"DAPO": {}, "DAPO+ERC": {}, "DAPO+random-mask": {}}
+
+
+def _rows(seed: int, erc: bool, zigzag: bool, collapse_at: int | None, acc: float) -> list[dict]:
+    """One engine log: step rows (rollout entropy, distinct fraction), K minibatches per step (grad
+    norm, clip fractions), evaluations at steps 0 and STEPS. ``zigzag``: the entropy curve jumps
+    +-0.2 every step and the grad norm spikes to 10 every 4th step; else both are smooth."""
+    rows = [{"kind": "sft", "step": 0, "loss": 1.0}, {"kind": "eval", "step": 0, "eval/avg@4": 0.2}]
+    for t in range(1, STEPS + 1):
+        h = 1.0 - 0.01 * t + 0.003 * seed * t + ((0.2 if t % 2 else -0.2) + 0.01 * seed if zigzag else 0.0)
+        if collapse_at is not None and t >= collapse_at:
+            h = 0.01
+        rows.append({"kind": "step", "step": t, "entropy/old_mean": h, "rollout/distinct_frac": 0.5})
+        for k in range(K):
+            rec = {"kind": "minibatch", "step": t, "staleness": k, "ppo/clip_frac_low": 0.001, "ppo/clip_frac_high": 0.001,
+                   "grad/norm": 10.0 if zigzag and k == 3 and t % 4 == 0 else 1.0 + 0.01 * ((t + k + seed) % 3)}
+            if erc:
+                rec["erc/clip_frac"] = 0.0 if k == 0 else 0.2 + 0.01 * seed
+            rows.append(rec)
+    rows.append({"kind": "eval", "step": STEPS, "eval/avg@4": acc})
+    return rows
+
+
+def _write_run(root: Path, cell: str, arm: str, seed: int, rows: list[dict], commit: str = "0123456789abcdef-dirty"):
+    log, meta = run_paths(root, cell, arm, seed)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"cell": cell, "arm": arm, "seed": seed, "git_commit": commit, "wall_s": 360.0,
+                                "machine": {"cpu": "test cpu"}, "finished": f"2026-11-29 10:0{seed}:00"}))
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _cache(tmp_path: Path, erc_zigzag: bool = False) -> Path:
+    """Study "toy": cell A with 5 seeds of DAPO, DAPO+ERC, DAPO+random-mask; cell B with 4 seeds of
+    DAPO and DAPO+ERC. DAPO (and the random mask) zig-zag, spike and collapse at step 10 + seed; DAPO+ERC is
+    smooth and never collapses, but its final accuracy is 0.1 lower (the paper's direction reversed).
+    ``erc_zigzag``: DAPO+ERC zig-zags instead of DAPO."""
+    study = Study("toy", "cpu-tiny", {}, {"A": {}, "B": {}}, ARMS, [0, 1, 2, 3, 4], cell_arms={"B": ["DAPO", "DAPO+ERC"]})
+    root = study_dir("toy", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(study, root)
+    for cell, seeds in (("A", range(5)), ("B", range(4))):
+        for s in seeds:
+            acc = 0.5 + 0.02 * s
+            _write_run(root, cell, "DAPO", s, _rows(s, False, not erc_zigzag, 10 + s, acc))
+            _write_run(root, cell, "DAPO+ERC", s, _rows(s, True, erc_zigzag, None, acc - 0.1 - 0.005 * (s % 2)))
+            if cell == "A":
+                _write_run(root, cell, "DAPO+random-mask", s, _rows(s, True, True, 10 + s, acc))
+    return tmp_path
+
+
+def _row(vt, cell, erc, other, measure):
+    hit = vt[(vt["cell"] == cell) & (vt["erc_arm"] == erc) & (vt["other_arm"] == other) & (vt["measure"] == measure)]
+    assert len(hit) == 1, (cell, erc, other, measure)
+    return hit.iloc[0]
+
+
+def test_arm_pairs_of_the_defined_studies():
+    assert report.arm_pairs(tiny_stability_map().arms) == [("DAPO+ERC", "DAPO"), ("GPPO+ERC", "GPPO")]
+    pairs = report.arm_pairs(tiny_controls().arms)
+    assert ("DAPO+ERC", "DAPO") in pairs and ("DAPO+ERC-b0.2", "DAPO") in pairs and ("DAPO+ERC-b0.01", "DAPO") in pairs
+    for control in ("DAPO+random-mask", "DAPO-matched-step", "DAPO+entropy-bonus", "DAPO+KL", "Clip-Cov", "KL-Cov"):
+        assert ("DAPO+ERC", control) in pairs
+    assert len(pairs) == len(set(pairs)) == 4 + 6
+
+
+def test_run_table_reads_stability_measures_from_each_log(tmp_path):
+    root = study_dir("toy", _cache(tmp_path))
+    runs = report.run_table("toy", tmp_path)
+    assert len(runs) == 5 * 3 + 4 * 2 and set(runs["cell"]) == {"A", "B"}
+    r = runs[(runs["cell"] == "A") & (runs["arm"] == "DAPO") & (runs["seed"] == 2)].iloc[0]
+    rows = [json.loads(x) for x in run_paths(root, "A", "DAPO", 2)[0].read_text().splitlines()]
+    assert r["entropy_volatility"] == pytest.approx(stability.entropy_volatility(rows))
+    assert r["grad_spikes"] == stability.grad_norm_spikes(rows) == 5
+    assert r["collapse_step"] == r["steps_to_collapse"] == 12
+    erc = runs[(runs["arm"] == "DAPO+ERC") & (runs["seed"] == 2)].iloc[0]
+    assert erc["steps_to_collapse"] == STEPS + 1                      # never collapsed: censored at steps + 1
+    assert erc["erc_clip_frac"] == pytest.approx(0.75 * 0.22)         # k = 0 counts, as claim 1a
+    assert runs.loc[runs["arm"] == "DAPO", "erc_clip_frac"].isna().all()
+
+
+def test_verdicts_with_five_seeds_none_with_four(tmp_path):
+    vt = report.verdict_table("toy", _cache(tmp_path))
+    assert vt.loc[vt["cell"] == "B", "verdict"].isna().all() and (vt.loc[vt["cell"] == "B", "n"] == 4).all()
+    a = vt[vt["cell"] == "A"]
+    assert a["verdict"].notna().all() and (a["n"] == 5).all()
+    expected = {"entropy_volatility": claims.REPRODUCED, "grad_spikes": claims.REPRODUCED,
+                "steps_to_collapse": claims.REPRODUCED, "final_accuracy": claims.CONTRADICTED,
+                "erc_clip_frac": claims.REPRODUCED}
+    for other in ("DAPO", "DAPO+random-mask"):
+        for measure, label in expected.items():
+            assert _row(vt, "A", "DAPO+ERC", other, measure)["verdict"] == label, (other, measure)
+    # every verdict is claims.paired_verdict of the per-seed values the run table holds
+    runs = report.run_table("toy", tmp_path)
+    per = {arm: dict(zip(g["seed"], g["final_accuracy"])) for arm, g in runs[runs["cell"] == "A"].groupby("arm")}
+    v = claims.paired_verdict(per["DAPO+ERC"], per["DAPO"], +1)
+    r = _row(vt, "A", "DAPO+ERC", "DAPO", "final_accuracy")
+    assert (r["mean"], r["low"], r["high"], r["mde"]) == pytest.approx((v.mean, v.low, v.high, v.mde))
+    assert r["mean"] == pytest.approx(-0.1 - 0.005 * 2 / 5) and r["direction"] == +1
+
+
+def test_lower_is_the_papers_direction_for_volatility_and_spikes(tmp_path):
+    """ERC smoother -> difference < 0 -> reproduced; ERC the one that zig-zags -> contradicted."""
+    smooth = report.verdict_table("toy", _cache(tmp_path / "a"))
+    rough = report.verdict_table("toy", _cache(tmp_path / "b", erc_zigzag=True))
+    for measure in ("entropy_volatility", "grad_spikes"):
+        s, r = _row(smooth, "A", "DAPO+ERC", "DAPO", measure), _row(rough, "A", "DAPO+ERC", "DAPO", measure)
+        assert s["direction"] == r["direction"] == -1
+        assert s["high"] < 0 and s["verdict"] == claims.REPRODUCED
+        assert r["low"] > 0 and r["verdict"] == claims.CONTRADICTED
+
+
+def test_markdown_report_and_cli(tmp_path, capsys):
+    _cache(tmp_path)
+    text = report.study_report("toy", tmp_path)
+    assert text.startswith(f"Study `toy` (cache `{tmp_path / 'toy'}`): 23 runs cached")
+    assert "seeds [0, 1, 2, 3, 4]" in text and "2.30 CPU-hours" in text and "`0123456789ab-dirty` (23 runs)" in text
+    assert "B DAPO+ERC vs DAPO (n=4 seeds: no verdict)" in text
+    table = [line for line in text.splitlines() if line.startswith("| A |")]
+    assert len(table) == 2 and all(line.count(" reproduced") == 4 and " contradicted" in line for line in table)
+    assert "Of 8 tests with >= 5 paired seeds: 6 reproduced, 2 contradicted, 0 inconclusive." in text
+    study = Study("toy", "cpu-tiny", {}, {"A": {}, "B": {}}, ARMS, [0, 1, 2, 3, 4])
+    assert main(["toy", "--report", "--results-dir", str(tmp_path)], studies={"toy": lambda: study}) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_inconclusive_shows_the_mde_and_an_uncollapsed_cell_says_so(tmp_path):
+    study = Study("toy", "cpu-tiny", {}, {"A": {}}, {"DAPO": {}, "DAPO+ERC": {}}, [0, 1, 2, 3, 4])
+    root = study_dir("toy", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(study, root)
+    for s in range(5):   # identical smooth curves, no collapse; accuracy differences of both signs
+        _write_run(root, "A", "DAPO", s, _rows(s, False, False, None, 0.5))
+        _write_run(root, "A", "DAPO+ERC", s, _rows(s, True, False, None, 0.5 + (0.02 if s % 2 else -0.02)))
+    vt = report.verdict_table("toy", tmp_path)
+    acc = _row(vt, "A", "DAPO+ERC", "DAPO", "final_accuracy")
+    assert acc["verdict"] == claims.INCONCLUSIVE and acc["mde"] > 0
+    text = report.study_report("toy", tmp_path)
+    assert f"inconclusive, MDE {acc['mde']:.2g}" in text and "(no run collapsed)" in text
+
+
+def test_empty_cache_and_a_broken_log(tmp_path):
+    study = Study("toy", "cpu-tiny", {}, {"A": {}}, {"DAPO": {}, "DAPO+ERC": {}}, [0])
+    root = study_dir("toy", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(study, root)
+    text = report.study_report("toy", tmp_path)
+    assert "0 runs cached" in text and "nothing to report yet" in text and report.verdict_table("toy", tmp_path).empty
+    _write_run(root, "A", "DAPO", 0, [{"kind": "eval", "step": 0, "eval/avg@4": 0.1}])
+    with pytest.raises(ValueError, match=r"seed0\.jsonl.*step"):
+        report.run_table("toy", tmp_path)
+
+
+def test_readme_block_is_the_report_of_the_committed_cache():
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- study-report: (\S+) -->\n(.*?)<!-- /study-report -->", readme, flags=re.S)
+    assert m, "README.md lacks the <!-- study-report: NAME --> ... <!-- /study-report --> block"
+    name, block = m.group(1), m.group(2)
+    fresh = report.study_report(name)
+    assert block.strip() == fresh.strip(), (
+        f"README.md's study report is not the report of the cache data/results/{name}: run "
+        f"`python -m ercref.study {name} --report` and paste its output between the markers")
+
+
+def test_an_erc_arm_that_clips_nothing_is_said_plainly(tmp_path):
+    """K = 1 is on-policy: rho = 1, ERC clips nothing and both arms train identically."""
+    study = Study("toy", "cpu-tiny", {}, {"K1": {}}, {"DAPO": {}, "DAPO+ERC": {}}, [0, 1, 2, 3, 4])
+    root = study_dir("toy", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(study, root)
+    for s in range(5):
+        rows = _rows(s, False, True, 10 + s, 0.5)
+        _write_run(root, "K1", "DAPO", s, rows)
+        _write_run(root, "K1", "DAPO+ERC", s, [{**r, "erc/clip_frac": 0.0} if r["kind"] == "minibatch" else r for r in rows])
+    vt = report.verdict_table("toy", tmp_path)
+    assert set(vt.loc[vt["measure"] != report.CLIP, "verdict"]) == {claims.INCONCLUSIVE}
+    assert (vt.loc[vt["measure"] != report.CLIP, "mean"] == 0).all()
+    clip = _row(vt, "K1", "DAPO+ERC", "DAPO", report.CLIP)
+    assert clip["verdict"] == claims.CONTRADICTED and clip["mean"] == 0     # 0 % is below the paper's band
+    assert "0.0% [0.0%, 0.0%] contradicted (clipped no token)" in report.study_report("toy", tmp_path)
