@@ -43,7 +43,8 @@ What it counts (bytes; P parameters, in the model's dtype):
                 fused head's saved hidden states and tiles, the LM-head's fp32 gradient, hidden-state
                 gradients. Gradients are freed after each optimizer step, so with one micro-batch per
                 minibatch the peak is the larger of the backward's start (activations) and its end
-                (gradients + the embedding's gradient); with several, activations and gradients add up.
+                (gradients + the embedding's gradient); with several, activations and gradients add up;
+                with train.log_update_norm the optimizer step also holds a copy of the weights.
 
 The update, old-log-prob and generation phases never overlap, so the planned peak is the largest
 phase plus the persistent memory. Token budgets set to 0 mean "no limit": the planner then assumes
@@ -476,6 +477,9 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
         phases["update"] = batch + grads + act + bwd + emb
     else:
         phases["update"] = batch + max(act + bwd, grads + emb + layer)
+    if t.log_update_norm:   # the optimizer step: gradients + a copy of the weights (optim/update_norm)
+        copy = add(f"update: weight copy for optim/update_norm ({m.dtype})", P * wb, "update")
+        phases["update"] = max(phases["update"], batch + grads + copy)
 
     budgets = {"rollout.max_tokens_per_generate": r.max_tokens_per_generate,
                "rollout.max_tokens_per_logprob": r.max_tokens_per_logprob,

@@ -19,9 +19,22 @@ top-p < 1 (the sampler's truncated distribution is not what the policy gradient 
 
 Generation is HF generate (KV cache) unless ``generator_fn`` replaces it (the trainer's vLLM
 backend, ercref/lm/vllm_backend.py); the old log-probs always come from the HF policy.
+
+Shared prompts. The G samples of a group share their prompt, and on CPU the prompt dominates the
+work (SmolLM2 in cpu-smollm2: ~56 prompt tokens, <= 12 response tokens). Generation, the old-log-prob
+pass and the update's forward therefore run each distinct prompt once (``prompt_groups``), copy its KV
+cache to the rows that share it, and run only the response positions per row:
+
+    positions per forward:  N (P + R)   ->   U P + N (R - 1)        (U distinct prompts, N = U G rows)
+
+In the update the backward sums the G copies' gradients into the one prompt forward, so this is the
+same function of the parameters as one forward per full row; only float rounding differs (SmolLM2,
+fp32: ~2e-5 in log-probs). ``SHARE_PROMPTS = False`` restores one forward per full row (benchmarks
+compare the two: benchmarks/bench_step_breakdown.py).
 """
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +47,7 @@ from ercref.fused_head import fused_logprobs_and_entropy
 from .models import apply_chat_template
 
 Tensor = torch.Tensor
+SHARE_PROMPTS = True   # run each distinct prompt once (see the module docstring); False: one forward per row
 
 
 @dataclass
@@ -93,15 +107,78 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return pos.masked_fill(attention_mask == 0, 1)
 
 
+def prompt_groups(input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Rows whose first ``prompt_len`` columns (ids and mask) are identical share one prompt ->
+    (ids (U, P), mask (U, P), inverse (N,)) with row i's prompt at unique row inverse[i], or None
+    when no two rows share a prompt (sharing would only add a call)."""
+    P = prompt_len
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].to(input_ids.dtype)], 1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    return uniq[:, :P], uniq[:, P:].to(attention_mask.dtype), inverse
+
+
+def _cache_kwarg(module) -> str | None:
+    """The name a transformers forward / generate takes its KV cache under ("cache" from 5.x on);
+    None for a module whose forward takes no cache (then prompts are not shared)."""
+    params = inspect.signature(module.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def shared_prompt_cache(model, ids: Tensor, am: Tensor, inverse: Tensor):
+    """KV cache (transformers DynamicCache) of the distinct prompts ``ids`` / ``am`` (U, P), run once
+    through the decoder and copied to N rows (row i gets prompt inverse[i]) -> (cache, last hidden
+    state of the prompts (U, P, D)). Differentiable: under grad mode the copies' gradients flow back
+    into the one prompt forward."""
+    from transformers import DynamicCache
+
+    decoder = model.get_decoder()
+    cache = DynamicCache(config=model.config)
+    out = decoder(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), use_cache=True,
+                  **{_cache_kwarg(decoder): cache})
+    cache.batch_select_indices(inverse.to(ids.device))
+    return cache, out.last_hidden_state
+
+
+def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, share_prompts: bool) -> Tensor:
+    """Last hidden states at positions P-1 .. P+R-2 (those that predict the response tokens), (N, R, D).
+    With shared prompts (module docstring): the distinct prompts once, then the R-1 response positions
+    of every row against its prompt's copied KV cache; otherwise one forward of every full row."""
+    P, R = prompt_len, sequences.shape[1] - prompt_len
+    decoder = model.get_decoder()
+    pos = position_ids_from_mask(attention_mask)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)   # transformers >= 5.x name
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    checkpointing = checkpointing and torch.is_grad_enabled()
+    share = share_prompts and not checkpointing and _cache_kwarg(decoder) is not None
+    groups = prompt_groups(sequences, attention_mask, P) if share else None
+    if groups is None:   # (gradient checkpointing in transformers turns the KV cache off)
+        out = decoder(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False)
+        return out.last_hidden_state[:, P - 1 : -1]
+    ids, am, inverse = groups
+    cache, prompt_hidden = shared_prompt_cache(model, ids, am, inverse)
+    first = prompt_hidden[inverse.to(prompt_hidden.device), -1:]            # position P-1 predicts token P
+    if R == 1:
+        return first
+    out = decoder(input_ids=sequences[:, P:-1], attention_mask=attention_mask[:, :-1], position_ids=pos[:, P:-1],
+                  use_cache=True, **{_cache_kwarg(decoder): cache})
+    return torch.cat([first, out.last_hidden_state], 1)
+
+
 def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, temperature: float,
-                      fused_head: bool = True, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+                      fused_head: bool = True, entropy_grad: bool = False,
+                      share_prompts: bool | None = None) -> tuple[Tensor, Tensor]:
     """(logp, entropy), each (N, R) float32, of the response tokens sequences[:, prompt_len:].
 
     logp carries gradient when grad mode is on; entropy only with ``entropy_grad=True`` (the
     entropy bonus); otherwise it is detached (it only builds the ERC mask).
     ``fused_head`` computes both from the last hidden states and the LM-head weight in row
     chunks (ercref.fused_head), never materialising the (N, R, V) logits; otherwise the model's
-    logits for the R kept positions are used.
+    logits for the R kept positions are used (one forward per full row).
+    ``share_prompts`` (default ``SHARE_PROMPTS``; fused head only): rows with the same prompt run it
+    once (module docstring).
     """
     R = sequences.shape[1] - prompt_len
     if R < 1:
@@ -112,8 +189,8 @@ def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_l
     use_fused = fused_head and getattr(head, "bias", None) is None and hasattr(model, "get_decoder") \
         and getattr(model.config, "final_logit_softcapping", None) is None
     if use_fused:
-        out = model.get_decoder()(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False)
-        hidden = out.last_hidden_state[:, prompt_len - 1 : -1]
+        share = SHARE_PROMPTS if share_prompts is None else share_prompts
+        hidden = _response_hidden(model, sequences, attention_mask, prompt_len, share)
         weight = head.weight if head.weight.dtype == hidden.dtype else head.weight.to(hidden.dtype)
         return fused_logprobs_and_entropy(hidden, weight, labels, temperature, entropy_grad=entropy_grad)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
@@ -151,29 +228,39 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_tokens: int, device) -> 
 @torch.no_grad()
 def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
                 temperature: float, top_p: float, batch_size: int = 0, do_sample: bool = True,
-                max_tokens: int = 0) -> Tensor:
+                max_tokens: int = 0, share_prompts: bool | None = None) -> Tensor:
     """Sampled continuations with KV cache -> response ids (N, R), padded with pad_token_id after EOS.
 
     Calls are bounded by ``max_tokens`` (rows x (prompt width + max_new_tokens), what the KV cache
     holds; 0: no limit) and ``batch_size`` rows (0: no limit); ercref.lm.memory.token_budget_batches
     chooses them (one call in the original order when everything fits; otherwise rows sorted by prompt
     length, longest first, each call's prompts cut to their own width), and the responses are put
-    back in the original row order. Sampling is deterministic for a given seed and batching."""
+    back in the original row order. Sampling is deterministic for a given seed and batching.
+
+    ``share_prompts`` (default ``SHARE_PROMPTS``): within a call, rows with the same prompt share
+    one prefill of its first width-1 tokens (``shared_prompt_cache``); generate then runs the last
+    prompt token and the new tokens per row, drawing the same random numbers as without sharing."""
     from .memory import token_budget_batches
 
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
     plen = attention_mask.sum(-1)
+    share = (SHARE_PROMPTS if share_prompts is None else share_prompts) and hasattr(model, "get_decoder") \
+        and _cache_kwarg(model) is not None and _cache_kwarg(model.get_decoder()) is not None
     batches = token_budget_batches(plen, torch.full_like(plen, max_new_tokens), max_tokens, batch_size)
     outs = []
     for rows in batches:
         idx = rows.to(input_ids.device)
         width = int(plen[idx].max())        # drop the leading columns where every row of this call is padding
         ids, am = input_ids[idx, input_ids.shape[1] - width:], attention_mask[idx, input_ids.shape[1] - width:]
+        cache = {}
+        groups = prompt_groups(ids, am, width - 1) if share and width > 1 else None
+        if groups is not None and bool(groups[1].any(-1).all()):  # (a prefix of padding only is never prefilled)
+            cache = {_cache_kwarg(model): shared_prompt_cache(model, *groups)[0]}
         gen = model.generate(
             input_ids=ids, attention_mask=am, do_sample=do_sample,
             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
-            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
+            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True, **cache,
         )
         outs.append(gen[:, width:])
     R = max(o.shape[1] for o in outs)
