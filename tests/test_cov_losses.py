@@ -80,6 +80,16 @@ def _verl_clip_cov_cfg(kw):
     return _verl_cfg("clip_cov", low=kw.get("eps_low", 0.2), high=kw.get("eps_high", 0.2), **pl)
 
 
+def _assert_matches_verl(name, logp, old, adv, mask, agg, seed, cfg, kw):
+    """Our loss and verl's at the same RNG seed: value and gradient equal to rtol 1e-12.
+    Returns (our gradient, our metrics, verl's metrics)."""
+    v_val, v_grad, v_m = _value_and_grad(_verl(name, logp, old, adv, mask, agg, seed, cfg), logp)
+    o_val, o_grad, o_m = _value_and_grad(_ours(name, logp, old, adv, mask, agg, seed, **kw), logp)
+    torch.testing.assert_close(o_val, v_val, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(o_grad, v_grad, rtol=1e-12, atol=1e-14)
+    return o_grad, o_m, v_m
+
+
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("kw", CLIP_COV, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
 def test_clip_cov_matches_verl_value_gradient_and_selection(kw, agg):
@@ -87,10 +97,7 @@ def test_clip_cov_matches_verl_value_gradient_and_selection(kw, agg):
     selected_any = rng_matters = 0
     for seed in range(25):
         logp, old, adv, mask = _inputs(seed)
-        v_val, v_grad, v_m = _value_and_grad(_verl("clip_cov", logp, old, adv, mask, agg, seed, cfg), logp)
-        o_val, o_grad, o_m = _value_and_grad(_ours("clip_cov", logp, old, adv, mask, agg, seed, **kw), logp)
-        torch.testing.assert_close(o_val, v_val, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(o_grad, v_grad, rtol=1e-12, atol=1e-14)
+        o_grad, o_m, v_m = _assert_matches_verl("clip_cov", logp, old, adv, mask, agg, seed, cfg, kw)
         assert float(o_m["cov/selected_frac"]) == pytest.approx(v_m["actor/pg_clipfrac"], rel=1e-6)
         assert float(o_m["kl/approx_old"]) == pytest.approx(v_m["actor/ppo_kl"], rel=1e-9, abs=1e-12)
         selected_any += float(o_m["cov/selected_frac"]) > 0
@@ -108,10 +115,7 @@ def test_kl_cov_matches_verl_value_and_gradient(kw, agg):
     cfg = _verl_cfg("kl_cov", **kw)
     for seed in range(25):
         logp, old, adv, mask = _inputs(seed)
-        v_val, v_grad, _ = _value_and_grad(_verl("kl_cov", logp, old, adv, mask, agg, seed, cfg), logp)
-        o_val, o_grad, o_m = _value_and_grad(_ours("kl_cov", logp, old, adv, mask, agg, seed, **kw), logp)
-        torch.testing.assert_close(o_val, v_val, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(o_grad, v_grad, rtol=1e-12, atol=1e-14)
+        _, o_m, _ = _assert_matches_verl("kl_cov", logp, old, adv, mask, agg, seed, cfg, kw)
         n = int(mask.sum())
         assert round(float(o_m["cov/selected_frac"]) * n) == max(1, int(n * kw.get("kl_cov_ratio", 2e-4)))
 

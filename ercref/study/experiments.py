@@ -285,15 +285,14 @@ def cache_paths(name: str, results_dir=None) -> dict[str, Path]:
     return {"log": d / f"{name}.jsonl", "tokens": d / f"{name}_tokens.jsonl", "meta": d / f"{name}.meta.json"}
 
 
-@dataclass
-class Results:
-    """One experiment's logs as DataFrames (columns: the engine's metric names, label, seed)."""
-    name: str
+class LogFrames:
+    """``.steps`` / ``.minibatches`` / ``.evals``: the rows of ``self.log`` (engine log rows with a
+    "kind" column) of one kind, all-empty columns dropped; an empty log gives an empty frame."""
     log: pd.DataFrame
-    tokens: pd.DataFrame | None
-    meta: dict
 
     def kind(self, kind: str) -> pd.DataFrame:
+        if self.log.empty:
+            return self.log.iloc[0:0].copy()
         return self.log[self.log["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
 
     @property
@@ -307,6 +306,15 @@ class Results:
     @property
     def evals(self) -> pd.DataFrame:
         return self.kind("eval")
+
+
+@dataclass
+class Results(LogFrames):
+    """One experiment's logs as DataFrames (columns: the engine's metric names, label, seed)."""
+    name: str
+    log: pd.DataFrame
+    tokens: pd.DataFrame | None
+    meta: dict
 
     @property
     def labels(self) -> list[str]:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import RESULTS_DIR, compact
+from .experiments import RESULTS_DIR, LogFrames, compact
 from .studies import STUDIES, Study
 
 DEFAULT_WORKERS = 2
@@ -334,29 +334,12 @@ def status(study: Study, results_dir=None, cells=None, arms=None, seeds=None) ->
 
 # ----------------------------------------------------------------------------- loading
 @dataclass
-class StudyResults:
+class StudyResults(LogFrames):
     """A study's cache as tidy frames: one row per logged row, with cell, arm, seed columns."""
     name: str
     log: pd.DataFrame
     runs: pd.DataFrame        # one row per run: cell, arm, seed, wall_s, lr, git_commit, matched scale
     definition: dict
-
-    def kind(self, kind: str) -> pd.DataFrame:
-        if self.log.empty:
-            return pd.DataFrame(columns=["cell", "arm", "seed", "kind"])
-        return self.log[self.log["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
-
-    @property
-    def steps(self) -> pd.DataFrame:
-        return self.kind("step")
-
-    @property
-    def minibatches(self) -> pd.DataFrame:
-        return self.kind("minibatch")
-
-    @property
-    def evals(self) -> pd.DataFrame:
-        return self.kind("eval")
 
 
 def load_study(name: str, results_dir=None) -> StudyResults:
