@@ -1,6 +1,7 @@
 """The study runner (ercref.study.runner) and the trainer metrics it relies on: optim/update_norm
 and rollout/distinct_frac, skip-if-cached, atomic results under a kill, the --hours budget, the
 matched-step learning-rate rule, the tidy loader. Tiny settings: a few RL steps of the tiny model."""
+import gzip
 import json
 import os
 import signal
@@ -112,7 +113,7 @@ def _fake_run(root, cell, arm, seed, wall_s=10.0, norms=(1.0,)):
     log.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"kind": "minibatch", "step": 1, "staleness": k, "optim/update_norm": n} for k, n in enumerate(norms)]
     rows.append({"kind": "step", "step": 1, "reward/mean": 0.5})
-    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))   # the runner's format
     meta.write_text(json.dumps({"cell": cell, "arm": arm, "seed": seed, "wall_s": wall_s}))
 
 

@@ -158,7 +158,7 @@ def _update_norms(root: Path, cell: str, arm: str, seeds) -> list[float] | None:
         log, _ = run_paths(root, cell, arm, s)
         if not log.is_file():
             return None
-        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        rows = read_run_log(log)
         vals = [r["optim/update_norm"] for r in rows if r.get("kind") == "minibatch" and "optim/update_norm" in r]
         if not vals:
             raise ValueError(f"{log} has no optim/update_norm (a run from before the metric existed): delete it "
