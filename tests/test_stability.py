@@ -121,3 +121,19 @@ def test_zero_gradient_minibatches_are_neither_spikes_nor_history():
     norms = [1.0, 1.1, 0.9, 1.0, 1.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.2, 0.0, 0.95, 5.0]
     rows = [{"kind": "minibatch", "step": i + 1, "staleness": 0, "grad/norm": g} for i, g in enumerate(norms)]
     assert S.grad_norm_spikes(rows, k=3, min_history=5) == 1          # only the 5.0
+
+
+def test_minibatches_without_policy_gradient_signal_are_skipped():
+    # KL / entropy-bonus runs: after a collapse most minibatches carry only the auxiliary gradient
+    # (small, never 0); they must not set the median, or every policy-gradient minibatch is a "spike"
+    rows = []
+    for i in range(60):
+        silent = i >= 10 and i % 3 != 0
+        g = 0.01 if silent else 1.0 + 0.1 * (i % 2)
+        rows.append({"kind": "minibatch", "step": i + 1, "staleness": 0, "grad/norm": g,
+                     "grad/zero_frac": 1.0 if silent else 0.4})
+    assert S.grad_norm_spikes(rows) == 0
+    rows[-1]["grad/norm"], rows[-1]["grad/zero_frac"] = 9.0, 0.2      # one real spike
+    assert S.grad_norm_spikes(rows) == 1
+    no_key = [{k: v for k, v in r.items() if k != "grad/zero_frac"} for r in rows]
+    assert S.grad_norm_spikes(no_key) >= 5                          # without the signal metric: the old artefact
