@@ -11,7 +11,7 @@ NODEPS  := $(SMOLLM2) verl==0.9.1
 # exact versions of everything else, made from requirements.txt (the ranges) by `make lock`
 LOCK    := requirements.lock
 
-.PHONY: lab test test-fast test-browser test-vllm setup-vllm lint bench setup lock clean notebooks
+.PHONY: study-report lab test test-fast test-browser test-vllm setup-vllm lint bench setup lock clean notebooks
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ lab: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ercref tests benchmarks scripts
+
+# the README's "What we found" blocks = the reports of the committed study caches (tests/test_study_report.py)
+study-report: $(STAMP)
+	$(BIN)/python -c "from ercref.study.report import refresh_readme; print(refresh_readme())"
 
 test: lint
 	$(BIN)/python -m pytest -q tests

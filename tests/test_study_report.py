@@ -4,7 +4,6 @@ equal the report of the committed cache."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -167,15 +166,18 @@ def test_empty_cache_and_a_broken_log(tmp_path):
         report.run_table("toy", tmp_path)
 
 
-def test_readme_block_is_the_report_of_the_committed_cache():
+def test_readme_blocks_are_the_reports_of_the_committed_cache(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- study-report: (\S+) -->\n(.*?)<!-- /study-report -->", readme, flags=re.S)
-    assert m, "README.md lacks the <!-- study-report: NAME --> ... <!-- /study-report --> block"
-    name, block = m.group(1), m.group(2)
-    fresh = report.study_report(name)
-    assert block.strip() == fresh.strip(), (
-        f"README.md's study report is not the report of the cache data/results/{name}: run "
-        f"`python -m ercref.study {name} --report` and paste its output between the markers")
+    blocks = list(report.README_BLOCK.finditer(readme))
+    assert {m.group(2) for m in blocks} >= {"tiny-stability-map", "tiny-controls"}, \
+        "README.md lacks the <!-- study-report: NAME --> ... <!-- /study-report --> blocks"
+    for m in blocks:
+        name, block = m.group(2), m.group(3)
+        assert block.strip() == report.study_report(name).strip(), (
+            f"README.md's study report is not the report of the cache data/results/{name}: run `make study-report`")
+    copy = tmp_path / "README.md"                     # refresh_readme rewrites exactly those blocks
+    copy.write_text(readme.replace(blocks[0].group(3), "stale\n"))
+    assert report.refresh_readme(copy) == [m.group(2) for m in blocks] and copy.read_text() == readme
 
 
 def test_an_erc_arm_that_clips_nothing_is_said_plainly(tmp_path):

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ercref.paths import REPO_ROOT
+
 from . import claims, stability
 from .plots import MIN_BAND_SEEDS
 from .runner import cached_wall_times, read_run_log, run_paths, study_dir
@@ -206,3 +208,17 @@ def study_report(name: str, results_dir=None) -> str:
     if few:
         lines += ["", f"Fewer than {MIN_SEEDS} paired seeds: " + "; ".join(few) + "."]
     return "\n".join(lines) + "\n"
+
+
+README_BLOCK = re.compile(r"(<!-- study-report: (\S+) -->\n)(.*?)(<!-- /study-report -->)", flags=re.S)
+
+
+def refresh_readme(path=None, results_dir=None) -> list[str]:
+    """Replace every ``<!-- study-report: NAME -->`` ... ``<!-- /study-report -->`` block of the
+    README with study_report(NAME) of the current cache (``make study-report``). Returns the names."""
+    path = Path(path) if path is not None else REPO_ROOT / "README.md"
+    text = path.read_text()
+    names = [m.group(2) for m in README_BLOCK.finditer(text)]
+    text = README_BLOCK.sub(lambda m: m.group(1) + study_report(m.group(2), results_dir) + m.group(4), text)
+    path.write_text(text)
+    return names
