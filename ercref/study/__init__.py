@@ -8,6 +8,7 @@
     studies      named studies as data (cells x arms x seeds); runner: `python -m ercref.study NAME`,
                  a resumable per-run cache under data/results/NAME/ with provenance; load_study
     stability    per-run stability measures (entropy volatility, grad-norm spikes, collapse step)
+    report       verdict tables and the markdown report of a study cache (README "What we found")
     teaching     show_source / check_exercise / headless-safe interact for the notebooks
     nbexec       execute, shrink and stamp the committed notebooks (`make notebooks`)
 
