@@ -49,18 +49,11 @@ from ercref.lm.trainer import Callback, Trainer
 from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.paths import REPO_ROOT
 
+from .teaching import QUICK_ENV, quick_mode  # noqa: F401  (re-exported: notebooks import them from here)
 from .token_view import erc_states, token_strings
 
 RESULTS_DIR = REPO_ROOT / "data" / "results"
 DOCS_IMG_DIR = REPO_ROOT / "docs" / "img"
-QUICK_ENV = "ERCREF_QUICK"
-
-
-def quick_mode() -> bool:
-    """True when ERCREF_QUICK is set to a non-empty value other than 0 (CI)."""
-    return os.environ.get(QUICK_ENV, "") not in ("", "0")
-
-
 # ----------------------------------------------------------------------------- experiment specs
 @dataclass
 class Experiment:

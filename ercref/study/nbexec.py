@@ -44,9 +44,8 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from ercref.paths import REPO_ROOT
 
-from .teaching import HEADLESS_ENV
+from .teaching import HEADLESS_ENV, QUICK_ENV
 
-QUICK_ENV = "ERCREF_QUICK"      # = ercref.study.experiments.QUICK_ENV (not imported: that loads the engine)
 STAMP_KEY = "ercref"            # nb.metadata[STAMP_KEY] holds the execution stamp
 MODES = ("full", "quick")
 TIMEOUT_S = {"full": 3600, "quick": 300}   # default per-cell timeout by mode

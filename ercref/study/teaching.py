@@ -24,6 +24,12 @@ from pathlib import Path
 import torch
 
 HEADLESS_ENV = "ERCREF_HEADLESS"
+QUICK_ENV = "ERCREF_QUICK"
+
+
+def quick_mode() -> bool:
+    """True when ERCREF_QUICK is set to a non-empty value other than 0 (CI)."""
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
 
 
 def headless() -> bool:
