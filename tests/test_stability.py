@@ -72,9 +72,11 @@ def test_collapse_step_by_entropy_or_diversity():
     assert S.collapse_step(_log(h), entropy_min=0.6) == 3
     assert S.collapse_step(_log([1.0, 0.9, 0.8])) is None
     d = [0.9, 0.5, 0.08, 0.05, 0.05]                      # diversity collapses at step 3, entropy at step 4
-    assert S.collapse_step(_log(h, distinct=d)) == 3
+    assert S.collapse_step(_log(h, distinct=d)) == 4      # default: entropy only (see the module docstring)
+    assert S.collapse_step(_log(h, distinct=d), distinct_min=0.1) == 3
     assert S.collapse_step(_log(h, distinct=d), distinct_min=0.01) == 4
-    assert S.collapse_step(_log([1.0] * 5, distinct=[1.0, 1.0, 1.0, 1.0, 0.09])) == 5
+    assert S.collapse_step(_log([1.0] * 5, distinct=[1.0, 1.0, 1.0, 1.0, 0.09])) is None
+    assert S.collapse_step(_log([1.0] * 5, distinct=[1.0, 1.0, 1.0, 1.0, 0.09]), distinct_min=0.1) == 5
 
 
 def test_final_accuracy_clip_by_staleness_and_update_norm():

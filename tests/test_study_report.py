@@ -196,3 +196,38 @@ def test_an_erc_arm_that_clips_nothing_is_said_plainly(tmp_path):
     clip = _row(vt, "K1", "DAPO+ERC", "DAPO", report.CLIP)
     assert clip["verdict"] == claims.CONTRADICTED and clip["mean"] == 0     # 0 % is below the paper's band
     assert "0.0% [0.0%, 0.0%] contradicted (clipped no token)" in report.study_report("toy", tmp_path)
+
+
+def _token_records(seed: int, low_clipped: bool) -> list[dict]:
+    """Captured responses of one seed: 40 tokens, old entropy 0.1 .. 4.0; the 8 lowest (or, when not
+    ``low_clipped``, the 8 highest) are ERC-clipped (state -1), one of them on the other side."""
+    h = [0.1 * (i + 1) for i in range(40)]
+    clipped = set(range(8)) if low_clipped else set(range(32, 40))
+    clipped = (clipped - {min(clipped)}) | {20 + seed}
+    return [{"step": 5, "staleness": 1, "row": i, "tokens": ["x"], "old_entropy": [h[i]], "entropy": [h[i]],
+             "rho": [1.0], "ratio": [1.0], "erc_state": [-1 if i in clipped else 0], "erc_applied": True}
+            for i in range(40)]
+
+
+def test_claim2_from_token_captures(tmp_path):
+    import gzip
+
+    from ercref.study.runner import tokens_path
+    root = study_dir("caps", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(Study("caps", "cpu-tiny", {}, {"A": {}, "B": {}}, {"DAPO+ERC": {}}, [0, 1, 2, 3, 4],
+                           capture_steps=[5]), root)
+    for cell, seeds, low in (("A", range(5), True), ("B", range(5), False)):
+        for sd in seeds:
+            _write_run(root, cell, "DAPO+ERC", sd, _rows(sd, True, False, None, 0.5))
+            tp = tokens_path(root, cell, "DAPO+ERC", sd)
+            tp.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in _token_records(sd, low)).encode()))
+    tt = report.token_claim_table("caps", tmp_path).set_index("cell")
+    assert tt.loc["A", "n"] == 5 and tt.loc["A", "tokens"] == 200
+    assert tt.loc["A", "mean"] == pytest.approx(7 / 8) and tt.loc["A", "verdict"] == claims.REPRODUCED
+    assert tt.loc["B", "mean"] == pytest.approx(0.0) and tt.loc["B", "verdict"] == claims.CONTRADICTED
+    assert tt.loc["A", "median_H_clipped"] < tt.loc["A", "median_H_kept"]
+    md = report.study_report("caps", tmp_path)
+    assert "Claim 2" in md and "| A | DAPO+ERC | 5 | 200 | 87.5% [" in md and "contradicted" in md
+    assert report.token_claim_table("toy", _cache(tmp_path / "other")).empty   # no captures: no table
+    assert "Claim 2" not in report.study_report("toy", tmp_path / "other")

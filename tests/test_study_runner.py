@@ -89,7 +89,13 @@ def test_named_studies_are_well_formed():
     assert {"DAPO", "DAPO+ERC", "DAPO+random-mask", "DAPO-matched-step", "DAPO+entropy-bonus", "DAPO+KL", "Clip-Cov",
             "KL-Cov", "DAPO+ERC-b0.01", "DAPO+ERC-b0.1", "DAPO+ERC-b0.2"} == set(c.arms)
     assert c.arms["DAPO+random-mask"]["loss.erc_mask"] == "random"
-    assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "smollm2-learns"}
+    assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "tiny-token-captures", "smollm2-learns"}
+    t = get_study("tiny-token-captures")
+    assert list(t.arms) == ["DAPO+ERC"] and t.capture_steps == [25, 50, 75, 100] and t.base == m.base
+    assert t.config("K8-lr0.001", "DAPO+ERC", 2).to_dict() == m.config("K8-lr0.001", "DAPO+ERC", 2).to_dict()
+    sm = get_study("smollm2-learns").config("default", "DAPO", 0)
+    assert (sm.data.task, sm.data.style, sm.reward.judge, sm.rollout.prompts_per_step // sm.train.minibatch_prompts) == \
+        ("arith", "instruct", "math", 4)
     runs = c.runs()
     assert [a for _, a, _ in runs][-len(c.seeds) * len(c.default_cells):] == ["DAPO-matched-step"] * 10  # matched last
     with pytest.raises(ValueError, match="--cells"):
@@ -158,6 +164,31 @@ def test_changed_definition_is_refused(tmp_path):
         runner.write_study_json(s, tmp_path)
 
 
+def test_changed_capture_steps_are_refused(tmp_path):
+    runner.write_study_json(small_study(), tmp_path)
+    s = small_study()
+    s.capture_steps = [1]
+    with pytest.raises(ValueError, match="capture_steps"):
+        runner.write_study_json(s, tmp_path)
+
+
+def test_token_captures_are_cached_next_to_the_run_and_loaded(tmp_path):
+    s = small_study(name="cap", steps=2)
+    s.arms = {"DAPO+ERC": {"loss.erc": True}}
+    s.capture_steps = [2]
+    res = runner.run_study(s, tmp_path, workers=1, log=lambda *a: None)
+    assert [r["arm"] for r in res["done"]] == ["DAPO+ERC"]
+    root = runner.study_dir("cap", tmp_path)
+    tp = runner.tokens_path(root, "K2-lr0.001", "DAPO+ERC", 0)
+    recs = runner.read_run_log(tp)
+    assert tp.read_bytes()[:2] == b"\x1f\x8b" and len(recs) == 16          # 4 prompts x 4 samples, once at step 2
+    assert {r["step"] for r in recs} == {2} and {r["staleness"] for r in recs} == {0, 1}
+    assert all(len(r["old_entropy"]) == len(r["tokens"]) == len(r["erc_state"]) >= 1 for r in recs)
+    loaded = runner.load_study("cap", tmp_path)
+    assert len(loaded.runs) == 1 and len(loaded.tokens) == 16                # the tokens file is not a run
+    assert set(loaded.tokens["label"]) == {"DAPO+ERC"} and set(loaded.tokens["cell"]) == {"K2-lr0.001"}
+
+
 def test_a_bad_arm_fails_before_any_run(tmp_path):
     s = small_study()
     s.arms["DAPO"] = {"loss.loss": "no_such_loss"}
@@ -205,7 +236,7 @@ def test_loader_returns_tidy_frames(two_runs):
     assert set(res.steps["arm"]) == {"DAPO", "DAPO+ERC"} and set(res.steps["cell"]) == {"K2-lr0.001"}
     assert res.steps.groupby("arm")["step"].apply(list).to_dict() == {"DAPO": [1, 2], "DAPO+ERC": [1, 2]}
     assert "erc/clip_frac" in res.minibatches.columns and "optim/update_norm" in res.minibatches.columns
-    assert len(res.runs) == 2 and res.definition["name"] == "t"
+    assert len(res.runs) == 2 and res.definition["name"] == "t" and res.tokens is None   # no capture_steps: no tokens
     with pytest.raises(ValueError, match="no cached study"):
         runner.load_study("nothing", d)
 

@@ -309,16 +309,22 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     return df, n
 
 
-def _low_entropy_claim(tokens: pd.DataFrame, erc: str, n: dict, add) -> None:
-    """Claim 2 of claims_table, from the per-token captures: adds its numbers to ``n`` and its row with ``add``."""
-    tk = tokens[tokens["label"] == erc]
-
+def low_entropy_shares(tokens: pd.DataFrame, label: str) -> dict[int, float]:
+    """Claim 2's per-seed number: {seed: share of the ERC-clipped tokens whose old entropy is below the
+    median old entropy of all captured tokens of that seed} for the token rows (experiments.token_table:
+    old_entropy, clipped, label, seed) of ``label``; seeds without a clipped token are left out."""
     def low_share(g):
         med = g["old_entropy"].median()
         c = g[g["clipped"]]
         return float((c["old_entropy"] < med).mean()) if len(c) else float("nan")
 
-    shares = {s: v for s, v in per_seed(tk, erc, low_share).items() if math.isfinite(v)}
+    return {s: v for s, v in per_seed(tokens, label, low_share).items() if math.isfinite(v)}
+
+
+def _low_entropy_claim(tokens: pd.DataFrame, erc: str, n: dict, add) -> None:
+    """Claim 2 of claims_table, from the per-token captures: adds its numbers to ``n`` and its row with ``add``."""
+    tk = tokens[tokens["label"] == erc]
+    shares = low_entropy_shares(tk, erc)
     if not shares:
         raise ValueError("no ERC-clipped token in the captures; claim 2 cannot be measured")
     n["seeds/low_entropy_share"] = shares

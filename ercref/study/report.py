@@ -22,6 +22,11 @@ and the ERC arm's clip fraction (mean erc/clip_frac over all its minibatches, k 
 claim 1a of claims.claims_table), tested with claims.band_verdict against claims.CLIP_RATE_BAND.
 
 A verdict needs MIN_SEEDS paired seeds; a (cell, pair) with fewer is listed as "n=... seeds: no verdict".
+
+Token captures (a study with capture_steps, e.g. tiny-token-captures): the paper's claim 2 per cell and
+ERC arm, token_claim_table: the share of ERC-clipped tokens whose old entropy is below the median of
+all captured tokens of that seed (claims.low_entropy_shares), tested against 0.5 with
+claims.direction_verdict (paper: above), with the median old entropy of clipped and kept tokens.
 """
 from __future__ import annotations
 
@@ -136,6 +141,56 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
     return pd.DataFrame(out, columns=cols)
 
 
+def token_claim_table(name: str, results_dir=None) -> pd.DataFrame:
+    """Claim 2 from a study's token captures (module doc): one row per (cell, arm) whose captures
+    hold ERC-applied tokens, with n seeds, the low-entropy share's mean / low / high, verdict (None
+    below MIN_SEEDS seeds), detail, and the mean over seeds of the median old entropy of clipped and
+    of kept tokens. Empty when the cache holds no captures."""
+    from .experiments import token_table
+    from .runner import load_study
+
+    cols = ["cell", "arm", "n", "tokens", "mean", "low", "high", "verdict", "detail", "median_H_clipped", "median_H_kept"]
+    try:
+        res = load_study(name, results_dir)
+    except ValueError:
+        return pd.DataFrame(columns=cols)
+    if res.tokens is None:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for (cell, arm), g in res.tokens.groupby(["cell", "arm"], sort=True):
+        tk = token_table(g)
+        tk = tk[tk["erc_applied"]]
+        if tk.empty:
+            continue
+        shares = claims.low_entropy_shares(tk, arm)
+        v = claims.direction_verdict(shares, +1, 0.5, "low-entropy share") if len(shares) >= MIN_SEEDS else None
+        med = {k: float(np.mean(list(claims.per_seed(tk[tk["clipped"] == c], arm,
+                                                     lambda x: x["old_entropy"].median()).values())))
+               for k, c in (("median_H_clipped", True), ("median_H_kept", False))}
+        out.append({"cell": cell, "arm": arm, "n": len(shares), "tokens": len(tk),
+                    "mean": float(np.mean(list(shares.values()))) if shares else math.nan,
+                    "low": v.low if v else math.nan, "high": v.high if v else math.nan,
+                    "verdict": v.label if v else None, "detail": str(v) if v else None, **med})
+    return pd.DataFrame(out, columns=cols)
+
+
+def _token_claim_lines(name: str, results_dir) -> list[str]:
+    tt = token_claim_table(name, results_dir)
+    if tt.empty:
+        return []
+    lines = ["", "Claim 2, the tokens ERC clips are mostly low-entropy: per seed, the share of ERC-clipped tokens whose "
+             "old entropy is below that seed's median over all captured tokens (chance 50 %; the paper predicts "
+             "above), 95 % t interval over seeds (`ercref.study.claims.low_entropy_shares`, `direction_verdict`).",
+             "", "| cell | arm | seeds | captured tokens | low-entropy share of clipped tokens | median old entropy, "
+             "clipped / kept (nats) |", "|---|---|---|---|---|---|"]
+    for r in tt.itertuples():
+        share = (f"{r.mean:.1%} [{r.low:.1%}, {r.high:.1%}] {r.verdict}" if r.verdict else
+                 f"{r.mean:.1%} (n={r.n} seeds: no verdict)")
+        lines.append(f"| {r.cell} | {r.arm} | {r.n} | {r.tokens} | {share} | "
+                     f"{r.median_H_clipped:.3g} / {r.median_H_kept:.3g} |")
+    return lines
+
+
 def _g(x: float) -> str:
     return f"{x:+.3g}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
 
@@ -181,7 +236,7 @@ def study_report(name: str, results_dir=None) -> str:
     lines = [_provenance(name, runs, d, results_dir)]
     vt = verdict_table(name, results_dir, runs)
     if vt.empty:
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
     judged = vt[vt["verdict"].notna() & (vt["measure"] != CLIP)]
     counts = judged["verdict"].value_counts()
     lines += ["", f"Paired by seed, ERC arm - other arm, 95 % Student-t interval over seeds (`ercref.study.claims`): "
@@ -207,7 +262,7 @@ def study_report(name: str, results_dir=None) -> str:
         lines += ["", *table]
     if few:
         lines += ["", f"Fewer than {MIN_SEEDS} paired seeds: " + "; ".join(few) + "."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
 
 
 README_BLOCK = re.compile(r"(<!-- study-report: (\S+) -->\n)(.*?)(<!-- /study-report -->)", flags=re.S)

@@ -11,9 +11,12 @@ One run (cell, arm, seed) is one unit of work. Cache of study NAME (results dir 
     NAME/runs/CELL/ARM/seedK.jsonl.gz            the engine's log rows (kinds sft / step / minibatch / eval),
                                                  gzip-compressed JSON Lines (~6x smaller; read_run_log reads it)
     NAME/runs/CELL/ARM/seedK.meta.json           config, seed, git commit, machine, wall seconds, ercref version
+    NAME/runs/CELL/ARM/seedK.tokens.gz           only for a study with capture_steps: experiments.TokenCapture's
+                                                 per-response records (tokens, old / new entropy, rho, ERC state),
+                                                 gzip JSON Lines
 
 A run whose .jsonl.gz exists is skipped. Both files are written when the run ends, each to a temporary
-name and moved into place (os.replace): the .meta.json first, the .jsonl.gz last, so a .jsonl.gz is the
+name and moved into place (os.replace): the .meta.json first (then the .tokens.gz), the .jsonl.gz last, so a .jsonl.gz is the
 mark of a finished run and a study killed at any moment leaves a consistent cache. With ``--hours``
 the runner starts a run only if, by its estimate (the median wall time of cached runs of the same
 arm and cell, else of the arm, else of the study, else the study's prior), it ends within the
@@ -57,6 +60,11 @@ def run_paths(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, Path]:
     return d / f"seed{seed}{LOG_SUFFIX}", d / f"seed{seed}.meta.json"
 
 
+def tokens_path(root: Path, cell: str, arm: str, seed: int) -> Path:
+    """The token captures of one run (written only when its study has capture_steps)."""
+    return root / "runs" / cell / arm / f"seed{seed}.tokens.gz"
+
+
 def read_run_log(path: str | os.PathLike) -> list[dict]:
     """The log rows of one cached run (gzip JSON Lines; a plain .jsonl also reads)."""
     path = Path(path)
@@ -92,6 +100,7 @@ def write_study_json(study: Study, root: Path) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         clash = [k for k in ("preset", "base") if old.get(k) != json.loads(json.dumps(new[k]))]
+        clash += ["capture_steps"] * (old.get("capture_steps", []) != new["capture_steps"])
         for kind in ("cells", "arms"):
             clash += [f"{kind[:-1]} {n!r}" for n, v in old.get(kind, {}).items()
                       if n in new[kind] and json.loads(json.dumps(new[kind][n])) != v]
@@ -197,7 +206,8 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     work = Path(tempfile.mkdtemp(prefix=f"ercref-{study.name}-"))
     t0 = time.perf_counter()
     try:
-        logs, _ = run_arm(cfg, work / "run", label=arm, seed=seed, checkpoints=False)
+        logs, toks = run_arm(cfg, work / "run", label=arm, seed=seed, checkpoints=False,
+                             capture_steps=list(study.capture_steps))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - t0
@@ -209,6 +219,10 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     log_path, meta_path = run_paths(root, cell, arm, seed)
     _write_atomic(meta_path, json.dumps(meta, indent=2, default=str))
+    if study.capture_steps:
+        tk = [{k: v for k, v in r.items() if k not in ("label", "seed")} for r in toks]
+        _write_atomic(tokens_path(root, cell, arm, seed),
+                      gzip.compress("".join(json.dumps(r) + "\n" for r in tk).encode(), mtime=0))
     rows = [compact({k: v for k, v in r.items() if k not in ("label", "seed")}) for r in logs]
     _write_atomic(log_path, gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0))
     return {"cell": cell, "arm": arm, "seed": seed, "wall_s": wall}
@@ -340,6 +354,7 @@ class StudyResults(LogFrames):
     log: pd.DataFrame
     runs: pd.DataFrame        # one row per run: cell, arm, seed, wall_s, lr, git_commit, matched scale
     definition: dict
+    tokens: pd.DataFrame | None = None   # token captures (one row per response; cell, arm, label = arm, seed), if any
 
 
 def load_study(name: str, results_dir=None) -> StudyResults:
@@ -348,7 +363,7 @@ def load_study(name: str, results_dir=None) -> StudyResults:
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"no cached study {name!r} at {root} (run: python -m ercref.study {name})")
-    frames, runs = [], []
+    frames, runs, tokens = [], [], []
     for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
         cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
         rows = read_run_log(log)
@@ -357,6 +372,9 @@ def load_study(name: str, results_dir=None) -> StudyResults:
         df.insert(0, "arm", arm)
         df.insert(0, "cell", cell)
         frames.append(df)
+        tp = tokens_path(root, cell, arm, seed)
+        if tp.is_file():
+            tokens += [{"cell": cell, "arm": arm, "label": arm, "seed": seed, **r} for r in read_run_log(tp)]
         meta_path = log.with_name(f"seed{seed}.meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         runs.append({"cell": cell, "arm": arm, "seed": seed, "wall_s": meta.get("wall_s"),
@@ -365,7 +383,8 @@ def load_study(name: str, results_dir=None) -> StudyResults:
     log_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["cell", "arm", "seed", "kind"])
     return StudyResults(name, log_df, pd.DataFrame(runs, columns=["cell", "arm", "seed", "wall_s", "lr", "git_commit",
                                                                   "matched_scale"]),
-                        json.loads((root / "study.json").read_text()))
+                        json.loads((root / "study.json").read_text()),
+                        pd.DataFrame.from_records(tokens) if tokens else None)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -10,8 +10,12 @@ method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One r
                         (beta 0.05) everywhere, GPPO and GPPO+ERC at K in GPPO_KS; seeds 0-4; 100 RL steps
     tiny-controls       cpu-tiny at CONTROL_CELLS (any map cell name is accepted with --cells): every
                         baseline and control of issue 11 and the beta ablation {0.01, 0.05, 0.1, 0.2}
-    smollm2-learns      cpu-smollm2: DAPO, DAPO+ERC and the random-mask control, 5 seeds; the budget
-                        (steps, batch, lr, K) are parameters of ``smollm2_learns``
+    tiny-token-captures cpu-tiny at CONTROL_CELLS: DAPO+ERC with per-token captures (old entropy, ERC
+                        state) at steps 25/50/75/100, 5 seeds: the paper's claim 2
+    smollm2-learns      cpu-smollm2 on single-digit addition in a sentence (math judge), where DAPO's
+                        held-out accuracy rises: DAPO, DAPO+ERC and the random-mask control, 5 seeds,
+                        20 RL steps of 8 x 8 at K = 4; the budget (steps, batch, lr, K) are parameters
+                        of ``smollm2_learns``
 
 Cost of tiny-stability-map (measured 2026-11-29 on the 2-core dev machine, shared, load ~8-10; one
 thread per run, two runs side by side): ~105 s per run of start-up (model, 120 SFT steps, evaluations)
@@ -56,6 +60,7 @@ class Study:
     matched: dict[str, tuple[str, str]] = field(default_factory=dict)  # arm -> (target arm, reference arm)
     est_run_s: float = 60.0                            # prior for one run's wall time until the cache has some
     description: str = ""
+    capture_steps: list[int] = field(default_factory=list)  # RL steps whose tokens are captured (runner: seedK.tokens.gz)
 
     def __post_init__(self) -> None:
         for kind, names in (("cell", self.cells), ("arm", self.arms)):
@@ -113,7 +118,7 @@ class Study:
         return {"name": self.name, "preset": self.preset, "base": self.base, "cells": self.cells, "arms": self.arms,
                 "seeds": self.seeds, "default_cells": self.default_cells, "cell_arms": self.cell_arms,
                 "matched": {k: list(v) for k, v in self.matched.items()}, "est_run_s": self.est_run_s,
-                "description": self.description}
+                "description": self.description, "capture_steps": list(self.capture_steps)}
 
 
 # ----------------------------------------------------------------------------- tiny LM
@@ -195,23 +200,53 @@ def tiny_controls(cells=CONTROL_CELLS, seeds=SEEDS, steps: int = 100, entropy_co
                              f"{list(BETAS)}.")
 
 
+TOKEN_CAPTURE_STEPS = (25, 50, 75, 100)
+
+
+def tiny_token_captures(cells=CONTROL_CELLS, seeds=SEEDS, steps: int = 100,
+                        capture_steps=TOKEN_CAPTURE_STEPS) -> Study:
+    """The paper's claim 2 (the tokens ERC clips are mostly low-entropy) needs every response token's
+    entropy and ERC state, which the engine log does not keep: DAPO+ERC at the control cells, 5
+    seeds, with experiments.TokenCapture at ``capture_steps`` (one extra no-grad forward per
+    minibatch of those steps, written to seedK.tokens.gz). The run is otherwise the map's DAPO+ERC run
+    of that cell and seed."""
+    all_cells = map_cells()
+    return Study("tiny-token-captures", "cpu-tiny", {**TINY_STUDY_BASE, "train.steps": steps}, all_cells,
+                 {"DAPO+ERC": erc_arm("dapo", 0.05)}, list(seeds), default_cells=list(cells), est_run_s=120.0,
+                 capture_steps=[s for s in capture_steps if s <= steps],
+                 description="Which tokens does ERC clip? DAPO+ERC with per-token captures at the control cells, "
+                             "5 seeds (claim 2: clipped tokens are mostly low-entropy).")
+
+
 # ----------------------------------------------------------------------------- SmolLM2
-def smollm2_learns(seeds=SEEDS, steps: int = 30, prompts_per_step: int = 8, group_size: int = 8,
+def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, group_size: int = 8,
                    minibatch_prompts: int = 2, lr: float = 1e-5, max_new_tokens: int = 12) -> Study:
-    """SmolLM2-135M on the cpu-smollm2 task: DAPO, DAPO+ERC, random mask. The budget is a parameter
-    (pick one where DAPO's held-out accuracy rises >= 10 points above its start)."""
+    """SmolLM2-135M-Instruct where DAPO learns: single-digit addition asked in a sentence ("What is
+    3+5? Answer with just the number.", data.task=arith, level 1, style instruct), judged by the math
+    judge (math-verify reads the last number of the response, so "3 + 5 = 8" is right), binary
+    reward. DAPO, DAPO+ERC (beta 0.05) and the random-mask control; K = prompts_per_step /
+    minibatch_prompts = 4 optimizer steps per rollout batch.
+
+    Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy did not rise (notebook
+    04, part 1), so no accuracy claim was testable. Probe (2026-11-29, one DAPO run, seed 0, K = 2, 8 x 8,
+    lr 1e-5, one thread next to another run): held-out avg@2 0.34 at step 0 -> 0.78 at step 5, ~14.5 s
+    per step; the runs of this study measure it per seed (notebook 04, part 2)."""
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
+            "data.task": "arith", "data.level": 1, "data.style": "instruct",
+            "reward.judge": "math", "reward.scheme": "binary", "reward.judge_workers": 1,
             "rollout.prompts_per_step": prompts_per_step, "rollout.group_size": group_size,
             "rollout.max_new_tokens": max_new_tokens, "train.minibatch_prompts": minibatch_prompts,
-            "optim.lr": float(lr), "train.eval_every": max(1, steps // 5), "train.eval_k": 2, "data.num_eval": 32,
+            "optim.lr": float(lr), "train.eval_every": max(1, steps // 4), "train.eval_k": 2, "data.num_eval": 32,
             "train.save_checkpoints": False, "train.save_policy": False}
     arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
             "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
-    return Study("smollm2-learns", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=15.0 * steps,
-                 description="Does ERC change what SmolLM2-135M learns (and when it collapses) where DAPO learns?")
+    return Study("smollm2-learns", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=18.0 * steps + 60,
+                 description="Does ERC change what SmolLM2-135M learns (and when it collapses) where DAPO learns? "
+                             "Single-digit addition in a sentence, math judge, K = 4, 5 seeds.")
 
 
-STUDIES = {"tiny-stability-map": tiny_stability_map, "tiny-controls": tiny_controls, "smollm2-learns": smollm2_learns}
+STUDIES = {"tiny-stability-map": tiny_stability_map, "tiny-controls": tiny_controls,
+           "tiny-token-captures": tiny_token_captures, "smollm2-learns": smollm2_learns}
 
 
 def get_study(name: str) -> Study:
