@@ -89,7 +89,10 @@ def test_named_studies_are_well_formed():
     assert {"DAPO", "DAPO+ERC", "DAPO+random-mask", "DAPO-matched-step", "DAPO+entropy-bonus", "DAPO+KL", "Clip-Cov",
             "KL-Cov", "DAPO+ERC-b0.01", "DAPO+ERC-b0.1", "DAPO+ERC-b0.2"} == set(c.arms)
     assert c.arms["DAPO+random-mask"]["loss.erc_mask"] == "random"
-    assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "tiny-token-captures", "smollm2-learns"}
+    assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "tiny-token-captures", "smollm2-learns",
+                            "smollm2-collapse"}
+    mc = get_study("smollm2-collapse").config("default", "DAPO+random-mask", 1)
+    assert (mc.data.task, mc.reward.scheme, mc.loss.erc_mask, mc.train.steps) == ("mc-arith", "format", "random", 24)
     t = get_study("tiny-token-captures")
     assert list(t.arms) == ["DAPO+ERC"] and t.capture_steps == [25, 50, 75, 100] and t.base == m.base
     assert t.config("K8-lr0.001", "DAPO+ERC", 2).to_dict() == m.config("K8-lr0.001", "DAPO+ERC", 2).to_dict()

@@ -16,6 +16,8 @@ method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One r
                         held-out accuracy rises: DAPO, DAPO+ERC and the random-mask control, 5 seeds,
                         20 RL steps of 8 x 8 at K = 4; the budget (steps, batch, lr, K) are parameters
                         of ``smollm2_learns``
+    smollm2-collapse    the cpu-smollm2 preset as it is (multiple choice, format reward, 8 x 4, K = 2), 24 RL
+                        steps: DAPO, DAPO+ERC, random mask, 5 seeds; the time to collapse onto one letter
 
 Cost of tiny-stability-map (measured 2026-11-29 on the 2-core dev machine, shared, load ~8-10; one
 thread per run, two runs side by side): ~105 s per run of start-up (model, 120 SFT steps, evaluations)
@@ -245,8 +247,25 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
                              "Single-digit addition in a sentence, math judge, K = 4, 5 seeds.")
 
 
+def smollm2_collapse(seeds=SEEDS, steps: int = 24, lr: float = 1e-5) -> Study:
+    """The known instability of the cpu-smollm2 preset, measured: on its multiple-choice task (reward 1
+    for the right letter, 0.2 for a wrong bare letter) the policy learns the bare-letter format and then
+    collapses onto one letter (one DAPO run: entropy 1.5 -> 0.02 by step 18 at lr 1e-5). The preset as
+    it is (8 prompts x 4 answers, K = 2) for ``steps`` RL steps: DAPO, DAPO+ERC and the random-mask
+    control, 5 seeds; the time to collapse (stability.collapse_step) per seed and arm."""
+    base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
+            "optim.lr": float(lr), "train.eval_every": max(1, steps // 4), "train.save_checkpoints": False,
+            "train.save_policy": False}
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
+            "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
+    return Study("smollm2-collapse", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=12.0 * steps + 60,
+                 description="When does SmolLM2-135M collapse onto one letter on cpu-smollm2's multiple-choice task, "
+                             "with and without ERC? DAPO, DAPO+ERC, random mask, 5 seeds.")
+
+
 STUDIES = {"tiny-stability-map": tiny_stability_map, "tiny-controls": tiny_controls,
-           "tiny-token-captures": tiny_token_captures, "smollm2-learns": smollm2_learns}
+           "tiny-token-captures": tiny_token_captures, "smollm2-learns": smollm2_learns,
+           "smollm2-collapse": smollm2_collapse}
 
 
 def get_study(name: str) -> Study:
