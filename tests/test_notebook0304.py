@@ -150,6 +150,7 @@ def test_03_empty_cache_says_so_and_prints_the_fill_command(monkeypatch, tmp_pat
     assert "NOTHING CACHED YET" in out
     assert "python -m ercref.study tiny-stability-map --hours 2.5" in out
     assert "python -m ercref.study tiny-controls --hours 2.5" in out
+    assert ns["HAVE_CAPTURES"] is False and "python -m ercref.study tiny-token-captures --hours 0.5" in out
 
 
 def test_03_fewer_than_five_seeds_get_no_verdict(monkeypatch, tmp_path):
