@@ -133,7 +133,8 @@ def test_markdown_report_and_cli(tmp_path, capsys):
     assert "B DAPO+ERC vs DAPO (n=4 seeds: no verdict)" in text
     table = [line for line in text.splitlines() if line.startswith("| A |")]
     assert len(table) == 2 and all(line.count(" reproduced") == 4 and " contradicted" in line for line in table)
-    assert "Of 8 tests with >= 5 paired seeds: 6 reproduced, 2 contradicted, 0 inconclusive." in text
+    assert "Of 8 tests with >= 5 paired seeds: 6 reproduced, 2 contradicted, 0 inconclusive (if no arm differed" in text
+    assert "about 0.4 of them would exclude 0 by chance alone" in text
     study = Study("toy", "cpu-tiny", {}, {"A": {}, "B": {}}, ARMS, [0, 1, 2, 3, 4])
     assert main(["toy", "--report", "--results-dir", str(tmp_path)], studies={"toy": lambda: study}) == 0
     assert capsys.readouterr().out == text

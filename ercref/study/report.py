@@ -243,7 +243,9 @@ def study_report(name: str, results_dir=None) -> str:
               f"**reproduced** = the interval excludes 0 in the paper's direction, **contradicted** = it excludes 0 "
               f"the other way, **inconclusive** = it contains 0 (MDE: the smallest effect those seeds could "
               f"detect). Of {len(judged)} tests with >= {MIN_SEEDS} paired seeds: "
-              + ", ".join(f"{counts.get(lab, 0)} {lab}" for lab in claims.LABELS) + ". "
+              + ", ".join(f"{counts.get(lab, 0)} {lab}" for lab in claims.LABELS)
+              + f" (if no arm differed from another, about {0.05 * len(judged):.1f} of them would exclude 0 by chance "
+              "alone: 5 % each, not corrected for multiple comparisons). "
               "Grad-norm spikes: minibatches with a policy-gradient signal whose norm exceeds 3x the median of the "
               "earlier ones (`stability.grad_norm_spikes`); for KL-Cov, whose penalty term keeps a tiny gradient "
               "after a collapse, that median falls to the penalty's scale, so its count is not comparable."]
