@@ -190,6 +190,16 @@ def test_token_captures_are_cached_next_to_the_run_and_loaded(tmp_path):
     loaded = runner.load_study("cap", tmp_path)
     assert len(loaded.runs) == 1 and len(loaded.tokens) == 16                # the tokens file is not a run
     assert set(loaded.tokens["label"]) == {"DAPO+ERC"} and set(loaded.tokens["cell"]) == {"K2-lr0.001"}
+    s.capture_steps = []                       # the capture's extra no-grad forward leaves the run unchanged
+    runner.run_study(s, tmp_path / "plain", workers=1, log=lambda *a: None)
+    plain = runner.read_run_log(runner.run_paths(runner.study_dir("cap", tmp_path / "plain"), "K2-lr0.001", "DAPO+ERC", 0)[0])
+    captured = runner.read_run_log(runner.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)[0])
+    drop = {"time/", "perf/"}
+
+    def metrics(rows):
+        return [{k: v for k, v in r.items() if not any(k.startswith(x) for x in drop)} for r in rows if r["kind"] != "sft"]
+    assert metrics(plain) == metrics(captured) and not runner.tokens_path(tmp_path / "plain" / "cap", "K2-lr0.001",
+                                                                           "DAPO+ERC", 0).exists()
 
 
 def test_a_bad_arm_fails_before_any_run(tmp_path):

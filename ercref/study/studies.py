@@ -210,8 +210,9 @@ def tiny_token_captures(cells=CONTROL_CELLS, seeds=SEEDS, steps: int = 100,
     """The paper's claim 2 (the tokens ERC clips are mostly low-entropy) needs every response token's
     entropy and ERC state, which the engine log does not keep: DAPO+ERC at the control cells, 5
     seeds, with experiments.TokenCapture at ``capture_steps`` (one extra no-grad forward per
-    minibatch of those steps, written to seedK.tokens.gz). The run is otherwise the map's DAPO+ERC run
-    of that cell and seed."""
+    minibatch of those steps, written to seedK.tokens.gz). The capture leaves the training unchanged: the
+    10 runs' logs equal the map's DAPO+ERC runs of the same cell and seed (rollout entropy of every step,
+    checked 2026-11-29; tests/test_study_runner.py checks it on a small run)."""
     all_cells = map_cells()
     return Study("tiny-token-captures", "cpu-tiny", {**TINY_STUDY_BASE, "train.steps": steps}, all_cells,
                  {"DAPO+ERC": erc_arm("dapo", 0.05)}, list(seeds), default_cells=list(cells), est_run_s=120.0,
