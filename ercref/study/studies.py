@@ -19,12 +19,13 @@ method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One r
     smollm2-collapse    the cpu-smollm2 preset as it is (multiple choice, format reward, 8 x 4, K = 2), 24 RL
                         steps: DAPO, DAPO+ERC, random mask, 5 seeds; the time to collapse onto one letter
 
-Cost of tiny-stability-map (measured 2026-11-29 on the 2-core dev machine, shared, load ~8-10; one
-thread per run, two runs side by side): ~105 s per run of start-up (model, 120 SFT steps, evaluations)
-plus ~1.1 s (K = 1) to ~2.5 s (K = 16) per RL step, so ~220-360 s per 100-step run, ~290 s on average:
-210 runs x ~290 s ~ 17 CPU-hours, ~8.5 h of wall time with 2 workers (an idle machine is faster; the
-runner's --status prints the estimate from the cache's own measured run times). tiny-controls at its
-2 default cells: 110 runs, ~9 CPU-hours.
+Cost, from the committed cache's own run times (one thread per run, two runs side by side on the 2-core
+dev machine, 2026-11-29, shared with other jobs; "run-hours" = the sum of the runs' wall times):
+tiny-stability-map 210 runs, 3.3 run-hours (median 26 s per run, 9-908 s: a worker process reuses the
+SFT warm-up of a seed across its runs, K = 16 and a loaded machine are the slowest); tiny-controls 55 runs at one cell, 1.1
+run-hours (its second default cell, 55 more runs, is not in the cache yet); tiny-token-captures 10 runs,
+0.26 run-hours. The SmolLM2 studies' costs are in their provenance lines (README, `--report`). The
+runner's --status prints the estimate of what is left from the cache's own measured run times.
 
 Matched-step control (``Study.matched``: arm -> (target arm, reference arm)): the arm runs with
 the reference arm's config at learning rate
