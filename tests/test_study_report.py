@@ -129,7 +129,7 @@ def test_markdown_report_and_cli(tmp_path, capsys):
     _cache(tmp_path)
     text = report.study_report("toy", tmp_path)
     assert text.startswith(f"Study `toy` (cache `{tmp_path / 'toy'}`): 23 runs cached")
-    assert "seeds [0, 1, 2, 3, 4]" in text and "2.30 CPU-hours" in text and "`0123456789ab-dirty` (23 runs)" in text
+    assert "seeds [0, 1, 2, 3, 4]" in text and "2.30 run-hours" in text and "`0123456789ab-dirty` (23 runs)" in text
     assert "B DAPO+ERC vs DAPO (n=4 seeds: no verdict)" in text
     table = [line for line in text.splitlines() if line.startswith("| A |")]
     assert len(table) == 2 and all(line.count(" reproduced") == 4 and " contradicted" in line for line in table)

@@ -1,7 +1,7 @@
 """Run a named study (studies.py) into a resumable cache, in pieces, and load it back.
 
     python -m ercref.study tiny-stability-map --hours 2.5      # fill the cache for 2.5 h, then stop
-    python -m ercref.study tiny-stability-map --status         # what is cached, what is left, CPU-hours
+    python -m ercref.study tiny-stability-map --status         # what is cached, what is left, run-hours
     python -m ercref.study tiny-stability-map --report         # the verdict table of the cache (report.py)
     python -m ercref.study --list                              # the studies
 
@@ -327,7 +327,7 @@ def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None,
 
 
 def status(study: Study, results_dir=None, cells=None, arms=None, seeds=None) -> pd.DataFrame:
-    """One row per (cell, arm): seeds cached / selected, measured seconds per run, CPU-hours spent and left."""
+    """One row per (cell, arm): seeds cached / selected, measured seconds per run, run-hours spent and left."""
     root = study_dir(study.name, results_dir)
     times = cached_wall_times(root) if root.is_dir() else []
     rows: dict[tuple, dict] = {}
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: the study's)")
     ap.add_argument("--results-dir", default=None, help=f"cache root (default {RESULTS_DIR})")
     ap.add_argument("--list", action="store_true", help="list the studies, or with a study its cells, arms and runs")
-    ap.add_argument("--status", action="store_true", help="show cached / left runs and CPU-hours per cell and arm")
+    ap.add_argument("--status", action="store_true", help="show cached / left runs and run-hours (sum of wall times) per cell and arm")
     ap.add_argument("--report", action="store_true",
                     help="print the markdown report of the cache: paired verdicts per cell and arm pair, provenance "
                          "(what the README's 'What we found' section pastes; ercref.study.report)")
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
             df = status(study, args.results_dir, args.cells, args.arms, args.seeds)
             with pd.option_context("display.max_rows", None, "display.width", 160):
                 print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-            print(f"cached {int(df['cached'].sum())} / {int(df['runs'].sum())} runs; CPU-hours spent "
+            print(f"cached {int(df['cached'].sum())} / {int(df['runs'].sum())} runs; run-hours spent "
                   f"{df['spent_cpu_h'].sum():.2f}, left ~{df['left_cpu_h'].sum():.2f}")
             return 0
         res = run_study(study, args.results_dir, args.cells, args.arms, args.seeds, args.hours, args.workers)
