@@ -232,3 +232,16 @@ def test_claim2_from_token_captures(tmp_path):
     assert "Claim 2" in md and "| A | DAPO+ERC | 5 | 200 | 87.5% [" in md and "contradicted" in md
     assert report.token_claim_table("toy", _cache(tmp_path / "other")).empty   # no captures: no table
     assert "Claim 2" not in report.study_report("toy", tmp_path / "other")
+
+
+def test_one_cell_report_says_whether_each_arm_learned(tmp_path):
+    root = study_dir("one", tmp_path)
+    root.mkdir(parents=True)
+    write_study_json(Study("one", "cpu-tiny", {}, {"default": {}}, {"DAPO": {}, "DAPO+ERC": {}}, [0, 1, 2, 3, 4]), root)
+    for s in range(5):
+        _write_run(root, "default", "DAPO", s, _rows(s, False, False, None, 0.6))
+        _write_run(root, "default", "DAPO+ERC", s, _rows(s, True, False, None, 0.7 + 0.01 * s))
+    md = report.study_report("one", tmp_path)
+    assert "Held-out accuracy, first -> last evaluation, mean over seeds: DAPO 0.200 -> 0.600 (n=5); " \
+           "DAPO+ERC 0.200 -> 0.720 (n=5)." in md
+    assert "Held-out accuracy, first -> last" not in report.study_report("toy", _cache(tmp_path / "two"))  # 2 cells

@@ -77,7 +77,8 @@ def _definition(name: str, root: Path) -> dict:
 def run_table(name: str, results_dir=None) -> pd.DataFrame:
     """One row per finished run in the cache of study ``name``: cell, arm, seed, its provenance
     (wall_s, git_commit, cpu, finished) and stability.run_summary of its log, plus
-    steps_to_collapse (collapse_step, never -> steps + 1) and erc_clip_frac (NaN without ERC)."""
+    steps_to_collapse (collapse_step, never -> steps + 1), erc_clip_frac (NaN without ERC) and
+    start_accuracy (the first evaluation's eval/avg@k; NaN without one)."""
     root = study_dir(name, results_dir)
     rows = []
     for t in cached_wall_times(root) if (root / "runs").is_dir() else []:
@@ -89,11 +90,14 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
             raise ValueError(f"{log}: {e} (delete the run's log and .meta.json to rerun it)") from e
         meta = json.loads(meta_path.read_text())
         clip = [r["erc/clip_frac"] for r in recs if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
+        evals = sorted((r for r in recs if r.get("kind") == "eval"), key=lambda r: r["step"])
+        acc_key = next((c for r in evals for c in r if c.startswith("eval/avg@")), None)
         collapse = summary["collapse_step"]
         rows.append({**t, "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
                      "finished": meta.get("finished"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
-                     CLIP: float(np.mean(clip)) if clip else math.nan})
+                     CLIP: float(np.mean(clip)) if clip else math.nan,
+                     "start_accuracy": float(evals[0][acc_key]) if acc_key and acc_key in evals[0] else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -264,6 +268,11 @@ def study_report(name: str, results_dir=None) -> str:
         lines += ["", *table]
     if few:
         lines += ["", f"Fewer than {MIN_SEEDS} paired seeds: " + "; ".join(few) + "."]
+    if runs["cell"].nunique() == 1 and runs["start_accuracy"].notna().any():   # one cell: did each arm learn?
+        acc = runs.groupby("arm")[["start_accuracy", "final_accuracy"]].mean()
+        lines += ["", "Held-out accuracy, first -> last evaluation, mean over seeds: " + "; ".join(
+            f"{arm} {r.start_accuracy:.3f} -> {r.final_accuracy:.3f} (n={int((runs['arm'] == arm).sum())})"
+            for arm, r in acc.iterrows()) + "."]
     return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
 
 
