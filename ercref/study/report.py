@@ -224,7 +224,8 @@ def _provenance(name: str, runs: pd.DataFrame, d: dict, results_dir) -> str:
     commits = runs["git_commit"].fillna("unknown").value_counts().sort_index()
     cpus = sorted(set(runs["cpu"].dropna()))
     return (head + f", seeds {sorted(int(s) for s in set(runs['seed']))}, "
-            f"{runs['wall_s'].sum() / 3600:.2f} run-hours (the sum of the runs' wall times, one thread each: a busy machine inflates it), finished "
+            f"{runs['wall_s'].sum() / 3600:.2f} run-hours (the sum of the runs' wall times, one thread each: "
+            "a busy machine inflates it), finished "
             f"{runs['finished'].dropna().min()} to {runs['finished'].dropna().max()}; git commits "
             + ", ".join(f"`{c[:12] + ('-dirty' if c.endswith('-dirty') else '')}` ({k} runs)" for c, k in commits.items())
             + (f"; machine {', '.join(cpus)}" if cpus else "") + ".")
