@@ -82,6 +82,7 @@ def test_collapse_step_by_entropy_or_diversity():
 def test_final_accuracy_clip_by_staleness_and_update_norm():
     rows = _log([1.0, 0.9, 0.8], K=3, update_norm=[0.1 * i for i in range(9)])
     assert S.final_accuracy(rows) == 0.4                  # the eval at the largest step
+    assert S.start_accuracy(rows) == 0.1                  # ... and at the smallest
     assert S.final_accuracy(rows, key="eval/pass@4") == 0.8
     assert S.final_accuracy(_log([1.0], evals=())) is None
     by_k = S.clip_by_staleness(rows)

@@ -77,8 +77,7 @@ def _definition(name: str, root: Path) -> dict:
 def run_table(name: str, results_dir=None) -> pd.DataFrame:
     """One row per finished run in the cache of study ``name``: cell, arm, seed, its provenance
     (wall_s, git_commit, cpu, finished) and stability.run_summary of its log, plus
-    steps_to_collapse (collapse_step, never -> steps + 1), erc_clip_frac (NaN without ERC) and
-    start_accuracy (the first evaluation's eval/avg@k; NaN without one)."""
+    steps_to_collapse (collapse_step, never -> steps + 1) and erc_clip_frac (NaN without ERC)."""
     root = study_dir(name, results_dir)
     rows = []
     for t in cached_wall_times(root) if (root / "runs").is_dir() else []:
@@ -90,14 +89,11 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
             raise ValueError(f"{log}: {e} (delete the run's log and .meta.json to rerun it)") from e
         meta = json.loads(meta_path.read_text())
         clip = [r["erc/clip_frac"] for r in recs if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
-        evals = sorted((r for r in recs if r.get("kind") == "eval"), key=lambda r: r["step"])
-        acc_key = next((c for r in evals for c in r if c.startswith("eval/avg@")), None)
         collapse = summary["collapse_step"]
         rows.append({**t, "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
                      "finished": meta.get("finished"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
-                     CLIP: float(np.mean(clip)) if clip else math.nan,
-                     "start_accuracy": float(evals[0][acc_key]) if acc_key and acc_key in evals[0] else math.nan})
+                     CLIP: float(np.mean(clip)) if clip else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -151,17 +147,14 @@ def token_claim_table(name: str, results_dir=None) -> pd.DataFrame:
     below MIN_SEEDS seeds), detail, and the mean over seeds of the median old entropy of clipped and
     of kept tokens. Empty when the cache holds no captures."""
     from .experiments import token_table
-    from .runner import load_study
+    from .runner import load_tokens
 
     cols = ["cell", "arm", "n", "tokens", "mean", "low", "high", "verdict", "detail", "median_H_clipped", "median_H_kept"]
-    try:
-        res = load_study(name, results_dir)
-    except ValueError:
-        return pd.DataFrame(columns=cols)
-    if res.tokens is None:
+    tokens = load_tokens(name, results_dir)
+    if tokens is None:
         return pd.DataFrame(columns=cols)
     out = []
-    for (cell, arm), g in res.tokens.groupby(["cell", "arm"], sort=True):
+    for (cell, arm), g in tokens.groupby(["cell", "arm"], sort=True):
         tk = token_table(g)
         tk = tk[tk["erc_applied"]]
         if tk.empty:

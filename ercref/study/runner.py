@@ -65,6 +65,11 @@ def tokens_path(root: Path, cell: str, arm: str, seed: int) -> Path:
     return root / "runs" / cell / arm / f"seed{seed}.tokens.gz"
 
 
+def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
+    """``rows`` as gzip JSON Lines at ``path``, atomically (mtime 0: the same rows give the same bytes)."""
+    _write_atomic(path, gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0))
+
+
 def read_run_log(path: str | os.PathLike) -> list[dict]:
     """The log rows of one cached run (gzip JSON Lines; a plain .jsonl also reads)."""
     path = Path(path)
@@ -220,11 +225,9 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     log_path, meta_path = run_paths(root, cell, arm, seed)
     _write_atomic(meta_path, json.dumps(meta, indent=2, default=str))
     if study.capture_steps:
-        tk = [{k: v for k, v in r.items() if k not in ("label", "seed")} for r in toks]
-        _write_atomic(tokens_path(root, cell, arm, seed),
-                      gzip.compress("".join(json.dumps(r) + "\n" for r in tk).encode(), mtime=0))
-    rows = [compact({k: v for k, v in r.items() if k not in ("label", "seed")}) for r in logs]
-    _write_atomic(log_path, gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0))
+        _write_jsonl_gz(tokens_path(root, cell, arm, seed), [{k: v for k, v in r.items() if k not in ("label", "seed")}
+                                                             for r in toks])
+    _write_jsonl_gz(log_path, [compact({k: v for k, v in r.items() if k not in ("label", "seed")}) for r in logs])
     return {"cell": cell, "arm": arm, "seed": seed, "wall_s": wall}
 
 
@@ -363,7 +366,7 @@ def load_study(name: str, results_dir=None) -> StudyResults:
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"no cached study {name!r} at {root} (run: python -m ercref.study {name})")
-    frames, runs, tokens = [], [], []
+    frames, runs = [], []
     for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
         cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
         rows = read_run_log(log)
@@ -372,9 +375,6 @@ def load_study(name: str, results_dir=None) -> StudyResults:
         df.insert(0, "arm", arm)
         df.insert(0, "cell", cell)
         frames.append(df)
-        tp = tokens_path(root, cell, arm, seed)
-        if tp.is_file():
-            tokens += [{"cell": cell, "arm": arm, "label": arm, "seed": seed, **r} for r in read_run_log(tp)]
         meta_path = log.with_name(f"seed{seed}.meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         runs.append({"cell": cell, "arm": arm, "seed": seed, "wall_s": meta.get("wall_s"),
@@ -384,7 +384,20 @@ def load_study(name: str, results_dir=None) -> StudyResults:
     return StudyResults(name, log_df, pd.DataFrame(runs, columns=["cell", "arm", "seed", "wall_s", "lr", "git_commit",
                                                                   "matched_scale"]),
                         json.loads((root / "study.json").read_text()),
-                        pd.DataFrame.from_records(tokens) if tokens else None)
+                        load_tokens(name, results_dir))
+
+
+def load_tokens(name: str, results_dir=None) -> pd.DataFrame | None:
+    """The token captures of study ``name`` (the .tokens.gz of its finished runs), one row per captured
+    response with cell, arm, label (= arm) and seed; None when it has none. Reads no engine log."""
+    root = study_dir(name, results_dir)
+    rows = []
+    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
+        cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
+        tp = tokens_path(root, cell, arm, seed)
+        if tp.is_file():
+            rows += [{"cell": cell, "arm": arm, "label": arm, "seed": seed, **r} for r in read_run_log(tp)]
+    return pd.DataFrame.from_records(rows) if rows else None
 
 
 # ----------------------------------------------------------------------------- CLI

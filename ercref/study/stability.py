@@ -7,7 +7,7 @@ compare arms per seed with ercref.study.claims.
                                (minibatches without a policy-gradient signal skipped)
     collapse_step(rows)        first step whose entropy/old_mean < entropy_min (optionally also:
                                rollout/distinct_frac < distinct_min) (None: never)
-    final_accuracy(rows)       the last evaluation's eval/avg@k (None: no evaluation)
+    final_accuracy(rows)       the last evaluation's eval/avg@k (None: no evaluation); start_accuracy the first
     clip_by_staleness(rows)    {k: (mean ERC clip fraction, mean PPO-clip fraction low + high)} over
                                the minibatches with staleness k
     mean_update_norm(rows)     mean ||theta_after - theta_before||_2 per optimizer step (optim/update_norm;
@@ -107,9 +107,7 @@ def collapse_step(rows, entropy_min: float = ENTROPY_MIN, distinct_min: float | 
     return None
 
 
-def final_accuracy(rows, key: str | None = None) -> float | None:
-    """``key`` (default: the first eval/avg@k of the log) of the evaluation with the largest step;
-    None when the log has no evaluation."""
+def _eval_accuracy(rows, key: str | None, index: int) -> float | None:
     evals = _kind(rows, "eval")
     if not evals:
         return None
@@ -117,8 +115,19 @@ def final_accuracy(rows, key: str | None = None) -> float | None:
         key = next((c for r in evals for c in r if c.startswith("eval/avg@")), None)
         if key is None:
             raise ValueError("the eval rows carry no eval/avg@k; pass key=")
-    last = [r for r in evals if key in r]
-    return float(last[-1][key]) if last else None
+    have = [r for r in evals if key in r]
+    return float(have[index][key]) if have else None
+
+
+def final_accuracy(rows, key: str | None = None) -> float | None:
+    """``key`` (default: the first eval/avg@k of the log) of the evaluation with the largest step;
+    None when the log has no evaluation."""
+    return _eval_accuracy(rows, key, -1)
+
+
+def start_accuracy(rows, key: str | None = None) -> float | None:
+    """The same for the evaluation with the smallest step (before training when it ran at step 0)."""
+    return _eval_accuracy(rows, key, 0)
 
 
 def clip_by_staleness(rows) -> dict[int, tuple[float, float]]:
@@ -141,7 +150,7 @@ def run_summary(rows, spike_k: float = SPIKE_K, spike_min_history: int = SPIKE_M
                 spike_window: int | None = None, entropy_min: float = ENTROPY_MIN,
                 distinct_min: float | None = DISTINCT_MIN, acc_key: str | None = None) -> dict:
     """One flat dict per run: steps, entropy_volatility, grad_spikes, collapse_step (None: never),
-    final_accuracy, update_norm (None when not logged), erc_clip_k{k} and ppo_clip_k{k} per staleness."""
+    start_accuracy, final_accuracy, update_norm (None when not logged), erc_clip_k{k} and ppo_clip_k{k} per staleness."""
     rows = list(rows)
     steps = _kind(rows, "step")
     if not steps:
@@ -151,6 +160,7 @@ def run_summary(rows, spike_k: float = SPIKE_K, spike_min_history: int = SPIKE_M
         "entropy_volatility": entropy_volatility(rows),
         "grad_spikes": grad_norm_spikes(rows, spike_k, spike_min_history, spike_window),
         "collapse_step": collapse_step(rows, entropy_min, distinct_min),
+        "start_accuracy": start_accuracy(rows, acc_key),
         "final_accuracy": final_accuracy(rows, acc_key),
         "update_norm": mean_update_norm(rows),
     }

@@ -227,6 +227,12 @@ def tiny_token_captures(cells=TOKEN_CAPTURE_CELLS, seeds=SEEDS, steps: int = 100
 
 
 # ----------------------------------------------------------------------------- SmolLM2
+def smollm2_arms() -> dict[str, dict]:
+    """The SmolLM2 studies' arms: DAPO, DAPO+ERC (beta 0.05), and the random-mask control."""
+    return {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
+            "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
+
+
 def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, group_size: int = 8,
                    minibatch_prompts: int = 2, lr: float = 1e-5, max_new_tokens: int = 12) -> Study:
     """SmolLM2-135M-Instruct where DAPO learns: single-digit addition asked in a sentence ("What is
@@ -246,8 +252,7 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
             "rollout.max_new_tokens": max_new_tokens, "train.minibatch_prompts": minibatch_prompts,
             "optim.lr": float(lr), "train.eval_every": max(1, steps // 4), "train.eval_k": 2, "data.num_eval": 32,
             "train.save_checkpoints": False, "train.save_policy": False}
-    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
-            "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
+    arms = smollm2_arms()
     return Study("smollm2-learns", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=18.0 * steps + 60,
                  description="Does ERC change what SmolLM2-135M learns (and when it collapses) where DAPO learns? "
                              "Single-digit addition in a sentence, math judge, K = 4, 5 seeds.")
@@ -262,8 +267,7 @@ def smollm2_collapse(seeds=SEEDS, steps: int = 24, lr: float = 1e-5) -> Study:
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
             "optim.lr": float(lr), "train.eval_every": max(1, steps // 4), "train.save_checkpoints": False,
             "train.save_policy": False}
-    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05),
-            "DAPO+random-mask": erc_arm("dapo", 0.05, **{"loss.erc_mask": "random"})}
+    arms = smollm2_arms()
     return Study("smollm2-collapse", "cpu-smollm2", base, {"default": {}}, arms, list(seeds), est_run_s=12.0 * steps + 60,
                  description="When does SmolLM2-135M collapse onto one letter on cpu-smollm2's multiple-choice task, "
                              "with and without ERC? DAPO, DAPO+ERC, random mask, 5 seeds.")
