@@ -5,7 +5,7 @@ registry, aggregation, auxiliary terms, group advantages, and the composed objec
 detached 0-d tensors; ``metrics_to_floats`` turns a dict of them into floats with one host sync.
 """
 from .advantages import dynamic_sampling_mask, group_advantages, overlong_reward
-from .aggregation import AGG_MODES, aggregate
+from .aggregation import AGG_MODES, BatchCounts, aggregate, batch_counts
 from .auxiliary import kl_penalty, positive_nll
 from .entropy import compiled_entropy_from_logits, entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from .erc import ERC_MASKS, apply_erc, entropy_ratio, erc_masks, random_like_erc_mask
@@ -15,8 +15,9 @@ from .objective import PolicyLossConfig, compute_policy_loss
 
 __version__ = "0.1.0"
 __all__ = [
-    "AGG_MODES", "ERC_MASKS", "LOSSES", "PolicyLossConfig", "aggregate", "apply_erc", "compiled_entropy_from_logits", "compute_policy_loss",
-    "dynamic_sampling_mask", "entropy_from_logits", "entropy_ratio", "erc_masks", "get_loss",
-    "group_advantages", "kl_penalty", "logprobs_and_entropy", "logprobs_from_logits", "metrics_to_floats", "overlong_reward",
-    "positive_nll", "random_like_erc_mask", "register_loss",
+    "AGG_MODES", "BatchCounts", "ERC_MASKS", "LOSSES", "PolicyLossConfig", "aggregate", "apply_erc", "batch_counts",
+    "compiled_entropy_from_logits", "compute_policy_loss", "dynamic_sampling_mask", "entropy_from_logits",
+    "entropy_ratio", "erc_masks", "get_loss", "group_advantages", "kl_penalty", "logprobs_and_entropy",
+    "logprobs_from_logits", "metrics_to_floats", "overlong_reward", "positive_nll", "random_like_erc_mask",
+    "register_loss",
 ]

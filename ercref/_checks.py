@@ -9,10 +9,12 @@ Two kinds of check:
 * values (finite, 0/1 mask, non-empty mask, finite outputs) need the tensor's contents, i.e. a
   host sync on GPU. These are *deferred*: each check records a 0-d bool tensor (no sync), and
   the outermost public call (``@checked``) reads all of them back with ONE host sync when it
-  finishes, before it returns, raising the first failure in the order recorded. Nested public
-  calls (a loss, ``apply_erc`` and ``aggregate`` inside ``compute_policy_loss``) add their checks
-  to the outer call's list, so a whole ``compute_policy_loss`` costs one sync for all its checks.
+  finishes, before it returns, raising the first failure in the order recorded.
   The message of a failure (e.g. the first bad position) is only built on the error path.
+
+Each input is checked once, at the public function a user calls: the public functions validate,
+then call unchecked internals (``_aggregate``, ``_erc``, a loss body, ...) that trust their
+inputs. ``trace_checks`` records every check made in a block (tests count them).
 
 Low precision: ``upcast`` gives the dtype every core computation runs in, fp32 for bf16 / fp16
 tensors (fp32 and fp64 are left as they are), so half-precision inputs give exactly the result of
@@ -37,15 +39,8 @@ class _Pending:
 
     def __init__(self) -> None:
         self.items: list[tuple[Tensor, Message]] = []
-        self.keys: set[tuple] = set()
-        self.refs: list[object] = []  # keeps checked tensors alive: no data_ptr is reused within one call
 
-    def add(self, key: tuple | None, ok: Tensor, message: Message, ref: object = None) -> None:
-        if key is not None:
-            if key in self.keys:  # the same check on the same tensor, e.g. by a nested public call
-                return
-            self.keys.add(key)
-            self.refs.append(ref)
+    def add(self, ok: Tensor, message: Message) -> None:
         self.items.append((ok, message))
 
     def run(self) -> None:
@@ -59,6 +54,24 @@ class _Pending:
 
 
 _ACTIVE: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("ercref_pending_checks", default=None)
+_TRACE: contextvars.ContextVar[list | None] = contextvars.ContextVar("ercref_check_trace", default=None)
+
+
+@contextmanager
+def trace_checks():
+    """Yield a list that receives (kind, argument name) for every check made inside the block."""
+    seen: list[tuple[str, str]] = []
+    token = _TRACE.set(seen)
+    try:
+        yield seen
+    finally:
+        _TRACE.reset(token)
+
+
+def _trace(kind: str, name: str) -> None:
+    seen = _TRACE.get()
+    if seen is not None:
+        seen.append((kind, name))
 
 
 @contextmanager
@@ -86,23 +99,16 @@ def checked(fn):
     return wrapper
 
 
-def require(ok: Tensor, message: Message, key: tuple | None = None, ref: object = None) -> None:
+def require(ok: Tensor, message: Message) -> None:
     """Record the 0-d bool tensor ``ok`` (True = fine); ``message`` (or a callable building it) is
-    raised as a ValueError if it is False. Runs at once outside a ``deferred_checks`` block.
-    ``key`` (with ``ref``, the tensor it describes) skips a check already recorded in this call."""
+    raised as a ValueError if it is False. Runs at once outside a ``deferred_checks`` block."""
     pending = _ACTIVE.get()
     if pending is None:
         one = _Pending()
-        one.add(None, ok, message)
+        one.add(ok, message)
         one.run()
     else:
-        pending.add(key, ok, message, ref)
-
-
-def _key(kind: str, name: str, x: Tensor, *extra) -> tuple:
-    # same storage, view and dtype => same values within one call (detach() gives a new object;
-    # the tensor is kept alive until the call ends, so its address is not reused meanwhile)
-    return (kind, name, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, *extra)
+        pending.add(ok, message)
 
 
 def _first_index(bad: Tensor) -> str:
@@ -114,6 +120,7 @@ def _first_index(bad: Tensor) -> str:
 
 # ----------------------------------------------------------------------------- metadata checks (immediate)
 def check_float(name: str, x: Tensor) -> None:
+    _trace("float", name)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -121,12 +128,18 @@ def check_float(name: str, x: Tensor) -> None:
 
 
 def check_same_shape(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Same shape and same device as ``ref``."""
+    _trace("shape", name)
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on device {x.device} but {ref_name} is on {ref.device}: "
+                         f"move both to one device (e.g. {name}.to({ref_name}.device))")
     if x.shape != ref.shape:
         raise ValueError(f"{name} has shape {tuple(x.shape)} but {ref_name} has shape {tuple(ref.shape)}")
 
 
 def check_no_grad(name: str, x: Tensor, why: str) -> None:
     """``x`` is a constant (a rollout snapshot, a reference policy): it must not carry a graph."""
+    _trace("no_grad", name)
     if x.requires_grad:
         raise ValueError(f"{name} requires grad, but it must be a constant: {why}. "
                          f"Pass {name}.detach() (or compute it under torch.no_grad())")
@@ -148,6 +161,7 @@ def check_fraction(name: str, value: float) -> None:
 def check_finite(name: str, x: Tensor, where: Tensor | None = None, what: str = "") -> None:
     """Every entry of ``x`` (or every entry where ``where`` is True) is finite.
     ``what`` (e.g. 'at a response position') says which entries were checked."""
+    _trace("finite", name)
     x = x.detach()
     bad = ~torch.isfinite(x)
     if where is not None:
@@ -157,11 +171,12 @@ def check_finite(name: str, x: Tensor, where: Tensor | None = None, what: str = 
         pos = _first_index(bad)
         return f"{name} contains NaN or inf values{' ' + what if what else ''} (first at index {pos}: {x[bad][0].item()})"
 
-    require(~bad.any(), message, _key("finite", name, x, None if where is None else _key("where", "", where)), (x, where))
+    require(~bad.any(), message)
 
 
 def as_bool_mask(name: str, mask: Tensor, like: Tensor | None = None, like_name: str = "logp") -> Tensor:
     """A response mask as bool; accepts bool, integer or float 0/1 tensors (0/1 checked, deferred)."""
+    _trace("mask", name)
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
     if like is not None:
@@ -171,14 +186,13 @@ def as_bool_mask(name: str, mask: Tensor, like: Tensor | None = None, like_name:
     if mask.is_complex():
         raise ValueError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
     mask = mask.detach()
-    require(((mask == 0) | (mask == 1)).all(), f"{name} must contain only 0 and 1 (or be a bool tensor)",
-            _key("binary", name, mask), mask)
+    require(((mask == 0) | (mask == 1)).all(), f"{name} must contain only 0 and 1 (or be a bool tensor)")
     return mask.bool()
 
 
 def check_any(name: str, mask: Tensor) -> None:
-    require(mask.any(), f"{name} selects no tokens (an all-masked batch has no loss to compute)",
-            _key("any", name, mask), mask)
+    _trace("any", name)
+    require(mask.any(), f"{name} selects no tokens (an all-masked batch has no loss to compute)")
 
 
 # ----------------------------------------------------------------------------- compute dtype

@@ -41,6 +41,11 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") ->
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
     check_finite("logp", logp)
     check_finite("ref_logp", ref_logp)
+    return _kl_penalty(logp, ref_logp, estimator)
+
+
+def _kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator) -> Tensor:
+    """``kl_penalty`` on checked inputs."""
     d = torch.clamp(upcast(ref_logp) - upcast(logp), min=-20.0, max=20.0)
     if estimator == "k1":
         return -d
@@ -60,9 +65,18 @@ def positive_nll(logp: Tensor, response_mask: Tensor, rewards: Tensor) -> Tensor
     if rewards.dim() != 1 or rewards.shape[0] != logp.shape[0]:
         raise ValueError(f"rewards must have shape ({logp.shape[0]},), got {tuple(rewards.shape)}")
     mask = as_bool_mask("response_mask", response_mask, logp, "logp")
+    if rewards.device != logp.device:
+        raise ValueError(f"rewards is on device {rewards.device} but logp is on {logp.device}: move both to one device")
     check_finite("logp", logp)
     check_finite("rewards", rewards)
+    return _positive_nll(logp, mask, rewards)
+
+
+def _positive_nll(logp: Tensor, mask: Tensor, rewards: Tensor, positive_tokens: Tensor | None = None) -> Tensor:
+    """``positive_nll`` on checked inputs (``mask`` bool). ``positive_tokens``: the denominator of a
+    whole minibatch when this is one of its micro-batches (ercref.aggregation.BatchCounts)."""
     mask = mask & (rewards == 1).unsqueeze(-1)
     nll = -upcast(logp)
     # = aggregate(nll, mask, "token-mean") bit for bit, without a host sync for "no such response"
-    return torch.where(mask, nll, torch.zeros_like(nll)).sum() / mask.to(nll.dtype).sum().clamp(min=1)
+    denom = mask.to(nll.dtype).sum() if positive_tokens is None else positive_tokens
+    return torch.where(mask, nll, torch.zeros_like(nll)).sum() / denom.clamp(min=1)

@@ -48,20 +48,30 @@ ERC_MASKS: tuple[str, ...] = get_args(ErcMask)
 OLD_ENTROPY_IS_CONSTANT = "old_entropy is the rollout snapshot's entropy, the fixed reference ERC compares against"
 
 
+ENTROPY_TOLERANCE = 1e-3  # an entropy is >= 0; float rounding of a near-deterministic row may give -1e-7
+
+
 def check_entropies(entropy: Tensor, old_entropy: Tensor) -> None:
-    """The checks every entry taking the two entropies makes (values deferred, see ercref._checks)."""
+    """The checks of the two entropies, made once by each public entry taking them (values
+    deferred, see ercref._checks): floats, same shape and device, old_entropy constant, finite, >= 0."""
     check_float("entropy", entropy)
     check_float("old_entropy", old_entropy)
     check_same_shape("old_entropy", old_entropy, "entropy", entropy)
     check_no_grad("old_entropy", old_entropy, OLD_ENTROPY_IS_CONSTANT)
     check_finite("entropy", entropy)
     check_finite("old_entropy", old_entropy)
+    for name, x in (("entropy", entropy), ("old_entropy", old_entropy)):
+        bad = x.detach() < -ENTROPY_TOLERANCE
+        require(~bad.any(), lambda name=name, x=x, bad=bad: (
+            f"{name} holds a negative value ({x.detach()[bad][0].item():.4g} at {torch.nonzero(bad)[0].tolist()}): "
+            "an entropy is >= 0 (pass the full-vocabulary entropy, e.g. ercref.entropy_from_logits)"))
 
 
 def _ratio(entropy: Tensor, old_entropy: Tensor) -> Tensor:
     # bf16 / fp16 entropies are upcast first: in bf16 the bound 1.05 would be 1.046875, and in fp16
-    # the 1e-8 guard underflows (0 / 0 = NaN for zero entropies)
-    return (upcast(entropy.detach()) + ENTROPY_EPS) / (upcast(old_entropy.detach()) + ENTROPY_EPS)
+    # the 1e-8 guard underflows (0 / 0 = NaN for zero entropies). Rounding below 0 (within
+    # ENTROPY_TOLERANCE) is taken as 0, so the denominator stays >= 1e-8.
+    return (upcast(entropy.detach()).clamp(min=0) + ENTROPY_EPS) / (upcast(old_entropy.detach()).clamp(min=0) + ENTROPY_EPS)
 
 
 @checked
@@ -89,12 +99,13 @@ def erc_masks(entropy: Tensor, old_entropy: Tensor, response_mask: Tensor,
     mask = as_bool_mask("response_mask", response_mask, entropy, "entropy")
     check_fraction("beta_low", beta_low)
     check_positive("beta_high", beta_high)
+    return _erc_masks(entropy, old_entropy, mask, beta_low, beta_high)
+
+
+def _erc_masks(entropy: Tensor, old_entropy: Tensor, mask: Tensor, beta_low: float,
+               beta_high: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``erc_masks`` on checked inputs (``mask`` bool)."""
     rho = _ratio(entropy, old_entropy)
-    # finite entropies give a finite rho unless old_entropy = -1e-8 (an entropy is >= 0)
-    bad = ~torch.isfinite(rho) & mask
-    require(~bad.any(), lambda: "old_entropy gives a non-finite entropy ratio (H + 1e-8) / (H_old + 1e-8) at "
-            f"{torch.nonzero(bad)[0].tolist()} (old_entropy = {old_entropy.detach()[bad][0].item()}); "
-            "entropies must be >= 0")
     above_low = rho > (1.0 - beta_low)
     below_high = rho < (1.0 + beta_high)
     keep = above_low & below_high & mask
@@ -116,7 +127,11 @@ def random_like_erc_mask(keep: Tensor, response_mask: Tensor, generator: torch.G
     """
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
         raise ValueError(f"keep must be a bool tensor (ERC's keep mask from erc_masks), got {getattr(keep, 'dtype', type(keep))}")
-    mask = as_bool_mask("response_mask", response_mask, keep, "keep")
+    return _random_like(keep, as_bool_mask("response_mask", response_mask, keep, "keep"), generator)
+
+
+def _random_like(keep: Tensor, mask: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``random_like_erc_mask`` on checked inputs (``mask`` bool)."""
     n_stop = (mask & ~keep).sum()
     device = mask.device if generator is None else generator.device
     keys = torch.randperm(mask.numel(), generator=generator, device=device).to(mask.device).view(mask.shape)
@@ -148,14 +163,27 @@ def apply_erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, resp
         raise ValueError(f"erc_mask must be one of {list(ERC_MASKS)}, got {erc_mask!r}")
     check_float("per_token_loss", per_token_loss)
     check_same_shape("per_token_loss", per_token_loss, "entropy", entropy)
-    keep, low, high, rho = erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
-    mask = low | high | keep  # = the response mask, as bool
+    check_entropies(entropy, old_entropy)
+    mask = as_bool_mask("response_mask", response_mask, entropy, "entropy")
+    check_fraction("beta_low", beta_low)
+    check_positive("beta_high", beta_high)
     check_any("response_mask", mask)
     check_finite("per_token_loss", per_token_loss, mask, "at a response position")
+    return _erc(per_token_loss, entropy, old_entropy, mask, beta_low, beta_high, erc_mask, generator)
+
+
+def _erc(per_token_loss: Tensor, entropy: Tensor, old_entropy: Tensor, mask: Tensor, beta_low: float,
+         beta_high: float, erc_mask: ErcMask = "entropy-ratio",
+         generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``apply_erc`` on checked inputs (``mask`` bool, at least one response token):
+
+        out_t = I_t * l_t + (1 - I_t) * sg(l_t)        (torch.where(keep, l, l.detach()))
+    """
+    keep, low, high, rho = _erc_masks(entropy, old_entropy, mask, beta_low, beta_high)
     n = mask.sum()
     erc_keep = keep
     if erc_mask == "random":
-        keep = random_like_erc_mask(erc_keep, mask, generator)
+        keep = _random_like(erc_keep, mask, generator)
     out = torch.where(keep, per_token_loss, per_token_loss.detach())
     metrics = {
         "erc/clip_frac": (mask & ~keep).sum() / n,

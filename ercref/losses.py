@@ -67,8 +67,8 @@ class PolicyInputs(NamedTuple):
 
 
 def check_policy_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The checks of the four common inputs, shared by every loss (through ``prepare_inputs``) and
-    ``compute_policy_loss``. Metadata at once, values deferred (ercref._checks).
+    """The checks of the four common inputs, made once by each public entry (a registered loss,
+    ``compute_policy_loss``). Metadata at once, values deferred (ercref._checks).
     Returns (advantages broadcastable to (B, T), mask bool)."""
     check_float("logp", logp)
     check_float("old_logp", old_logp)
@@ -77,6 +77,9 @@ def check_policy_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, resp
         raise ValueError(f"logp must be 2-D (batch, response_length), got shape {tuple(logp.shape)}")
     check_same_shape("old_logp", old_logp, "logp", logp)
     mask = as_bool_mask("response_mask", response_mask, logp, "logp")
+    if advantages.device != logp.device:
+        raise ValueError(f"advantages is on device {advantages.device} but logp is on {logp.device}: "
+                         "move both to one device (e.g. advantages.to(logp.device))")
     if advantages.dim() == 1:
         if advantages.shape[0] != logp.shape[0]:
             raise ValueError(f"advantages has shape {tuple(advantages.shape)} but logp has batch size {logp.shape[0]}")
@@ -91,10 +94,10 @@ def check_policy_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, resp
 
 
 def prepare_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mask: Tensor) -> PolicyInputs:
-    """Validate the four common inputs (one host sync for all value checks; none of its own inside
-    ``compute_policy_loss``, which checks everything at once) and upcast bf16 / fp16 to fp32."""
-    with deferred_checks():
-        advantages, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
+    """The ratio terms every loss body starts from, with bf16 / fp16 upcast to fp32. No checks: the
+    public entry that called the body (a registered loss, ``compute_policy_loss``) made them."""
+    mask = response_mask if response_mask.dtype == torch.bool else response_mask.bool()
+    advantages = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     logp, old_logp, advantages = upcast(logp), upcast(old_logp), upcast(advantages)
     log_ratio = torch.clamp(logp - old_logp, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
     return PolicyInputs(logp, old_logp, log_ratio, torch.exp(log_ratio), advantages, mask)
@@ -352,29 +355,37 @@ class _Registry(dict):
         raise ValueError(f"unknown loss name {key!r}; registered losses: {sorted(self)}")
 
 
-LOSSES: dict[str, LossFn] = _Registry()
+LOSSES: dict[str, LossFn] = _Registry()      # the public, checked losses
+LOSS_BODIES: dict[str, LossFn] = _Registry()  # the same losses unchecked, with their defaults (internal)
+
+
+def check_per_token_loss(name: str, per_tok: Tensor, logp: Tensor, mask: Tensor) -> None:
+    """What a loss body returned: the shape of logp, finite at every response position (a finite
+    input can still overflow, e.g. |advantages| ~ 1e38)."""
+    if not isinstance(per_tok, torch.Tensor) or per_tok.shape != logp.shape:
+        raise ValueError(f"loss {name!r} returned a per-token loss of shape {tuple(getattr(per_tok, 'shape', ()))}"
+                         f", not logp's {tuple(logp.shape)}")
+    check_finite(f"the per-token loss of {name!r}", per_tok, mask,
+                 "at a response position although every input is finite (an overflow: |advantages| too large?)")
 
 
 def register_loss(name: str, fn: LossFn, **defaults) -> LossFn:
     """Register ``fn`` under ``name`` with default hyper-parameters (overridable per call).
 
-    The registered callable checks the four common inputs (as ``prepare_inputs`` does) and the
-    per-token loss ``fn`` returns (its shape, and finite at every response position: a finite input
-    can still overflow, e.g. |advantages| ~ 1e38), all with one host sync per call."""
+    ``LOSSES[name]`` is the public loss: it checks the four common inputs and the per-token loss
+    ``fn`` returns, with one host sync per call, then returns what ``fn`` returned. ``fn`` itself
+    makes no input checks (``prepare_inputs``)."""
     bound = functools.partial(fn, **defaults) if defaults else fn
 
     @functools.wraps(bound)  # inspect.signature (loss_keywords) still sees fn's hyper-parameters
     def checked_loss(logp, old_logp, advantages, response_mask, **hyper):
         with deferred_checks():
             _, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
-            per_tok, metrics = bound(logp, old_logp, advantages, response_mask, **hyper)
-            if not isinstance(per_tok, torch.Tensor) or per_tok.shape != logp.shape:
-                raise ValueError(f"loss {name!r} returned a per-token loss of shape {tuple(getattr(per_tok, 'shape', ()))}"
-                                 f", not logp's {tuple(logp.shape)}")
-            check_finite(f"the per-token loss of {name!r}", per_tok, mask,
-                         "at a response position although every input is finite (an overflow: |advantages| too large?)")
+            per_tok, metrics = bound(logp, old_logp, advantages, mask, **hyper)
+            check_per_token_loss(name, per_tok, logp, mask)
         return per_tok, metrics
 
+    LOSS_BODIES[name] = bound
     LOSSES[name] = checked_loss
     return checked_loss
 

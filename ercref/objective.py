@@ -16,6 +16,7 @@ from numbers import Real
 import torch
 
 from ._checks import (
+    check_finite,
     check_float,
     check_fraction,
     check_no_grad,
@@ -25,12 +26,13 @@ from ._checks import (
     require,
     upcast,
 )
-from .aggregation import AGG_MODES, AggMode, aggregate
-from .auxiliary import KL_ESTIMATORS, REF_LOGP_IS_CONSTANT, KLEstimator, kl_penalty, positive_nll
-from .erc import ERC_MASKS, ErcMask, apply_erc, check_entropies
-from .losses import LOSSES, check_policy_inputs, loss_keywords, masked_mean
+from .aggregation import AGG_MODES, AggMode, BatchCounts, _aggregate
+from .auxiliary import KL_ESTIMATORS, REF_LOGP_IS_CONSTANT, KLEstimator, _kl_penalty, _positive_nll
+from .erc import ERC_MASKS, ErcMask, _erc, check_entropies
+from .losses import LOSS_BODIES, LOSSES, check_per_token_loss, check_policy_inputs, loss_keywords, masked_mean
 
 Tensor = torch.Tensor
+_FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
 @dataclass
@@ -91,8 +93,15 @@ class PolicyLossConfig:
 @checked
 def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor,
                         response_mask: Tensor, entropy: Tensor | None = None, old_entropy: Tensor | None = None,
-                        rewards: Tensor | None = None, ref_logp: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Scalar loss and metrics for one minibatch.
+                        rewards: Tensor | None = None, ref_logp: Tensor | None = None,
+                        counts: BatchCounts | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar loss and metrics for one minibatch, or for one micro-batch of it.
+
+    ``counts`` (``ercref.batch_counts`` of the whole minibatch: its response tokens, sequences,
+    reward-1 tokens and width) makes the loss this micro-batch's share of the minibatch's loss, for
+    every ``agg_mode`` and the NLL term (ercref.aggregation): summing ``loss.backward()`` over the
+    micro-batches gives the gradient of one backward of the whole minibatch. Without it the inputs
+    are the whole minibatch. Metrics are always the micro-batch's own means.
 
     Metrics are detached 0-d tensors on the inputs' device (no host sync); convert them for logging
     with ``ercref.metrics_to_floats`` (one sync for the whole dict).
@@ -102,57 +111,81 @@ def compute_policy_loss(cfg: PolicyLossConfig, logp: Tensor, old_logp: Tensor, a
     forward (same snapshot, same temperature) as ``old_logp``; ``old_logp``, ``old_entropy`` and
     ``ref_logp`` must not require grad.
 
-    Checks: every input is validated (a ValueError naming the argument); the value checks of the
-    inputs, of every intermediate term and of the final loss (finite) are read back together with
+    Checks: every input is validated once, here (a ValueError naming the argument); the value checks
+    of the inputs and of the per-token loss and the final loss (finite) are read back together with
     one host sync, before the function returns. bf16 / fp16 inputs are computed in fp32: the loss and
     the metrics are fp32 (fp64 for fp64 inputs).
     """
     _, mask = check_policy_inputs(logp, old_logp, advantages, response_mask)
-    # one cast for every term: a half logp then receives exactly the fp32 gradient, cast once
-    logp = upcast(logp)
     if ref_logp is not None:  # used only when kl_coef > 0, but never with a graph
         check_float("ref_logp", ref_logp)
+        check_same_shape("ref_logp", ref_logp, "logp", logp)
         check_no_grad("ref_logp", ref_logp, REF_LOGP_IS_CONSTANT)
-    per_tok, metrics = LOSSES[cfg.loss](logp, old_logp, advantages, response_mask, **cfg.loss_kwargs)
-    if cfg.erc or entropy is not None or old_entropy is not None:
-        if entropy is None or old_entropy is None:
-            missing = "entropy" if entropy is None else "old_entropy"
-            if cfg.erc:
-                raise ValueError(f"{missing} is required when cfg.erc is True")
-        else:
-            for name, x in (("entropy", entropy), ("old_entropy", old_entropy)):
-                check_float(name, x)
-                check_same_shape(name, x, "logp", logp)
-            check_entropies(entropy, old_entropy)
-            metrics["entropy/new_mean"] = masked_mean(entropy.detach(), mask)
-            metrics["entropy/old_mean"] = masked_mean(old_entropy.detach(), mask)
+        check_finite("ref_logp", ref_logp)
+    have_entropies = entropy is not None and old_entropy is not None
+    if cfg.erc and not have_entropies:
+        raise ValueError(f"{'entropy' if entropy is None else 'old_entropy'} is required when cfg.erc is True")
+    if have_entropies:
+        check_same_shape("entropy", entropy, "logp", logp)
+        check_entropies(entropy, old_entropy)
+    if rewards is not None:
+        check_float("rewards", rewards)
+        if rewards.shape != (logp.shape[0],):
+            raise ValueError(f"rewards must have shape ({logp.shape[0]},), got {tuple(rewards.shape)}")
+        if rewards.device != logp.device:
+            raise ValueError(f"rewards is on device {rewards.device} but logp is on {logp.device}: move both to one device")
+        check_finite("rewards", rewards)
+    if cfg.nll_coef > 0 and rewards is None:
+        raise ValueError("rewards is required when cfg.nll_coef > 0 (the NLL term uses responses with reward 1)")
+    if cfg.kl_coef > 0 and ref_logp is None:
+        raise ValueError("ref_logp is required when cfg.kl_coef > 0")
+    if cfg.entropy_coef > 0 and (entropy is None or not entropy.requires_grad):
+        raise ValueError("entropy must be given with grad when cfg.entropy_coef > 0 (entropy bonus)")
+    return _policy_loss(cfg, logp, old_logp, advantages, mask, entropy, old_entropy, rewards, ref_logp, counts)
+
+
+def _policy_loss(cfg, logp, old_logp, advantages, mask, entropy, old_entropy, rewards, ref_logp, counts):
+    """``compute_policy_loss`` on checked inputs: the equation of the module docstring, term by term."""
+    fp16_grad = logp.dtype == torch.float16 and logp.requires_grad
+    logp = upcast(logp)  # one cast for every term: a half logp then receives exactly the fp32 gradient, cast once
+    per_tok, metrics = LOSS_BODIES[cfg.loss](logp, old_logp, advantages, mask, **cfg.loss_kwargs)
+    check_per_token_loss(cfg.loss, per_tok, logp, mask)
+    if entropy is not None and old_entropy is not None:
+        metrics["entropy/new_mean"] = masked_mean(entropy.detach(), mask)
+        metrics["entropy/old_mean"] = masked_mean(old_entropy.detach(), mask)
     if cfg.erc:
-        per_tok, erc_metrics = apply_erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high, cfg.erc_mask)
+        per_tok, erc_metrics = _erc(per_tok, entropy, old_entropy, mask, cfg.beta_low, cfg.beta_high, cfg.erc_mask)
         metrics.update(erc_metrics)
     if cfg.track_zero_grad and logp.requires_grad and torch.is_grad_enabled():
         (g,) = torch.autograd.grad(per_tok.sum(), logp, retain_graph=True, allow_unused=True)
         zero = mask if g is None else (g == 0) & mask
         metrics["grad/zero_frac"] = zero.sum() / mask.sum()
-    loss = aggregate(per_tok, mask, cfg.agg_mode, cfg.agg_norm)
+    loss = _aggregate(per_tok, mask, cfg.agg_mode, cfg.agg_norm, counts)
     metrics["loss/policy"] = loss.detach()
     if cfg.nll_coef > 0:
-        if rewards is None:
-            raise ValueError("rewards is required when cfg.nll_coef > 0 (the NLL term uses responses with reward 1)")
-        nll = positive_nll(logp, mask, rewards)
+        nll = _positive_nll(logp, mask, rewards, None if counts is None else counts.positive_tokens)
         metrics["loss/nll_positive"] = nll.detach()
         loss = loss + cfg.nll_coef * nll
     if cfg.kl_coef > 0:
-        if ref_logp is None:
-            raise ValueError("ref_logp is required when cfg.kl_coef > 0")
-        kl = aggregate(kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.agg_mode, cfg.agg_norm)
+        kl = _aggregate(_kl_penalty(logp, ref_logp, cfg.kl_estimator), mask, cfg.agg_mode, cfg.agg_norm, counts)
         metrics["kl/ref"] = kl.detach()
         loss = loss + cfg.kl_coef * kl
     if cfg.entropy_coef > 0:
-        if entropy is None or not entropy.requires_grad:
-            raise ValueError("entropy must be given with grad when cfg.entropy_coef > 0 (entropy bonus)")
-        ent = aggregate(entropy, mask, cfg.agg_mode, cfg.agg_norm)
-        loss = loss - cfg.entropy_coef * ent
+        loss = loss - cfg.entropy_coef * _aggregate(entropy, mask, cfg.agg_mode, cfg.agg_norm, counts)
     require(torch.isfinite(loss.detach()), lambda: f"the loss is {loss.item()} although every input and every "
             "per-token term is finite: the sum of the terms overflowed (a coefficient too large?)")
     metrics["loss/total"] = loss.detach()
+    if fp16_grad:
+        logp.register_hook(_refuse_fp16_overflow)
     return loss, metrics
+
+
+def _refuse_fp16_overflow(grad: Tensor) -> Tensor:
+    """Backward hook on the fp32 copy of an fp16 logp: the gradient is cast to fp16 next, so a value
+    beyond fp16's range is refused with a ValueError instead of becoming inf."""
+    big = grad.abs().max()
+    if not bool(big <= _FP16_MAX):
+        raise ValueError(f"the gradient of the loss with respect to logp reaches {float(big):.3g}, beyond the float16 "
+                         f"range ({_FP16_MAX:g}): the fp16 logp would receive inf. A log-ratio logp - old_logp this "
+                         "large means very stale old_logp; pass logp.float() to get the fp32 gradient")
+    return grad

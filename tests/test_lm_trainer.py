@@ -26,8 +26,9 @@ def test_pass_at_k():
 
 
 def test_trainer_logprobs_match_rollout_on_first_minibatch(tmp_path):
-    """Staleness 0: the trainer's recomputed log-probs equal the rollout's within 1e-5 (fp32, CPU).
-    Later minibatches follow optimizer steps, so the same measurement must then see a change."""
+    """Staleness 0: the update's forward is the old policy's (ratio exactly 1), and the rollout pass's
+    log-probs equal it within 1e-5 (fp32, CPU). Later minibatches follow optimizer steps, so the
+    same measurement against the rollout's values must then see a change."""
     cfg = make_config("cpu-tiny", overrides=SMALL + ["train.steps=2"])
     tr = Trainer(cfg, tmp_path)
     tr.start()  # SFT warm-up, as fit() would
@@ -37,7 +38,10 @@ def test_trainer_logprobs_match_rollout_on_first_minibatch(tmp_path):
     assert [m["staleness"] for m in mbs] == [0, 1, 2, 3] * 2
     for m in mbs:
         if m["staleness"] == 0:
-            assert m["logp/max_abs_diff_old"] < 1e-5
+            assert m["logp/max_abs_diff_old"] == 0.0 and m["erc/clip_frac"] == 0.0
+            assert m["logp/old_path_max_abs_diff"] < 1e-5
+        else:
+            assert "logp/old_path_max_abs_diff" not in m
     assert max(m["logp/max_abs_diff_old"] for m in mbs if m["staleness"] > 0) > 1e-4
     steps = read_log(tr.log.path, "step")
     for name in ("reward/mean", "reward/accuracy", "len/response_mean", "entropy/old_mean", "entropy/new_mean",
@@ -266,6 +270,7 @@ def test_checkpoint_loading_is_safe_and_skips_damaged_files(tmp_path):
     evil = d / "ckpt-00000002.pt"
     with open(evil, "wb") as fh:
         pickle.dump({"step": 2, "rng": Evil()}, fh)
+    ckpt.write_manifest(evil)  # its integrity data matches: the safe loader itself must refuse it
     with pytest.raises(ValueError, match="cannot be loaded safely"):
         ckpt.load_checkpoint(evil)
     assert not marker.exists()
@@ -282,7 +287,8 @@ def test_checkpoint_atomic_and_pruned(tmp_path):
     for s in (1, 2, 3):
         ckpt.save_checkpoint(d, s, {"x": torch.tensor([s])}, keep_last=2)
     assert [p.name for _, p in ckpt.list_checkpoints(d)] == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
-    assert sorted(p.name for p in d.iterdir()) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+    assert sorted(p.name for p in d.iterdir()) == ["ckpt-00000002.json", "ckpt-00000002.pt", "ckpt-00000003.json",
+                                                   "ckpt-00000003.pt"]
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(d))
     assert state["step"] == 3 and state["x"].item() == 3 and {"torch", "python", "numpy"} <= set(state["rng"])
     with pytest.raises(ValueError, match="does not exist"):
