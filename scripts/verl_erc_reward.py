@@ -10,10 +10,10 @@ responses all have the same accuracy.
 """
 from __future__ import annotations
 
-from ercref.lm.config import preset_config
-from ercref.lm.rewards import score_responses
+from ercref.lm.config import make_config
+from ercref.lm.scoring import score_responses
 
-REWARD = preset_config("gpu-paper-1.5b").reward
+REWARD = make_config("gpu-paper-1.5b").reward
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **_) -> dict:

@@ -11,18 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ercref.lm import rewards
+from ercref.lm import judge_pool as JP
+from ercref.lm import judge_worker, rewards
 from ercref.lm.config import RewardConfig
-from ercref.lm.rewards import (
-    JUDGES,
-    JudgePool,
-    choice_judge,
-    exact_judge,
-    judge_pool,
-    math_judge,
-    normalize_text,
-    score_responses,
-)
+from ercref.lm.judge_pool import JudgePool, judge_pool, math_judge
+from ercref.lm.rewards import choice_judge, exact_judge, normalize_text
+from ercref.lm.scoring import JUDGES, score_responses
 
 
 @pytest.mark.parametrize("response, answer, ok", [
@@ -79,7 +73,7 @@ def test_mismatched_lengths():
         score_responses(["a"], ["a", "b"], RewardConfig())
 
 
-# ----------------------------------------------------------------------------- issue 13 item 9: a bounded judge
+# ----------------------------------------------------------------------------- a bounded judge
 ADVERSARIAL = {
     "1 MB of digits": "\\boxed{" + "7" * 1_000_000 + "}",
     "nested parentheses": "\\boxed{" + "(" * 2000 + "1" + ")" * 2000 + "}",
@@ -154,7 +148,7 @@ def test_score_responses_counts_and_warns_about_responses_over_budget():
 def test_budget_config_fields_are_validated_and_match_the_judge_defaults():
     cfg = RewardConfig()
     assert (cfg.judge_timeout_s, cfg.judge_max_chars, cfg.judge_workers) == (
-        rewards.DEFAULT_TIMEOUT_S, rewards.DEFAULT_MAX_CHARS, rewards.DEFAULT_WORKERS)
+        JP.DEFAULT_TIMEOUT_S, JP.DEFAULT_MAX_CHARS, JP.DEFAULT_WORKERS)
     for field, bad in (("judge_timeout_s", 0), ("judge_timeout_s", float("nan")), ("judge_max_chars", 0),
                        ("judge_workers", -1)):
         with pytest.raises(ValueError, match=rf"reward\.{field}"):
@@ -163,11 +157,14 @@ def test_budget_config_fields_are_validated_and_match_the_judge_defaults():
         JudgePool(-1)
 
 
-def test_rewards_module_loads_alone_without_torch():
-    """A judge worker loads rewards.py by path (no package import): it must not need torch."""
+@pytest.mark.parametrize("module", [rewards, judge_worker], ids=["rewards", "judge_worker"])
+def test_the_worker_files_load_alone_without_torch(module):
+    """A judge worker loads judge_worker.py and rewards.py by path (no package import): neither may
+    need torch or the package."""
     code = ("import importlib.util as u, sys; s = u.spec_from_file_location('w', sys.argv[1]); m = u.module_from_spec(s); "
-            "sys.modules['w'] = m; s.loader.exec_module(m); assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code, rewards.__file__], check=True, timeout=60)
+            "sys.modules['w'] = m; s.loader.exec_module(m); assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'ercref' not in sys.modules, 'package imported'")
+    subprocess.run([sys.executable, "-c", code, module.__file__], check=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------- normalisation before judging

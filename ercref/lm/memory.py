@@ -1,15 +1,6 @@
-"""Memory-bounded by construction: token-budget micro-batches, and a planner that estimates a
-run's peak memory before it starts (and refuses one that cannot fit the device).
-
-Micro-batches (used by rollout.generate_hf, rollout._old_logprobs, Trainer.update_minibatch):
-
-    token_budget_batches(prompt_lens, resp_lens, max_tokens, max_rows)   row indices of each micro-batch
-    trim_rows(sequences, attention_mask, prompt_len, rows, resp_lens)    those rows, cut to their own width
-
-The cost of a micro-batch is rows x width, width = its longest prompt + its longest response
-(what a padded forward or a KV cache really holds). When every row fits in one micro-batch the
-original order is kept (one call, as without a budget); otherwise rows are sorted by length, longest
-first, and packed greedily, so padding is small and an out-of-memory error would come first.
+"""The memory planner: a run's peak memory, phase by phase, estimated before it starts (and a run
+that cannot fit the device refused, naming the setting to change), and its time. It only plans:
+the micro-batches it counts are ercref.lm.batching's.
 
 Planner:
 
@@ -84,58 +75,6 @@ DEVICE_BYTES = {
 CUDA_RESERVE_BYTES = int(1.0 * GiB)   # CUDA context + cuBLAS workspaces + allocator slack (assumed)
 CPU_RESERVE_BYTES = int(0.37 * GiB)   # the Python / torch / transformers runtime with a model loaded (measured 0.36 GiB)
 FIT_MARGIN = 0.05                      # refuse above 95 % of the capacity (fragmentation)
-
-
-# ============================================================================= micro-batches
-def token_budget_batches(prompt_lens, resp_lens, max_tokens: int = 0, max_rows: int = 0) -> list[Tensor]:
-    """Row indices (1-D long tensors) of micro-batches covering every row exactly once.
-
-    The cost of a micro-batch is ``len(rows) * (max prompt_lens[rows] + max resp_lens[rows])``;
-    each is at most ``max_tokens`` (> 0) and holds at most ``max_rows`` (> 0) rows. A single row
-    longer than ``max_tokens`` gets a micro-batch of its own (the config's validation refuses such a
-    budget beforehand). When all rows fit in one micro-batch: ``[arange(n)]`` (original order, one
-    call, exactly as without a budget). Otherwise rows are sorted by prompt + response length, longest
-    first (stable), and packed greedily.
-    """
-    p = torch.as_tensor(prompt_lens).long().flatten().cpu()
-    r = torch.as_tensor(resp_lens).long().flatten().cpu()
-    if p.shape != r.shape:
-        raise ValueError(f"prompt_lens ({p.numel()}) and resp_lens ({r.numel()}) must have one entry per row")
-    for name, v in (("max_tokens", max_tokens), ("max_rows", max_rows)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be an int >= 0 (0: no limit), got {v!r}")
-    n = p.numel()
-    if n == 0:
-        return []
-    whole = n * int(p.max() + r.max())
-    if (not max_tokens or whole <= max_tokens) and (not max_rows or n <= max_rows):
-        return [torch.arange(n)]
-    order = torch.sort(p + r, descending=True, stable=True).indices.tolist()
-    pl, rl = p.tolist(), r.tolist()
-    out, cur, mp, mr = [], [], 0, 0
-    for i in order:
-        np_, nr = max(mp, pl[i]), max(mr, rl[i])
-        if cur and ((max_tokens and (len(cur) + 1) * (np_ + nr) > max_tokens) or (max_rows and len(cur) >= max_rows)):
-            out.append(torch.tensor(cur))
-            cur, np_, nr = [], pl[i], rl[i]
-        cur.append(i)
-        mp, mr = np_, nr
-    out.append(torch.tensor(cur))
-    return out
-
-
-def trim_rows(sequences: Tensor, attention_mask: Tensor, prompt_len: int, rows: Tensor,
-              resp_lens: Tensor) -> tuple[Tensor, Tensor, int, int]:
-    """Rows ``rows`` of a left-padded prompt + right-padded response batch, cut to their own width:
-    leading columns where every selected row is padding are dropped, and response columns past the
-    longest selected response (``resp_lens``, (N,) response tokens per row, >= 1).
-    -> (sequences, attention_mask, prompt_len, response columns kept)."""
-    idx = rows.to(sequences.device)
-    am = attention_mask[idx]
-    real_prompt = int(am[:, :prompt_len].sum(-1).max())
-    r = max(1, int(resp_lens[rows.to(resp_lens.device)].max()))
-    start = prompt_len - real_prompt
-    return (sequences[idx, start:prompt_len + r], am[:, start:prompt_len + r], real_prompt, r)
 
 
 # ============================================================================= model shapes
@@ -509,7 +448,7 @@ def suggest_budgets(cfg, device_bytes: int, step: int = 1024, **plan_kwargs) -> 
     """The largest token budgets (multiples of ``step``) that the planner says fit ``device_bytes``:
     {"rollout.max_tokens_per_generate": ..., "rollout.max_tokens_per_logprob": ..., "train.max_tokens_per_forward": ...}.
     ValueError when even the smallest possible budget (one longest row) does not fit."""
-    from .config import apply_overrides, config_from_dict
+    from .config import apply_overrides
 
     widths = {"rollout.max_tokens_per_generate": cfg.data.max_prompt_tokens + max(
                   cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens or 0),
@@ -528,8 +467,7 @@ def suggest_budgets(cfg, device_bytes: int, step: int = 1024, **plan_kwargs) -> 
     for name, wdt in widths.items():
         cap = math.ceil(whole[name] * wdt / step) * step     # a budget above this changes nothing
         def ok(b: int, name=name) -> bool:
-            c = config_from_dict(cfg.to_dict())
-            apply_overrides(c, {name: b})
+            c = apply_overrides(cfg, {name: b})
             p = plan_memory(c, device_bytes=device_bytes, device_name="target", **plan_kwargs)
             return all(p.phase_total(ph) <= p.usable_bytes for ph in phase_of[name] if ph in p.phases)
         lo = math.ceil(wdt / step) * step

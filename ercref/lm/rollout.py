@@ -240,7 +240,7 @@ def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max
     ``share_prompts`` (default ``SHARE_PROMPTS``): within a call, rows with the same prompt share
     one prefill of its first width-1 tokens (``shared_prompt_cache``); generate then runs the last
     prompt token and the new tokens per row, drawing the same random numbers as without sharing."""
-    from .memory import token_budget_batches
+    from .batching import token_budget_batches
 
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
@@ -328,7 +328,7 @@ def _old_logprobs(model, seq, full_am, P, temperature, rmask, max_tokens, fused_
     of at most ``max_tokens`` tokens (rows x width; 0: one forward), each cut to its own width and
     scattered back to the original rows; the reference model (when given) on the same micro-batch
     right after the policy."""
-    from .memory import token_budget_batches, trim_rows
+    from .batching import token_budget_batches, trim_rows
 
     rlen = rmask.sum(-1)
     out_logp, out_ent = torch.zeros(rmask.shape, device=seq.device), torch.zeros(rmask.shape, device=seq.device)

@@ -50,10 +50,11 @@ from ercref import compute_policy_loss, dynamic_sampling_mask, group_advantages,
 from . import checkpoint as ckpt
 from .config import Config, resolve_device
 from .data import load_task
+from .judge_pool import judge_pool
 from .metrics_log import RunLog
 from .models import load_model
-from .rewards import judge_pool, score_responses
 from .rollout import RolloutBatch, encode_prompts, eos_ids, response_logprobs, rollout
+from .scoring import score_responses
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -340,7 +341,7 @@ class Trainer:
         the step (they are not needed until the next one). Returns metrics as 0-d tensors (no host sync)."""
         from ercref.auxiliary import positive_nll
 
-        from .memory import token_budget_batches, trim_rows
+        from .batching import token_budget_batches, trim_rows
 
         dev, lc = self.device, self.cfg.loss
         P, R = mb.prompt_len, mb.response_mask.shape[1]
