@@ -149,15 +149,29 @@ class Trainer:
             self.vllm = VLLMGenerator.from_config(cfg, self.model, self.tok, self.device)
         self.resumed_from = None
         if resume:
+            if overwrite:
+                raise ValueError("resume=True (--resume: continue the run in the folder) and overwrite=True "
+                                 "(--overwrite: delete it and start over) contradict each other; give one")
+            # checkpoints that exist but none loads: NoLoadableCheckpoint naming each, nothing deleted
             loaded = ckpt.load_latest_valid(self.ckpt_dir, required=("step", "rng", "model", "optimizer",
                                                                      "scheduler", "cursor"))
             if loaded is None:
+                if files := ckpt.run_files(self.out):
+                    raise FileExistsError(
+                        f"--resume: {self.ckpt_dir} holds no checkpoint to continue from, but {self.out} holds a "
+                        f"run's files ({', '.join(p.name for p in files)}): a run stopped before its first "
+                        "checkpoint, or one with train.save_checkpoints=false. Nothing was deleted. Start over "
+                        "with --overwrite (deletes them), move them away, or pick another --out.")
                 warnings.warn(f"--resume: no loadable checkpoint in {self.ckpt_dir}; starting from scratch", stacklevel=2)
             else:
                 self.resumed_from = loaded[0]
                 self._restore(loaded[1])
                 if self.vllm is not None:  # the engine loaded the model folder: serve the resumed weights
                     self.vllm.sync_weights(self.model)
+        elif not overwrite and (files := ckpt.run_files(self.out)):  # a log or policy without checkpoints
+            raise FileExistsError(
+                f"{self.out} already holds a run's files ({', '.join(p.name for p in files)}). Continue it with "
+                "--resume, start over with --overwrite (deletes them), or pick another --out.")
         self.log = RunLog(self.out, cfg.train.tensorboard)
 
     def _emit(self, hook: str, *args) -> None:
@@ -166,9 +180,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ before the first step
     def start(self) -> None:
-        """Prepare the run folder and the policy (idempotent; ``fit`` calls it). Fresh run: clear
-        an old run's files (only with overwrite=True: __init__ refused otherwise), write
-        config.json, run the SFT warm-up, freeze the reference model. Resumed run: nothing to do."""
+        """Prepare the run folder and the policy (idempotent; ``fit`` calls it). Fresh run: delete
+        an old run's checkpoints and log (only with overwrite=True: without it __init__ refused a
+        folder holding them), write config.json, run the SFT warm-up, freeze the reference model.
+        Resumed run: drop the log lines after the checkpoint's step."""
         if self.started:
             return
         self.check_memory()
@@ -178,10 +193,9 @@ class Trainer:
         if self.resumed_from is not None:
             self.log.truncate_after(self.step)
             return
-        for _, p in ckpt.list_checkpoints(self.ckpt_dir):  # present only with overwrite=True
-            p.unlink()
-        if self.log.path.exists():
-            self.log.path.unlink()
+        if self.overwrite:  # the only place a run's files are deleted
+            ckpt.delete_checkpoints(self.ckpt_dir)
+            self.log.path.unlink(missing_ok=True)
         if not self.sft_done:
             self.sft_warmup()
             self.sft_done = True
@@ -527,9 +541,11 @@ class Trainer:
 
     def save_policy(self) -> Path:
         """The policy as a Hugging Face folder (safetensors + tokenizer) at <out>/policy, written to a
-        temporary folder first and swapped in, so a crash never leaves a half-written policy."""
+        temporary folder first and swapped in, so a crash never leaves a half-written policy; the
+        disk is checked for the weights' bytes first (ckpt.InsufficientDiskSpace)."""
         final, tmp = self.out / "policy", self.out / ".policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        ckpt.check_free_space(self.out, ckpt.state_bytes(self.model.state_dict()), "the policy folder")
         self.model.save_pretrained(tmp, safe_serialization=True)
         self.tok.save_pretrained(tmp)
         old = self.out / ".policy.old"
