@@ -97,9 +97,9 @@ test-vllm: $(VSTAMP)
 	$(VBIN)/python -m pytest -q tests/test_vllm.py
 
 # Execute every notebook in full mode (headless) and write it back with its outputs and a stamp
-# of its cells (ercref/study/nbexec.py); tests/test_notebooks.py fails when a stamp is stale.
+# of its cells (tools/nbexec.py); tests/test_notebooks.py fails when a stamp is stale.
 notebooks: $(STAMP)
-	$(BIN)/python -m ercref.study.nbexec notebooks/*.ipynb
+	$(BIN)/python tools/nbexec.py notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_entropy.py

@@ -8,7 +8,7 @@ and the update phase's FLOP utilisation against this machine's measured GEMM rat
     python benchmarks/bench_step_breakdown.py --threads 2 --steps 4
     python benchmarks/bench_step_breakdown.py --preset cpu-tiny --steps 5 --no-study-settings
 
-The study settings (--study-settings, default) are ercref.study.experiments.SMOL_BASE: 8 prompts x 4
+The study settings (--study-settings, default) are ercref.study.studies.SMOL_BASE: 8 prompts x 4
 samples, <= 12 new tokens, 4 minibatches (K = 4 optimizer steps per rollout batch), 32 eval prompts
 x 2 samples. Arms alternate step by step (rows, shared, shared+fused-adam, rows, ...) so a shared,
 drifting machine slows them alike; every phase is reported as wall seconds and as CPU seconds of
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     ap.add_argument("--group-size", type=int, default=None, help="samples per prompt (default: the settings')")
     ap.add_argument("--arms", default="rows,shared,shared+fused-adam")
     ap.add_argument("--study-settings", action=argparse.BooleanOptionalAction, default=True,
-                    help="apply ercref.study.experiments.SMOL_BASE (notebook 04's setting)")
+                    help="apply ercref.study.studies.SMOL_BASE (notebook 04's setting)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
 
@@ -159,7 +159,7 @@ def main(argv=None) -> None:
 
     base = []
     if args.study_settings:
-        from ercref.study.experiments import SMOL_BASE
+        from ercref.study.studies import SMOL_BASE
         base = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in SMOL_BASE.items()]
     extra = [f"rollout.group_size={args.group_size}"] if args.group_size else []
     cfg = make_config(args.preset, overrides=base + ["train.progress=false", "train.plot=false", "sft.steps=0",

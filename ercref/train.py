@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:   # a fresh run into a folder with checkpoints, without --overwrite
         return _error(str(e))
     if cfg.train.plot and (out / "metrics.jsonl").is_file():
-        from ercref.study.plots import plot_run
+        from ercref.lm.run_plot import plot_run
 
         erc = "+ERC" if cfg.loss.erc else ""
         plot_run(out / "metrics.jsonl", out / "plot.png", title=f"{cfg.preset or 'run'}: {cfg.model.name}, "

@@ -1,5 +1,6 @@
-"""Orchestration for notebooks 03-05: running and caching comparisons, loading them back, the
-per-token captures (the claim verdicts: tests/test_claims.py)."""
+"""Engine runs for experiments (run_arm and its callbacks: the shared warm-up, the per-token
+captures) and notebook 05's GPU and recipe helpers. The study cache: tests/test_study_cache.py;
+the claim verdicts: tests/test_claims.py."""
 from __future__ import annotations
 
 import json
@@ -15,58 +16,58 @@ from ercref.study.experiments import (
     PAPER_NOT_IN_CONFIG,
     PAPER_PRESET,
     PAPER_RECIPE,
-    cache_paths,
     cuda_report,
     load_authors_recipe,
-    load_results,
-    merge_results,
     planner_estimate,
     recipe_diff,
-    run_experiment,
-    tiny_experiment,
-    token_table,
+    results_from_records,
+    run_arm,
     write_verl_file,
 )
 from ercref.study.plots import LivePlot
+from ercref.study.studies import erc_arm
+from ercref.study.token_view import token_table
 
-# the claim verdicts and their measures are tested in tests/test_claims.py
+ERC = "DAPO+ERC"
 
 
-# ----------------------------------------------------------------------------- running and caching
+# ----------------------------------------------------------------------------- engine runs
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory):
-    d = tmp_path_factory.mktemp("results")
-    exp = tiny_experiment(seeds=[0], betas=[0.05], steps=2, sft_steps=30)
-    exp.arms = {k: v for k, v in exp.arms.items() if k in ("DAPO", "DAPO+ERC b=0.05")}
-    exp.capture_steps = [2]
-    res = run_experiment(exp, d, extra={"rollout.prompts_per_step": 8, "data.num_eval": 8}, verbose=False)
-    return exp, d, res
+def two_arms(tmp_path_factory):
+    """DAPO and DAPO+ERC, seed 0, 2 RL steps, token captures at step 2, one process (shared warm-up)."""
+    d = tmp_path_factory.mktemp("runs")
+    base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 2, "sft.steps": 30,
+            "rollout.prompts_per_step": 8, "data.num_eval": 8, "train.seed": 0}
+    logs, toks = [], []
+    for label, beta in (("DAPO", None), (ERC, 0.05)):
+        cfg = make_config("cpu-tiny", overrides={**base, **erc_arm("dapo", beta)})
+        lg, tk = run_arm(cfg, d / label, label=label, capture_steps=[2], checkpoints=False)
+        logs += lg
+        toks += tk
+    return results_from_records("two-arms", logs, toks)
 
 
-def test_cache_round_trip(cached):
-    exp, d, res = cached
-    again = load_results(exp.name, d)
-    assert again.labels == ["DAPO", "DAPO+ERC b=0.05"] and again.seeds == [0]
-    assert again.meta["complete"] and len(again.meta["runs"]) == 2
-    for label in again.labels:
-        st = again.steps[again.steps["label"] == label]
+def test_run_arm_rows_are_tagged_and_complete(two_arms):
+    res = two_arms
+    assert res.labels == ["DAPO", ERC] and res.seeds == [0]
+    for label in res.labels:
+        st = res.steps[res.steps["label"] == label]
         assert list(st["step"]) == [1, 2]
-        mb = again.minibatches[again.minibatches["label"] == label]
+        mb = res.minibatches[res.minibatches["label"] == label]
         assert sorted(set(mb["staleness"])) == [0, 1]   # K = 8 prompts / 4 per minibatch = 2 per step
         assert len(mb) == 2 * 2
-    assert "erc/clip_frac" not in again.minibatches[again.minibatches["label"] == "DAPO"].dropna(axis=1, how="all")
+    assert "erc/clip_frac" not in res.minibatches[res.minibatches["label"] == "DAPO"].dropna(axis=1, how="all")
 
 
-def test_shared_warmup_gives_identical_start(cached):
-    _, _, res = cached
-    ev0 = res.evals[res.evals["step"] == 0].set_index("label")["eval/avg@4"]
-    assert ev0["DAPO"] == ev0["DAPO+ERC b=0.05"]   # same seed, same reused SFT weights, same eval RNG
+def test_shared_warmup_gives_identical_start(two_arms):
+    ev0 = two_arms.evals[two_arms.evals["step"] == 0].set_index("label")["eval/avg@4"]
+    assert ev0["DAPO"] == ev0[ERC]   # same seed, same reused SFT weights, same eval RNG
 
 
-def test_token_capture_matches_logged_metrics(cached):
-    _, _, res = cached
+def test_token_capture_matches_logged_metrics(two_arms):
+    res = two_arms
     tt = token_table(res.tokens)
-    erc = tt[tt["label"] == "DAPO+ERC b=0.05"]
+    erc = tt[tt["label"] == ERC]
     assert set(erc["step"]) == {2}
     # on-policy: rho = 1, up to float rounding (the rollout's forward and the trainer's may batch
     # differently, and BLAS kernels differ between CPUs)
@@ -76,40 +77,21 @@ def test_token_capture_matches_logged_metrics(cached):
     assert ((erc["erc_state"] == 0) == inside)[~edge].all()
     mb = res.minibatches
     for k, g in erc.groupby("staleness"):
-        logged = mb[(mb["label"] == "DAPO+ERC b=0.05") & (mb["step"] == 2) & (mb["staleness"] == k)]
+        logged = mb[(mb["label"] == ERC) & (mb["step"] == 2) & (mb["staleness"] == k)]
         assert float(logged["erc/clip_frac"].iloc[0]) == pytest.approx(float(g["clipped"].mean()), abs=1e-6)
         assert float(logged["entropy/new_mean"].iloc[0]) == pytest.approx(float(g["entropy"].mean()), rel=1e-4)
 
 
-def _fake_part(d, label, seed, wall):
-    d.mkdir()
-    recs = [{"kind": "step", "step": 1, "label": label, "seed": seed, "reward/mean": 0.5}]
-    cache_paths("x", d)["log"].write_text("".join(json.dumps(r) + "\n" for r in recs))
-    cache_paths("x", d)["meta"].write_text(json.dumps({"arms": {label: {}}, "seeds": [seed], "wall_s": wall,
-                                                        "complete": True, "runs": [{"label": label, "seed": seed, "wall_s": wall}]}))
-    return d
+def test_one_results_system():
+    """The study cache is the only results store: the single-file cache and its CLI are gone."""
+    import ercref.study.experiments as ex
 
+    for gone in ("Experiment", "run_experiment", "load_results", "merge_results", "cache_paths", "main",
+                 "tiny_experiment", "TINY_BETAS", "arm_label"):
+        assert not hasattr(ex, gone), gone
+    from ercref.paths import REPO_ROOT
 
-def test_merge_results_combines_parts(tmp_path):
-    a = _fake_part(tmp_path / "a", "A", 0, 10.0)
-    b = _fake_part(tmp_path / "b", "B", 1, 30.0)
-    res = merge_results("x", [a, b], tmp_path / "out")
-    assert res.labels == ["A", "B"] and res.seeds == [0, 1]
-    assert res.meta["wall_s"] == 30.0 and res.meta["run_wall_s"] == 40.0 and res.meta["parallel_parts"] == 2
-    assert not res.meta["complete"]          # A has no seed-1 run and B no seed-0 run
-    c = _fake_part(tmp_path / "c", "A", 1, 5.0)
-    d = _fake_part(tmp_path / "d", "B", 0, 5.0)
-    assert merge_results("x", [a, b, c, d], tmp_path / "out3").meta["complete"]
-    with pytest.raises(ValueError, match="no complete cache"):
-        merge_results("x", [a, tmp_path / "missing"], tmp_path / "out2")
-
-
-def test_load_results_missing_names_the_file(tmp_path):
-    with pytest.raises(ValueError, match="nope.jsonl"):
-        load_results("nope", tmp_path)
-    cache_paths("empty", tmp_path)["log"].write_text("")
-    with pytest.raises(ValueError, match="no records"):
-        load_results("empty", tmp_path)
+    assert not list((REPO_ROOT / "data" / "results").glob("*.jsonl"))      # every cache is a study folder
 
 
 # ----------------------------------------------------------------------------- GPU-notebook helpers
@@ -200,9 +182,7 @@ def test_one_gpu_preset_keeps_the_recipe_and_fits_one_80gb_gpu():
     assert one.num_minibatches == paper.num_minibatches == 8        # the same staleness structure
     assert one.rollout.backend == "vllm" and one.rollout.max_new_tokens <= 4096
     est = planner_estimate(one, device_bytes=80 * 10**9)
-    if not est["available"]:
-        pytest.skip("the memory planner (ercref.lm.memory) has not landed yet")
-    assert est["fits"], est["message"]
+    assert est["available"] and est["fits"], est["message"]
     assert est["step_s"] * one.train.steps <= 26 * 3600, est["message"]    # about a day or less
 
 

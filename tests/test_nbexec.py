@@ -1,17 +1,16 @@
-"""ercref.study.nbexec on small synthetic notebooks: the source hash, the stamp and --check, output
+"""tools/nbexec.py on small synthetic notebooks: the source hash, the stamp and --check, output
 shrinking, and headless execution (environment, teaching.interact without widgets, named errors, retry)."""
 from __future__ import annotations
 
 import base64
 import os
 
+import nbexec  # tools/nbexec.py (pytest pythonpath)
 import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
+from nbexec import execute_notebook, shrink_outputs, source_hash, stale_reason, stamp
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-
-from ercref.study import nbexec
-from ercref.study.nbexec import execute_notebook, shrink_outputs, source_hash, stale_reason, stamp
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 
@@ -130,11 +129,6 @@ def test_execute_and_write_refuses_a_notebook_edited_during_execution(tmp_path, 
     with pytest.raises(RuntimeError, match="changed on disk"):
         nbexec.execute_and_write(path, quick=True)
     assert nbformat.read(path, as_version=4).cells[1].source == "x = 2"
-
-
-def test_quick_env_name_matches_experiments():
-    from ercref.study import experiments
-    assert nbexec.QUICK_ENV == experiments.QUICK_ENV
 
 
 # ----------------------------------------------------------------------------- execution (real kernels)

@@ -31,7 +31,7 @@ def code_cells(nb):
 def namespace() -> dict:
     import ercref
     from ercref.study import claims, stability
-    from ercref.study.plots import t_quantile
+    from ercref.study.claims import t_quantile
     from ercref.study.teaching import check_exercise, show_source
 
     return {"ercref": ercref, "torch": torch, "np": np, "math": math, "claims": claims, "stability": stability,

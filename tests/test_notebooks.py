@@ -1,14 +1,14 @@
 """Every notebooks/*.ipynb runs top to bottom in a fresh kernel, in quick mode (ERCREF_QUICK=1), and
 every committed notebook carries the full-mode outputs of its current cells.
 
-Execution goes through ercref.study.nbexec.execute_notebook: a copy in memory (the committed file
+Execution goes through tools/nbexec.py's execute_notebook: a copy in memory (the committed file
 is never written), headless (ERCREF_HEADLESS=1: teaching.interact calls its function once instead of
 opening a widget, which avoids jupyter/nbclient#312's hang). The notebooks assert the numbers their
 text claims, so a passing run also checks those claims. The kernel is the ``python3`` spec;
 jupyter_client replaces its ``python`` argv with this interpreter (sys.executable), i.e. the venv's
 python: test_kernel_is_this_interpreter checks that.
 
-The staleness test reads the stamp `make notebooks` (python -m ercref.study.nbexec) writes into
+The staleness test reads the stamp `make notebooks` (python tools/nbexec.py) writes into
 each notebook's metadata: the sha256 of its cells when it was executed, and the mode.
 """
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from ercref.study.nbexec import STAMP_KEY, execute_notebook, stale_reason
+from nbexec import STAMP_KEY, execute_notebook, stale_reason  # tools/nbexec.py (pytest pythonpath)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -64,7 +63,7 @@ def test_notebook_runs_clean(path: Path):
 def test_committed_outputs_match_the_cells(path: Path):
     nb = nbformat.read(path, as_version=4)
     reason = stale_reason(nb, mode="full")
-    fix = ("run `make notebooks` (python -m ercref.study.nbexec notebooks/*.ipynb: full mode, writes the "
+    fix = ("run `make notebooks` (python tools/nbexec.py notebooks/*.ipynb: full mode, writes the "
            "outputs and metadata.ercref) and commit the notebooks")
     assert reason is None, f"{path.name} {reason}: {fix}"
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -1,4 +1,5 @@
-"""ercref.study.plots: bounded seed bands, the LM run figures, LivePlot and the run PNG (plot_run)."""
+"""ercref.study.plots (bounded seed bands, the LM run figures, LivePlot), claims.mean_interval's bounds, and
+the run PNG (ercref.lm.run_plot.plot_run)."""
 import json
 import subprocess
 import sys
@@ -9,27 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ercref.lm.run_plot import plot_run
+from ercref.study import claims
 from ercref.study import plots as viz
 
 
 # ----------------------------------------------------------------------------- bounded intervals
 def test_three_seed_fraction_interval_leaves_unit_range_unless_clipped():
     fracs = [0.0, 0.02, 0.10]                     # clip fractions of 3 seeds
-    m, lo, hi = viz.mean_interval(fracs)          # default: unchanged Student-t interval
+    m, lo, hi = claims.mean_interval(fracs)          # default: unchanged Student-t interval
     assert m == pytest.approx(0.04) and lo < 0.0  # t_{0.975,2} = 4.303: the band goes below zero
-    h = viz.t_quantile(0.975, 2) * np.std(fracs, ddof=1) / np.sqrt(3)   # 4.3027
+    h = claims.t_quantile(0.975, 2) * np.std(fracs, ddof=1) / np.sqrt(3)   # 4.3027
     assert (lo, hi) == (pytest.approx(m - h), pytest.approx(m + h))
-    mc, loc, hic = viz.mean_interval(fracs, bounds=(0, 1))
+    mc, loc, hic = claims.mean_interval(fracs, bounds=(0, 1))
     assert (mc, loc, hic) == (m, 0.0, hi)         # only the side outside [0, 1] moves; the mean is kept
     acc = [0.9, 1.0, 1.0]
-    assert viz.mean_interval(acc)[2] > 1.0 and viz.mean_interval(acc, bounds=viz.UNIT_RANGE)[2] == 1.0
-    assert viz.mean_interval(fracs, bounds=(None, 0.05))[1:] == (lo, 0.05)  # one-sided
-    assert viz.mean_interval([0.5], bounds=(0, 1)) == (0.5, 0.5, 0.5)
-    assert viz.mean_interval(fracs, "range", bounds=(0, 1)) == viz.mean_interval(fracs, "range")
+    assert claims.mean_interval(acc)[2] > 1.0 and claims.mean_interval(acc, bounds=claims.UNIT_RANGE)[2] == 1.0
+    assert claims.mean_interval(fracs, bounds=(None, 0.05))[1:] == (lo, 0.05)  # one-sided
+    assert claims.mean_interval([0.5], bounds=(0, 1)) == (0.5, 0.5, 0.5)
+    assert claims.mean_interval(fracs, "range", bounds=(0, 1)) == claims.mean_interval(fracs, "range")
     with pytest.raises(ValueError, match="low < high"):
-        viz.mean_interval(fracs, bounds=(1, 0))
+        claims.mean_interval(fracs, bounds=(1, 0))
     with pytest.raises(ValueError, match="pair"):
-        viz.mean_interval(fracs, bounds=0.0)
+        claims.mean_interval(fracs, bounds=0.0)
 
 
 def test_bounds_for_and_is_fraction():
@@ -233,13 +236,13 @@ def _write_log(path, steps=3):
 def test_plot_run_writes_a_png_without_touching_pyplot(tmp_path):
     log = _write_log(tmp_path / "metrics.jsonl")
     backend, figs = matplotlib.get_backend(), plt.get_fignums()
-    out = viz.plot_run(log, tmp_path / "plot.png", title="tiny: test")
+    out = plot_run(log, tmp_path / "plot.png", title="tiny: test")
     assert out == tmp_path / "plot.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.get_backend() == backend and plt.get_fignums() == figs
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.warns(UserWarning, match="no step records"):
-        viz.plot_run(empty, tmp_path / "empty.png")
+        plot_run(empty, tmp_path / "empty.png")
 
 
 def test_live_plot_figure_reads_the_log(tmp_path):
@@ -259,3 +262,37 @@ def test_engine_does_not_import_matplotlib():
     code = ("import sys, ercref.lm.metrics_log, ercref.lm.data, ercref.paths; "
             "assert 'matplotlib' not in sys.modules, 'the engine imported matplotlib'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+_BLOCK_SITECUSTOMIZE = '''
+import importlib.machinery
+
+_find_spec = importlib.machinery.PathFinder.find_spec
+
+
+def _find_spec_without(fullname, path=None, target=None):
+    if fullname.split(".")[0] in ("seaborn", "pandas"):
+        return None           # as if not installed: importing them raises ModuleNotFoundError
+    return _find_spec(fullname, path, target)
+
+
+importlib.machinery.PathFinder.find_spec = staticmethod(_find_spec_without)
+'''
+
+
+@pytest.mark.slow
+def test_cli_run_plots_without_seaborn_or_pandas(tmp_path):
+    """The lm extra has neither seaborn nor pandas: a CLI run with its default plot must still finish."""
+    import os
+
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(_BLOCK_SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import pandas"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'pandas'" in probe.stderr      # the blocker works
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ercref.train", "--preset", "cpu-tiny", "--out", str(out),
+                           "--train.steps", "2", "--sft.steps", "5", "--train.no-progress"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plot" in proc.stdout

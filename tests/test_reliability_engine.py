@@ -39,7 +39,7 @@ def test_existing_folder_and_special_names_pass(tmp_path):
 
 def test_plot_of_a_resumed_run_whose_eval_k_changed(tmp_path):
     """A run resumed with another eval_k logs eval/avg@2 then eval/avg@4: the plot draws both."""
-    from ercref.study.plots import plot_run
+    from ercref.lm.run_plot import plot_run
 
     log = tmp_path / "metrics.jsonl"
     recs = [{"kind": "eval", "step": 0, "eval/avg@2": 0.1}]

@@ -3,13 +3,13 @@ layout), `python -m ercref.study NAME --report`, and the README's "What we found
 equal the report of the committed cache."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from ercref.study import claims, report, stability
-from ercref.study.runner import main, run_paths, study_dir, write_study_json
+from ercref.study.__main__ import main
+from ercref.study.cache import read_run_log, run_paths, study_dir, write_run, write_study_json
 from ercref.study.studies import Study, tiny_controls, tiny_stability_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +37,11 @@ def _rows(seed: int, erc: bool, zigzag: bool, collapse_at: int | None, acc: floa
     return rows
 
 
-def _write_run(root: Path, cell: str, arm: str, seed: int, rows: list[dict], commit: str = "0123456789abcdef-dirty"):
-    log, meta = run_paths(root, cell, arm, seed)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"cell": cell, "arm": arm, "seed": seed, "git_commit": commit, "wall_s": 360.0,
-                                "machine": {"cpu": "test cpu"}, "finished": f"2026-11-29 10:0{seed}:00"}))
-    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def _write_run(root: Path, cell: str, arm: str, seed: int, rows: list[dict], commit: str = "0123456789abcdef-dirty",
+               tokens: list[dict] | None = None):
+    write_run(root, cell, arm, seed, {"cell": cell, "arm": arm, "seed": seed, "git_commit": commit, "wall_s": 360.0,
+                                      "machine": {"cpu": "test cpu"}, "finished": f"2026-11-29 10:0{seed}:00"},
+              rows, tokens)
 
 
 def _cache(tmp_path: Path, erc_zigzag: bool = False) -> Path:
@@ -84,7 +83,7 @@ def test_run_table_reads_stability_measures_from_each_log(tmp_path):
     runs = report.run_table("toy", tmp_path)
     assert len(runs) == 5 * 3 + 4 * 2 and set(runs["cell"]) == {"A", "B"}
     r = runs[(runs["cell"] == "A") & (runs["arm"] == "DAPO") & (runs["seed"] == 2)].iloc[0]
-    rows = [json.loads(x) for x in run_paths(root, "A", "DAPO", 2)[0].read_text().splitlines()]
+    rows = read_run_log(run_paths(root, "A", "DAPO", 2)[0])
     assert r["entropy_volatility"] == pytest.approx(stability.entropy_volatility(rows))
     assert r["grad_spikes"] == stability.grad_norm_spikes(rows) == 5
     assert r["collapse_step"] == r["steps_to_collapse"] == 12
@@ -211,18 +210,13 @@ def _token_records(seed: int, low_clipped: bool) -> list[dict]:
 
 
 def test_claim2_from_token_captures(tmp_path):
-    import gzip
-
-    from ercref.study.runner import tokens_path
     root = study_dir("caps", tmp_path)
     root.mkdir(parents=True)
     write_study_json(Study("caps", "cpu-tiny", {}, {"A": {}, "B": {}}, {"DAPO+ERC": {}}, [0, 1, 2, 3, 4],
                            capture_steps=[5]), root)
     for cell, seeds, low in (("A", range(5), True), ("B", range(5), False)):
         for sd in seeds:
-            _write_run(root, cell, "DAPO+ERC", sd, _rows(sd, True, False, None, 0.5))
-            tp = tokens_path(root, cell, "DAPO+ERC", sd)
-            tp.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in _token_records(sd, low)).encode()))
+            _write_run(root, cell, "DAPO+ERC", sd, _rows(sd, True, False, None, 0.5), tokens=_token_records(sd, low))
     tt = report.token_claim_table("caps", tmp_path).set_index("cell")
     assert tt.loc["A", "n"] == 5 and tt.loc["A", "tokens"] == 200
     assert tt.loc["A", "mean"] == pytest.approx(7 / 8) and tt.loc["A", "verdict"] == claims.REPRODUCED

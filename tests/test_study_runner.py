@@ -1,7 +1,6 @@
 """The study runner (ercref.study.runner) and the trainer metrics it relies on: optim/update_norm
 and rollout/distinct_frac, skip-if-cached, atomic results under a kill, the --hours budget, the
 matched-step learning-rate rule, the tidy loader. Tiny settings: a few RL steps of the tiny model."""
-import gzip
 import json
 import os
 import signal
@@ -15,7 +14,8 @@ import torch
 
 from ercref.lm.config import make_config
 from ercref.lm.trainer import Trainer, distinct_fraction
-from ercref.study import runner
+from ercref.study import cache, runner
+from ercref.study.__main__ import main as study_main
 from ercref.study.studies import STUDIES, Study, get_study, parse_tiny_cell, tiny_cell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,10 @@ def test_named_studies_are_well_formed():
             "KL-Cov", "DAPO+ERC-b0.01", "DAPO+ERC-b0.1", "DAPO+ERC-b0.2"} == set(c.arms)
     assert c.arms["DAPO+random-mask"]["loss.erc_mask"] == "random"
     assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "tiny-token-captures", "smollm2-learns",
-                            "smollm2-collapse"}
+                            "smollm2-collapse", "smollm2-dapo-vs-erc"}
+    old = get_study("smollm2-dapo-vs-erc")        # notebook 04's 3-seed run: its committed cache is this definition
+    assert cache.read_study_json(cache.study_dir(old.name) / "study.json") == json.loads(json.dumps(old.to_dict()))
+    assert old.capture_steps == [3, 6, 9] and old.seeds == [0, 1, 2] and old.arms["DAPO+ERC"]["loss.beta_low"] == 0.05
     mc = get_study("smollm2-collapse").config("default", "DAPO+random-mask", 1)
     assert (mc.data.task, mc.reward.scheme, mc.loss.erc_mask, mc.train.steps) == ("mc-arith", "format", "random", 24)
     t = get_study("tiny-token-captures")
@@ -118,12 +121,10 @@ def test_matched_lr_rule():
 
 
 def _fake_run(root, cell, arm, seed, wall_s=10.0, norms=(1.0,)):
-    log, meta = runner.run_paths(root, cell, arm, seed)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    """A finished run written by the cache's own writer (hashes in the meta)."""
     rows = [{"kind": "minibatch", "step": 1, "staleness": k, "optim/update_norm": n} for k, n in enumerate(norms)]
     rows.append({"kind": "step", "step": 1, "reward/mean": 0.5})
-    log.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))   # the runner's format
-    meta.write_text(json.dumps({"cell": cell, "arm": arm, "seed": seed, "wall_s": wall_s}))
+    cache.write_run(root, cell, arm, seed, {"cell": cell, "arm": arm, "seed": seed, "wall_s": wall_s}, rows)
 
 
 def test_matched_overrides_read_the_cache(tmp_path):
@@ -138,7 +139,7 @@ def test_matched_overrides_read_the_cache(tmp_path):
     _fake_run(root, "c", "DAPO+ERC", 1, norms=(1.5, 1.0))
     over = runner.matched_overrides(s, root, "c", "DAPO-matched")
     assert over["optim.lr"] == pytest.approx(2e-3 * 1.0 / 2.0) and over["_matched"]["scale"] == pytest.approx(0.5)
-    runner.run_paths(root, "c", "DAPO", 1)[0].write_text(json.dumps({"kind": "minibatch", "step": 1}) + "\n")
+    cache.write_run(root, "c", "DAPO", 1, {"wall_s": 1.0}, [{"kind": "minibatch", "step": 1}])   # no update norm
     with pytest.raises(ValueError, match="update_norm"):
         runner.matched_overrides(s, root, "c", "DAPO-matched")
 
@@ -148,7 +149,7 @@ def test_hours_budget_stops_starting_runs(tmp_path):
     s = small_study(seeds=(0, 1, 2), est_run_s=7200.0)
     res = runner.run_study(s, tmp_path, hours=0.5, workers=1, log=lambda *a: None)   # prior: 2 h per run
     assert res["done"] == [] and len(res["not_started"]) == 6
-    root = runner.study_dir("t", tmp_path)
+    root = cache.study_dir("t", tmp_path)
     _fake_run(root, "K2-lr0.001", "DAPO", 0, wall_s=3000.0)     # the cache's measured time replaces the prior
     res = runner.run_study(s, tmp_path, hours=0.5, arms=["DAPO"], workers=1, log=lambda *a: None)
     assert res["done"] == [] and res["skipped_cached"] == 1 and res["not_started"] == [("K2-lr0.001", "DAPO", 1),
@@ -159,20 +160,20 @@ def test_hours_budget_stops_starting_runs(tmp_path):
 
 
 def test_changed_definition_is_refused(tmp_path):
-    runner.write_study_json(small_study(), tmp_path)
-    runner.write_study_json(small_study(seeds=(0, 1)), tmp_path)     # more seeds: fine
+    cache.write_study_json(small_study(), tmp_path)
+    cache.write_study_json(small_study(seeds=(0, 1)), tmp_path)     # more seeds: fine
     s = small_study()
     s.arms["DAPO"] = {"loss.erc": False, "optim.lr": 5e-4}
     with pytest.raises(ValueError, match="arm 'DAPO'"):
-        runner.write_study_json(s, tmp_path)
+        cache.write_study_json(s, tmp_path)
 
 
 def test_changed_capture_steps_are_refused(tmp_path):
-    runner.write_study_json(small_study(), tmp_path)
+    cache.write_study_json(small_study(), tmp_path)
     s = small_study()
     s.capture_steps = [1]
     with pytest.raises(ValueError, match="capture_steps"):
-        runner.write_study_json(s, tmp_path)
+        cache.write_study_json(s, tmp_path)
 
 
 def test_token_captures_are_cached_next_to_the_run_and_loaded(tmp_path):
@@ -181,24 +182,24 @@ def test_token_captures_are_cached_next_to_the_run_and_loaded(tmp_path):
     s.capture_steps = [2]
     res = runner.run_study(s, tmp_path, workers=1, log=lambda *a: None)
     assert [r["arm"] for r in res["done"]] == ["DAPO+ERC"]
-    root = runner.study_dir("cap", tmp_path)
-    tp = runner.tokens_path(root, "K2-lr0.001", "DAPO+ERC", 0)
-    recs = runner.read_run_log(tp)
+    root = cache.study_dir("cap", tmp_path)
+    tp = cache.tokens_path(root, "K2-lr0.001", "DAPO+ERC", 0)
+    recs = cache.read_run_log(tp)
     assert tp.read_bytes()[:2] == b"\x1f\x8b" and len(recs) == 16          # 4 prompts x 4 samples, once at step 2
     assert {r["step"] for r in recs} == {2} and {r["staleness"] for r in recs} == {0, 1}
     assert all(len(r["old_entropy"]) == len(r["tokens"]) == len(r["erc_state"]) >= 1 for r in recs)
-    loaded = runner.load_study("cap", tmp_path)
+    loaded = cache.load_study("cap", tmp_path)
     assert len(loaded.runs) == 1 and len(loaded.tokens) == 16                # the tokens file is not a run
     assert set(loaded.tokens["label"]) == {"DAPO+ERC"} and set(loaded.tokens["cell"]) == {"K2-lr0.001"}
     s.capture_steps = []                       # the capture's extra no-grad forward leaves the run unchanged
     runner.run_study(s, tmp_path / "plain", workers=1, log=lambda *a: None)
-    plain = runner.read_run_log(runner.run_paths(runner.study_dir("cap", tmp_path / "plain"), "K2-lr0.001", "DAPO+ERC", 0)[0])
-    captured = runner.read_run_log(runner.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)[0])
+    plain = cache.read_run_log(cache.run_paths(cache.study_dir("cap", tmp_path / "plain"), "K2-lr0.001", "DAPO+ERC", 0)[0])
+    captured = cache.read_run_log(cache.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)[0])
     drop = {"time/", "perf/"}
 
     def metrics(rows):
         return [{k: v for k, v in r.items() if not any(k.startswith(x) for x in drop)} for r in rows if r["kind"] != "sft"]
-    assert metrics(plain) == metrics(captured) and not runner.tokens_path(tmp_path / "plain" / "cap", "K2-lr0.001",
+    assert metrics(plain) == metrics(captured) and not cache.tokens_path(tmp_path / "plain" / "cap", "K2-lr0.001",
                                                                            "DAPO+ERC", 0).exists()
 
 
@@ -207,7 +208,7 @@ def test_a_bad_arm_fails_before_any_run(tmp_path):
     s.arms["DAPO"] = {"loss.loss": "no_such_loss"}
     with pytest.raises(ValueError, match="no_such_loss"):
         runner.run_study(s, tmp_path, workers=1, log=lambda *a: None)
-    assert not (runner.study_dir("t", tmp_path) / "runs").exists()
+    assert not (cache.study_dir("t", tmp_path) / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- real runs
@@ -221,18 +222,18 @@ def two_runs(tmp_path_factory):
 def test_runs_are_cached_and_skipped(two_runs):
     d, res = two_runs
     assert sorted((r["arm"], r["seed"]) for r in res["done"]) == [("DAPO", 0), ("DAPO+ERC", 0)]
-    root = runner.study_dir("t", d)
-    log, meta = runner.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)
+    root = cache.study_dir("t", d)
+    log, meta = cache.run_paths(root, "K2-lr0.001", "DAPO+ERC", 0)
     m = json.loads(meta.read_text())
     assert m["config"]["loss"]["erc"] is True and m["seed"] == 0 and m["wall_s"] > 0
     assert {"platform", "cpu", "torch", "torch_threads"} <= set(m["machine"]) and m["machine"]["torch_threads"] == 1
     assert "git_commit" in m and m["ercref_version"]
     assert log.name.endswith(".jsonl.gz") and log.read_bytes()[:2] == b"\x1f\x8b"   # gzip JSON Lines
-    rows = runner.read_run_log(log)
+    rows = cache.read_run_log(log)
     assert {"sft", "step", "minibatch", "eval"} <= {r["kind"] for r in rows}
     plain = log.with_name("plain.jsonl")                                          # a plain .jsonl reads too
     plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert runner.read_run_log(plain) == rows
+    assert cache.read_run_log(plain) == rows
     plain.unlink()
     before = log.stat().st_mtime_ns
     again = runner.run_study(small_study(), d, workers=2, log=lambda *a: None)
@@ -242,7 +243,7 @@ def test_runs_are_cached_and_skipped(two_runs):
 
 def test_loader_returns_tidy_frames(two_runs):
     d, _ = two_runs
-    res = runner.load_study("t", d)
+    res = cache.load_study("t", d)
     for df in (res.steps, res.minibatches, res.evals):
         assert {"cell", "arm", "seed"} <= set(df.columns)
     assert len(res.steps) == 2 * 2 and len(res.minibatches) == 2 * 2 * 2      # arms x steps (x K)
@@ -251,15 +252,15 @@ def test_loader_returns_tidy_frames(two_runs):
     assert "erc/clip_frac" in res.minibatches.columns and "optim/update_norm" in res.minibatches.columns
     assert len(res.runs) == 2 and res.definition["name"] == "t" and res.tokens is None   # no capture_steps: no tokens
     with pytest.raises(ValueError, match="no cached study"):
-        runner.load_study("nothing", d)
+        cache.load_study("nothing", d)
 
 
 _KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_study_runner import small_study
-from ercref.study import runner
-runner.main(["t", "--workers", "1", "--results-dir", sys.argv[1]], studies={{"t": lambda: small_study(steps=400)}})
+from ercref.study.__main__ import main
+main(["t", "--workers", "1", "--results-dir", sys.argv[1]], studies={{"t": lambda: small_study(steps=400)}})
 """
 
 
@@ -280,18 +281,18 @@ def test_a_killed_study_leaves_no_partial_run(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    root = runner.study_dir("t", tmp_path / "res")
+    root = cache.study_dir("t", tmp_path / "res")
     assert (root / "study.json").is_file()
     assert not list((root / "runs").rglob("seed*")) if (root / "runs").exists() else True
-    assert not runner.is_cached(root, "K2-lr0.001", "DAPO", 0)
-    assert runner.load_study("t", tmp_path / "res").steps.empty
+    assert not cache.is_cached(root, "K2-lr0.001", "DAPO", 0)
+    assert cache.load_study("t", tmp_path / "res").steps.empty
 
 
 def test_cli_list_and_status(two_runs, capsys):
     d, _ = two_runs
-    assert runner.main(["--list"]) == 0
+    assert study_main(["--list"]) == 0
     assert "tiny-stability-map" in capsys.readouterr().out
-    assert runner.main(["t", "--status", "--results-dir", str(d)], studies={"t": small_study}) == 0
+    assert study_main(["t", "--status", "--results-dir", str(d)], studies={"t": small_study}) == 0
     assert "cached 2 / 2 runs" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        runner.main(["t", "--cells", "nope", "--status"], studies={"t": small_study})
+        study_main(["t", "--cells", "nope", "--status"], studies={"t": small_study})

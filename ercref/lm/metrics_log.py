@@ -1,6 +1,6 @@
 """Run outputs: a JSONL log (one line per SFT step, minibatch, training step and evaluation, each
-with a "kind") and optional TensorBoard scalars. No plotting here (the engine never imports
-matplotlib): the PNG of a run is ercref.study.plots.plot_run(log_path, png_path).
+with a "kind") and optional TensorBoard scalars. No plotting here: the PNG of a run is
+ercref.lm.run_plot.plot_run(log_path, png_path) (matplotlib only).
 
 Log lines:  {"kind": "minibatch", "step": s, "staleness": k, ...}   k = 0..K-1 within step s
             {"kind": "step", "step": s, ...}                          per rollout batch

@@ -10,7 +10,7 @@ x_s: a paired difference d_s = ERC_s - baseline_s, or a per-seed share or rate. 
 
 MDE is the true effect a two-sided 5 % test at this seed count would detect with 80 % power, given
 the observed sd of the per-seed values: an inconclusive verdict says how large an effect the study
-could have seen. t quantiles come from ercref.study.plots.t_quantile (exact, no scipy).
+could have seen. t quantiles: t_quantile, exact (t_cdf in closed form, then bisection; no scipy).
 
 Verdict rules (three outcomes each, symmetric in the paper's direction):
     direction_verdict(values, direction, null=0)
@@ -44,14 +44,102 @@ Edge cases (chosen here, tested in tests/test_claims.py):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ercref.study.plots import mean_interval, t_quantile
+INTERVALS = ("ci95", "range")
+UNIT_RANGE = (0.0, 1.0)
 
+
+# ----------------------------------------------------------------------------- Student t, intervals
+def t_cdf(x: float, dof: int) -> float:
+    """P(T <= x) for Student's t with integer ``dof``, exact (Abramowitz & Stegun 26.7.3-4): with
+    theta = atan(x / sqrt(dof)), A = P(|T| < |x|) is
+
+        dof = 1:    A = 2 theta / pi
+        dof odd:    A = 2/pi [theta + sin(theta) (c + 2/3 c^3 + ... + (2*4*..*(dof-3))/(1*3*..*(dof-2)) c^(dof-2))]
+        dof even:   A = sin(theta) [1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... + (1*3*..*(dof-3))/(2*4*..*(dof-2)) c^(dof-2)]
+
+    with c = cos(theta), and P(T <= x) = (1 + sign(x) A) / 2. No scipy needed."""
+    if not isinstance(dof, int) or dof < 1:
+        raise ValueError(f"dof must be a positive int, got {dof!r}")
+    theta = math.atan(abs(x) / math.sqrt(dof))
+    s, c = math.sin(theta), math.cos(theta)
+    if dof % 2:
+        term, total = c, c if dof > 1 else 0.0        # c, then c^3 * 2/3, c^5 * (2*4)/(3*5), ...
+        for k in range(3, dof - 1, 2):
+            term *= c * c * (k - 1) / k
+            total += term
+        a = 2 / math.pi * (theta + s * total)
+    else:
+        term, total = 1.0, 1.0                        # 1, then c^2 / 2, c^4 * 3/(2*4), ...
+        for k in range(2, dof - 1, 2):
+            term *= c * c * (k - 1) / k
+            total += term
+        a = s * total
+    return 0.5 + math.copysign(0.5 * a, x)
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with integer ``dof`` (bisection on :func:`t_cdf`, to 1e-10),
+    e.g. t_quantile(0.975, 2) = 4.3027, t_quantile(0.80, 4) = 0.9410."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    if p < 0.5:
+        return -t_quantile(1 - p, dof)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, dof) < p:
+        hi *= 2
+    while hi - lo > 1e-10 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, dof) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def check_range(bounds, what: str = "bounds") -> tuple[float, float]:
+    """(low, high) floats of a bounds pair whose entries may be None (-inf / +inf); ValueError naming
+    ``what`` unless it is a pair with low < high."""
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise ValueError(f"{what} must be a (low, high) pair, got {bounds!r}")
+    lo, hi = (-math.inf if bounds[0] is None else float(bounds[0]), math.inf if bounds[1] is None else float(bounds[1]))
+    if not lo < hi:
+        raise ValueError(f"{what} must have low < high, got {bounds!r}")
+    return lo, hi
+
+
+def mean_interval(values: Iterable[float], interval: str = "ci95",
+                  bounds: tuple[float | None, float | None] | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of values over seeds; low = high = mean for a single value.
+
+    ``bounds`` = (low, high), either may be None: clip the interval to the metric's valid range
+    (e.g. (0, 1) for a fraction). The mean is not changed. Default: no clipping."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    rng = None if bounds is None else check_range(bounds)
+    m, lo, hi = _mean_interval(values, interval)
+    if rng is not None:
+        lo, hi = min(max(lo, rng[0]), rng[1]), max(min(hi, rng[1]), rng[0])
+    return m, lo, hi
+
+
+def _mean_interval(values: Iterable[float], interval: str) -> tuple[float, float, float]:
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("values contains no finite number")
+    m = float(v.mean())
+    if v.size == 1:
+        return m, m, m
+    if interval == "range":
+        return m, float(v.min()), float(v.max())
+    h = t_quantile(0.975, int(v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return m, m - h, m + h
+
+
+# ----------------------------------------------------------------------------- verdicts
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
 LABELS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
 NOT_MEASURED = "not measured"        # claims_table's label for a claim whose inputs were not passed (no verdict)

@@ -1,47 +1,28 @@
-"""Multi-seed comparisons for notebooks 03-05: run arms x seeds with the engine, cache the logs
-under data/results/, load them back. Orchestration only: every number comes from the engine's
-Trainer (ercref.lm.trainer) and the core (ercref.erc_masks for the token view).
+"""Running the engine for experiments and the notebooks' helpers around it.
 
-Cached layout of one experiment ``NAME`` (small files, committed):
+    run_arm                       train one config with the engine's Trainer; returns its log rows and
+                                  token captures (the study runner, runner.run_unit, writes them to the cache)
+    OnStep, SFTCache, TokenCapture the Trainer callbacks these use (live plots, a shared warm-up, per-token records)
+    results_from_records          a run's in-memory log rows as DataFrames (notebook 05)
+    cuda_report, planner_estimate, recipe_diff, ...   notebook 05's GPU and paper-recipe helpers
 
-    data/results/NAME.jsonl         every engine log line (kinds step / minibatch / eval / sft),
-                                    plus "label" (arm) and "seed"
-    data/results/NAME_tokens.jsonl  per-token captures (optional): one line per response at the
-                                    capture steps, with the token strings, old / new entropy,
-                                    importance ratio and the ERC state per token
-    data/results/NAME.meta.json     preset, base overrides, arms, seeds, wall time, machine
-
-Regenerate (``python -m ercref.study.experiments --help``):
-
-    python -m ercref.study.experiments tiny      # notebook 03: 10 arms x 3 seeds, ~10 min (1 torch thread)
-    python -m ercref.study.experiments smollm2   # notebook 04: 2 arms x 3 seeds, ~10 min per run (1 thread)
-
-Arms can run in parallel processes (one torch thread each), then be merged:
-
-    python -m ercref.study.experiments smollm2 --labels DAPO --results-dir /tmp/a
-    python -m ercref.study.experiments smollm2 --labels DAPO+ERC --results-dir /tmp/b
-    python -m ercref.study.experiments smollm2 --merge-from /tmp/a /tmp/b
+Orchestration only: every number comes from the engine's Trainer (ercref.lm.trainer) and the core
+(ercref.erc_masks for the token view). Cached results live in the study cache (cache.py).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
-import platform
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ercref import erc_masks
-from ercref.lm.config import Config, make_config
+from ercref.lm.config import Config
 from ercref.lm.data import load_dataset_records, write_jsonl
 from ercref.lm.metrics_log import read_log
 from ercref.lm.rollout import response_logprobs
@@ -49,67 +30,11 @@ from ercref.lm.trainer import Callback, Trainer
 from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.paths import REPO_ROOT
 
+from .cache import RESULTS_DIR, LogFrames  # noqa: F401  (RESULTS_DIR: notebooks import it from here)
 from .teaching import QUICK_ENV, quick_mode  # noqa: F401  (re-exported: notebooks import them from here)
 from .token_view import erc_states, token_strings
 
-RESULTS_DIR = REPO_ROOT / "data" / "results"
 DOCS_IMG_DIR = REPO_ROOT / "docs" / "img"
-# ----------------------------------------------------------------------------- experiment specs
-@dataclass
-class Experiment:
-    """A named comparison: a preset plus shared overrides, and arms (label -> extra overrides)."""
-    name: str
-    preset: str
-    base: dict
-    arms: dict[str, dict]
-    seeds: list[int]
-    capture_steps: list[int] = field(default_factory=list)
-
-    def config(self, label: str, seed: int, extra: dict | None = None) -> Config:
-        if label not in self.arms:
-            raise ValueError(f"label must be one of {list(self.arms)}, got {label!r}")
-        over = {**self.base, **self.arms[label], "train.seed": seed, **(extra or {})}
-        return make_config(self.preset, overrides=over)
-
-
-def erc_arm(loss: str, beta: float | None, **extra) -> dict:
-    """Overrides of one arm: loss name, ERC on (beta_low = beta_high = beta) or off (beta None)."""
-    arm = {"loss.loss": loss, "loss.erc": beta is not None, **extra}
-    if beta is not None:
-        arm.update({"loss.beta_low": float(beta), "loss.beta_high": float(beta)})
-    return arm
-
-
-def arm_label(loss: str, beta: float | None) -> str:
-    return loss.upper() if beta is None else f"{loss.upper()}+ERC b={beta:g}"
-
-
-# Notebook 03: the tiny model on single-digit addition (cpu-tiny preset), 4 optimizer steps per batch.
-TINY_BETAS = (0.02, 0.05, 0.1, 0.2)
-GPPO_EPS = {"loss.loss_kwargs.eps_low": 0.2, "loss.loss_kwargs.eps_high": 0.2}   # GPPO+ERC in the paper: eps 0.2 / 0.2
-TINY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False}
-
-
-def tiny_experiment(seeds=(0, 1, 2), betas=TINY_BETAS, steps: int = 20, sft_steps: int = 120) -> Experiment:
-    arms = {arm_label("dapo", None): erc_arm("dapo", None), arm_label("gppo", None): erc_arm("gppo", None, **GPPO_EPS)}
-    for b in betas:
-        arms[arm_label("dapo", b)] = erc_arm("dapo", b)
-        arms[arm_label("gppo", b)] = erc_arm("gppo", b, **GPPO_EPS)
-    base = {**TINY_BASE, "train.steps": steps, "sft.steps": sft_steps}
-    return Experiment("tiny_beta_sweep", "cpu-tiny", base, arms, list(seeds))
-
-
-# Notebook 04: SmolLM2-135M-Instruct, 4-option multiple choice, DAPO vs DAPO+ERC (beta 0.05).
-SMOL_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 10,
-             "rollout.prompts_per_step": 8, "rollout.group_size": 4, "rollout.max_new_tokens": 12,
-             "train.minibatch_prompts": 2,          # K = 4 optimizer steps per rollout batch
-             "train.eval_k": 2, "data.num_eval": 32}
-
-
-def smollm2_experiment(seeds=(0, 1, 2), steps: int = 10, capture_steps=(3, 6, 9)) -> Experiment:
-    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05)}
-    return Experiment("smollm2_dapo_vs_erc", "cpu-smollm2", {**SMOL_BASE, "train.steps": steps}, arms,
-                      list(seeds), [s for s in capture_steps if s <= steps])
 
 
 # ----------------------------------------------------------------------------- callbacks used here
@@ -210,100 +135,9 @@ def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, o
     return logs, toks
 
 
-def run_experiment(exp: Experiment, results_dir=None, labels: list[str] | None = None, extra: dict | None = None,
-                   work_dir=None, verbose: bool = True) -> Results:
-    """Run every (seed, arm) of ``exp`` (seeds outer, so paired arms finish together), appending to
-    the cache files after each run (a partial run leaves usable results). Returns the Results."""
-    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
-    results_dir.mkdir(parents=True, exist_ok=True)
-    labels = labels or list(exp.arms)
-    paths = cache_paths(exp.name, results_dir)
-    for p in (paths["log"], paths["tokens"]):
-        p.unlink(missing_ok=True)
-    tmp_root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"ercref-{exp.name}-"))
-    t0 = time.perf_counter()
-    run_times = []
-    try:
-        for seed in exp.seeds:
-            for label in labels:
-                cfg = exp.config(label, seed, extra)
-                t1 = time.perf_counter()
-                logs, toks = run_arm(cfg, tmp_root / f"{_slug(label)}-s{seed}", label, seed,
-                                     capture_steps=exp.capture_steps, checkpoints=False)
-                dt = time.perf_counter() - t1
-                run_times.append({"label": label, "seed": seed, "wall_s": round(dt, 1)})
-                _append_jsonl(paths["log"], logs)
-                if toks:
-                    _append_jsonl(paths["tokens"], toks)
-                if verbose:
-                    steps = [r for r in logs if r["kind"] == "step"]
-                    print(f"[{exp.name}] {label} seed {seed}: {len(steps)} steps in {dt:.1f} s", flush=True)
-                _write_meta(paths["meta"], exp, extra, labels, run_times, time.perf_counter() - t0, complete=False)
-    finally:
-        if work_dir is None:
-            shutil.rmtree(tmp_root, ignore_errors=True)
-    _write_meta(paths["meta"], exp, extra, labels, run_times, time.perf_counter() - t0, complete=True)
-    return load_results(exp.name, results_dir)
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
-
-
-def compact(record: dict, digits: int = 6) -> dict:
-    """Floats rounded to ``digits`` significant digits (cached files stay small; the metrics are
-    float32 anyway, whose resolution is ~7 digits)."""
-    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in record.items()}
-
-
-def _append_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "a") as fh:
-        for r in records:
-            fh.write(json.dumps(compact(r)) + "\n")
-
-
-def _write_meta(path: Path, exp: Experiment, extra, labels, run_times, wall_s: float, complete: bool) -> None:
-    meta = {"name": exp.name, "preset": exp.preset, "base_overrides": exp.base, "extra_overrides": extra or {},
-            "arms": {k: exp.arms[k] for k in labels}, "seeds": exp.seeds, "capture_steps": exp.capture_steps,
-            "runs": run_times, "wall_s": round(wall_s, 1), "complete": complete,
-            "machine": {"cpus": os.cpu_count(), "torch_threads": 1, "platform": platform.platform(),
-                        "torch": torch.__version__},
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.write_text(json.dumps(meta, indent=2))
-
-
-# ----------------------------------------------------------------------------- loading
-def cache_paths(name: str, results_dir=None) -> dict[str, Path]:
-    d = Path(results_dir) if results_dir is not None else RESULTS_DIR
-    return {"log": d / f"{name}.jsonl", "tokens": d / f"{name}_tokens.jsonl", "meta": d / f"{name}.meta.json"}
-
-
-class LogFrames:
-    """``.steps`` / ``.minibatches`` / ``.evals``: the rows of ``self.log`` (engine log rows with a
-    "kind" column) of one kind, all-empty columns dropped; an empty log gives an empty frame."""
-    log: pd.DataFrame
-
-    def kind(self, kind: str) -> pd.DataFrame:
-        if self.log.empty:
-            return self.log.iloc[0:0].copy()
-        return self.log[self.log["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
-
-    @property
-    def steps(self) -> pd.DataFrame:
-        return self.kind("step")
-
-    @property
-    def minibatches(self) -> pd.DataFrame:
-        return self.kind("minibatch")
-
-    @property
-    def evals(self) -> pd.DataFrame:
-        return self.kind("eval")
-
-
 @dataclass
 class Results(LogFrames):
-    """One experiment's logs as DataFrames (columns: the engine's metric names, label, seed)."""
+    """Log rows made in the notebook as DataFrames (columns: the engine's metric names, label, seed)."""
     name: str
     log: pd.DataFrame
     tokens: pd.DataFrame | None
@@ -318,74 +152,9 @@ class Results(LogFrames):
         return sorted(set(int(s) for s in self.log["seed"]))
 
 
-def load_results(name: str, results_dir=None) -> Results:
-    """Results of a cached experiment; ValueError naming the file when it is missing or empty."""
-    paths = cache_paths(name, results_dir)
-    if not paths["log"].is_file():
-        raise ValueError(f"no cached results {str(paths['log'])!r}; regenerate with "
-                         f"`python -m ercref.study.experiments` (see its --help)")
-    recs = [json.loads(line) for line in paths["log"].read_text().splitlines() if line.strip()]
-    if not recs:
-        raise ValueError(f"cached results {str(paths['log'])!r} hold no records")
-    for r in recs:
-        if "label" not in r or "seed" not in r:
-            raise ValueError(f"cached results {str(paths['log'])!r}: a record has no label/seed")
-    tokens = None
-    if paths["tokens"].is_file():
-        tokens = pd.DataFrame.from_records([json.loads(line) for line in paths["tokens"].read_text().splitlines() if line.strip()])
-    meta = json.loads(paths["meta"].read_text()) if paths["meta"].is_file() else {}
-    return Results(name, pd.DataFrame.from_records(recs), tokens, meta)
-
-
-def merge_results(name: str, parts: list, results_dir=None) -> Results:
-    """Combine caches of one experiment written in parts (e.g. arms run by parallel processes, each
-    with its own --results-dir) into ``results_dir``. Meta: the union of arms, seeds and runs;
-    ``wall_s`` is the longest part (elapsed, parts in parallel), ``run_wall_s`` the sum over runs."""
-    logs, toks, metas = [], [], []
-    for d in parts:
-        paths = cache_paths(name, d)
-        if not paths["log"].is_file() or not paths["meta"].is_file():
-            raise ValueError(f"part {str(d)!r} holds no complete cache of {name!r}")
-        logs.append(paths["log"].read_text())
-        if paths["tokens"].is_file():
-            toks.append(paths["tokens"].read_text())
-        metas.append(json.loads(paths["meta"].read_text()))
-    out = cache_paths(name, results_dir)
-    out["log"].parent.mkdir(parents=True, exist_ok=True)
-    out["log"].write_text("".join(logs))
-    if toks:
-        out["tokens"].write_text("".join(toks))
-    meta = dict(metas[0])
-    runs = [r for m in metas for r in m["runs"]]   # the runs each part finished (a part may have been stopped early)
-    arms = {k: v for m in metas for k, v in m["arms"].items()}
-    meta["arms"] = {k: arms[k] for k in dict.fromkeys(r["label"] for r in runs)}
-    meta["seeds"] = sorted({r["seed"] for r in runs})
-    meta["runs"] = runs
-    meta["wall_s"] = max(m["wall_s"] for m in metas)
-    meta["run_wall_s"] = round(sum(r["wall_s"] for r in runs), 1)
-    meta["parallel_parts"] = len(metas)
-    done = {(r["label"], r["seed"]) for r in runs}
-    meta["complete"] = all((a, s) in done for a in meta["arms"] for s in meta["seeds"])  # every arm x seed
-    out["meta"].write_text(json.dumps(meta, indent=2))
-    return load_results(name, results_dir)
-
-
 def results_from_records(name: str, logs: list[dict], tokens: list[dict] | None = None, meta: dict | None = None) -> Results:
     """Results from in-memory records (a run made in the notebook)."""
     return Results(name, pd.DataFrame.from_records(logs), pd.DataFrame.from_records(tokens) if tokens else None, meta or {})
-
-
-def token_table(tokens: pd.DataFrame) -> pd.DataFrame:
-    """One row per response token of the captures: label, seed, step, staleness, old_entropy,
-    entropy, rho, ratio, erc_state (-1 / 0 / +1), clipped (bool)."""
-    rows = []
-    for r in tokens.itertuples(index=False):
-        for t in range(len(r.tokens)):
-            rows.append({"label": r.label, "seed": r.seed, "step": r.step, "staleness": r.staleness,
-                         "token": r.tokens[t], "old_entropy": r.old_entropy[t], "entropy": r.entropy[t],
-                         "rho": r.rho[t], "ratio": r.ratio[t], "erc_state": r.erc_state[t],
-                         "clipped": r.erc_state[t] != 0, "erc_applied": r.erc_applied})
-    return pd.DataFrame.from_records(rows)
 
 
 # ----------------------------------------------------------------------------- GPU notebook helpers
@@ -415,12 +184,10 @@ def cuda_report(cfg: Config | None = None) -> dict:
 
 def planner_estimate(cfg: Config, device_bytes: int | None = None, device_name: str | None = None) -> dict:
     """The memory planner's (ercref.lm.memory) peak-memory and step-time estimate for ``cfg`` on a
-    device of ``device_bytes`` (None: the detected one): {"available", "message", and when available
-    "total_gb", "fits", "step_s", "table"}. Pure arithmetic, so it runs on CPU for a GPU config."""
-    try:
-        from ercref.lm.memory import estimate_step_seconds, plan_memory
-    except ImportError:  # the planner is part of the engine; kept optional for older checkouts
-        return {"available": False, "message": "memory planner: not available (ercref.lm.memory is missing)"}
+    device of ``device_bytes`` (None: the detected one): {"available": True, "message", "total_gb",
+    "fits", "step_s", "table"} (the same keys as cuda_report). Pure arithmetic, so it runs on CPU for a GPU config."""
+    from ercref.lm.memory import estimate_step_seconds, plan_memory
+
     plan = plan_memory(cfg, device_bytes=device_bytes, device_name=device_name)
     step = estimate_step_seconds(cfg, device_bytes=plan.device_bytes)
     msg = (f"memory planner: peak {plan.total_bytes / 2**30:.1f} GiB of {plan.device_bytes / 2**30:.1f} GiB "
@@ -597,36 +364,3 @@ def evaluate_benchmarks(trainer: Trainer, benchmarks: dict[str, tuple], limit: i
     finally:
         trainer.eval_set = saved
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ercref.study.experiments",
-                                 description="Regenerate the cached comparisons the notebooks re-plot (data/results/).")
-    ap.add_argument("which", choices=["tiny", "smollm2", "all"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
-    ap.add_argument("--steps", type=int, default=None, help="RL steps per run")
-    ap.add_argument("--results-dir", default=None, help=f"default {RESULTS_DIR}")
-    ap.add_argument("--labels", nargs="+", default=None, help="run only these arms (e.g. to split arms over processes, "
-                    "then combine the folders with merge_results)")
-    ap.add_argument("--merge-from", nargs="+", default=None, metavar="DIR",
-                    help="instead of running: merge the caches of this experiment found in these folders")
-    args = ap.parse_args(argv)
-    kw = {k: v for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v}
-    todo = [make(**kw) for name, make in (("tiny", tiny_experiment), ("smollm2", smollm2_experiment))
-            if args.which in (name, "all")]
-    if args.merge_from:
-        for exp in todo:
-            res = merge_results(exp.name, args.merge_from, args.results_dir)
-            print(f"[{exp.name}] merged {len(args.merge_from)} parts: arms {res.labels}, seeds {res.seeds}")
-        return 0
-    for exp in todo:
-        t0 = time.perf_counter()
-        res = run_experiment(exp, args.results_dir, labels=args.labels)
-        print(f"[{exp.name}] done: {len(res.labels)} arms x {len(res.seeds)} seeds in {time.perf_counter() - t0:.0f} s "
-              f"-> {cache_paths(exp.name, args.results_dir)['log']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

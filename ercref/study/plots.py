@@ -1,19 +1,19 @@
 """Every figure of the series: one plot style, seeds-with-intervals line plots, LM run comparisons
-(notebooks 03-05), a live plot of a running trainer, and the PNG summary of one CLI run.
+(notebooks 03-05) and a live plot of a running trainer.
 
     set_style()                          seaborn whitegrid, colorblind palette
-    mean_interval(values, interval, bounds)   (mean, low, high) over seeds; t_quantile (exact, no scipy)
     seed_lines                           THE figure style: per-seed thin lines plus the bold mean per label
     heatmap_diff                         stability map: paired ERC - baseline difference per (K, lr) cell
     seed_band_plot / metric_panels       mean over seeds with a band (metric_panels(style="lines"): seed_lines)
     paired_seed_plot                     per-seed before/after lines with the means
     comparison_figure / staleness_figure LM runs: per-step curves; clip fractions per staleness k
-    LivePlot                             ExperimentTrainer callback, redraws from the JSONL log
-    plot_run(log_path, png_path)         2 x 2 summary PNG of one run (no pyplot state touched)
+    LivePlot                             a function for experiments.OnStep (a Trainer callback): redraws
+                                         a running trainer's curves from its JSONL log
+The PNG summary of one CLI run is ercref.lm.run_plot.plot_run (matplotlib only).
 
-Records are what the experiment functions return: a list of flat dicts (one per logged step),
-e.g. {"seed": 0, "update": 3, "label": "ERC", "kl/full_max": 0.12, ...}. Curves show the mean
-over seeds and a band:
+Records are flat dicts or DataFrame rows (one per logged step), e.g. {"seed": 0, "update": 3,
+"label": "ERC", "kl/full_max": 0.12, ...}. Curves show the mean over seeds and a band
+(claims.mean_interval):
 
     "ci95"  mean +- t_{0.975, n-1} * sd / sqrt(n)   (Student-t 95% interval of the mean over n seeds)
     "range" [min, max] over seeds
@@ -26,17 +26,15 @@ to clip the band to the range: a (low, high) pair, a {metric: (low, high)} dict,
 for display: the band is the interval intersected with the range. Default everywhere: "fractions".
 "range" (min..max over seeds) never leaves the valid range and is an honest alternative for n <= 3.
 
-The series' figure style (issue 12): per-seed thin lines plus the bold mean (seed_lines); a band
-only on request and only over >= MIN_BAND_SEEDS seeds; integer ticks on step axes; axes labelled.
+The series' figure style: per-seed thin lines plus the bold mean (seed_lines); a band only on
+request and only over >= MIN_BAND_SEEDS seeds; integer ticks on step axes; axes labelled.
 
-Plotting only: the numbers are the engine's logged metrics and the experiments' records.
+Plotting only: the numbers are the engine's logged metrics and the study cache's rows.
 """
 from __future__ import annotations
 
 import math
-import os
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -44,9 +42,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .claims import UNIT_RANGE, check_range, mean_interval
+
 PALETTE = "colorblind"
-INTERVALS = ("ci95", "range")
-UNIT_RANGE = (0.0, 1.0)
 MIN_BAND_SEEDS = 5          # seed_lines draws a 95% band only over at least this many seeds
 SEED_ALPHA, SEED_LW, MEAN_LW = 0.3, 0.8, 2.2
 AXIS_LABELS = {"step": "RL step (rollout batch)", "update": "update", "sft_step": "SFT step",
@@ -63,69 +61,11 @@ def set_style() -> None:
     })
 
 
-def t_cdf(x: float, dof: int) -> float:
-    """P(T <= x) for Student's t with integer ``dof``, exact (Abramowitz & Stegun 26.7.3-4): with
-    theta = atan(x / sqrt(dof)), A = P(|T| < |x|) is
-
-        dof = 1:    A = 2 theta / pi
-        dof odd:    A = 2/pi [theta + sin(theta) (c + 2/3 c^3 + ... + (2*4*..*(dof-3))/(1*3*..*(dof-2)) c^(dof-2))]
-        dof even:   A = sin(theta) [1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... + (1*3*..*(dof-3))/(2*4*..*(dof-2)) c^(dof-2)]
-
-    with c = cos(theta), and P(T <= x) = (1 + sign(x) A) / 2. No scipy needed."""
-    if not isinstance(dof, int) or dof < 1:
-        raise ValueError(f"dof must be a positive int, got {dof!r}")
-    theta = math.atan(abs(x) / math.sqrt(dof))
-    s, c = math.sin(theta), math.cos(theta)
-    if dof % 2:
-        term, total = c, c if dof > 1 else 0.0        # c, then c^3 * 2/3, c^5 * (2*4)/(3*5), ...
-        for k in range(3, dof - 1, 2):
-            term *= c * c * (k - 1) / k
-            total += term
-        a = 2 / math.pi * (theta + s * total)
-    else:
-        term, total = 1.0, 1.0                        # 1, then c^2 / 2, c^4 * 3/(2*4), ...
-        for k in range(2, dof - 1, 2):
-            term *= c * c * (k - 1) / k
-            total += term
-        a = s * total
-    return 0.5 + math.copysign(0.5 * a, x)
-
-
-def t_quantile(p: float, dof: int) -> float:
-    """The p-quantile of Student's t with integer ``dof`` (bisection on :func:`t_cdf`, to 1e-10),
-    e.g. t_quantile(0.975, 2) = 4.3027, t_quantile(0.80, 4) = 0.9410."""
-    if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p!r}")
-    if p < 0.5:
-        return -t_quantile(1 - p, dof)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, dof) < p:
-        hi *= 2
-    while hi - lo > 1e-10 * max(1.0, hi):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, dof) < p else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def t_quantile_975(dof: int) -> float:
-    """Upper 97.5% quantile of Student's t with ``dof`` degrees of freedom (the 95% interval's t)."""
-    return t_quantile(0.975, dof)
-
-
 def is_fraction(metric: str) -> bool:
     """True for metrics that lie in [0, 1] by construction, judged by name: clip fractions
     ("...frac..."), accuracies, avg@k and pass@k."""
     base = str(metric).rsplit("/", 1)[-1]
     return "frac" in base or "accuracy" in base or base.startswith(("avg@", "pass@"))
-
-
-def _check_range(bounds, what: str = "bounds") -> tuple[float, float]:
-    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-        raise ValueError(f"{what} must be a (low, high) pair, got {bounds!r}")
-    lo, hi = (-math.inf if bounds[0] is None else float(bounds[0]), math.inf if bounds[1] is None else float(bounds[1]))
-    if not lo < hi:
-        raise ValueError(f"{what} must have low < high, got {bounds!r}")
-    return lo, hi
 
 
 def bounds_for(metric: str, bounds: Bounds) -> tuple[float, float] | None:
@@ -139,37 +79,8 @@ def bounds_for(metric: str, bounds: Bounds) -> tuple[float, float] | None:
             raise ValueError(f"bounds must be None, 'fractions', a (low, high) pair or a dict, got {bounds!r}")
         return UNIT_RANGE if is_fraction(metric) else None
     if isinstance(bounds, Mapping):
-        return _check_range(bounds[metric], f"bounds[{metric!r}]") if metric in bounds else None
-    return _check_range(bounds)
-
-
-def mean_interval(values: Iterable[float], interval: str = "ci95",
-                  bounds: tuple[float | None, float | None] | None = None) -> tuple[float, float, float]:
-    """(mean, low, high) of values over seeds; low = high = mean for a single value.
-
-    ``bounds`` = (low, high), either may be None: clip the interval to the metric's valid range
-    (e.g. (0, 1) for a fraction). The mean is not changed. Default: no clipping."""
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-    rng = None if bounds is None else _check_range(bounds)
-    m, lo, hi = _mean_interval(values, interval)
-    if rng is not None:
-        lo, hi = min(max(lo, rng[0]), rng[1]), max(min(hi, rng[1]), rng[0])
-    return m, lo, hi
-
-
-def _mean_interval(values: Iterable[float], interval: str) -> tuple[float, float, float]:
-    v = np.asarray(list(values), dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("values contains no finite number")
-    m = float(v.mean())
-    if v.size == 1:
-        return m, m, m
-    if interval == "range":
-        return m, float(v.min()), float(v.max())
-    h = t_quantile_975(int(v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return m, m - h, m + h
+        return check_range(bounds[metric], f"bounds[{metric!r}]") if metric in bounds else None
+    return check_range(bounds)
 
 
 def to_frame(records: Sequence[dict]) -> pd.DataFrame:
@@ -503,57 +414,3 @@ class LivePlot:
             self.handle.update(fig)
         plt.close(fig)
         self.redraws += 1
-
-
-# ----------------------------------------------------------------------------- one CLI run
-def plot_run(log_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
-    """2 x 2 panels per training step of one run's JSONL log: reward and accuracy (and the first
-    eval/avg@k); old/new entropy; ERC and PPO clip fractions; grad norm. Writes ``png_path`` and
-    returns it. Draws on a bare matplotlib Figure (Agg canvas): no pyplot state, no backend change,
-    so it is safe from a CLI, a headless server or a notebook."""
-    from matplotlib.figure import Figure
-
-    from ercref.lm.metrics_log import read_log
-
-    steps = read_log(log_path, "step")
-    evals = read_log(log_path, "eval")
-    if not steps:
-        warnings.warn(f"no step records in {log_path}; nothing to plot", stacklevel=2)
-    x = [r["step"] for r in steps]
-
-    def col(name):
-        return [r.get(name, float("nan")) for r in steps]
-
-    fig = Figure(figsize=(10, 7))
-    ax = fig.subplots(2, 2)
-    a = ax[0, 0]
-    a.plot(x, col("reward/mean"), label="reward/mean")
-    a.plot(x, col("reward/accuracy"), label="reward/accuracy")
-    if evals:
-        ks = sorted({k for e in evals for k in e if k.startswith("eval/avg@")})  # a resumed run may change k
-        for k in ks:
-            pts = [(e["step"], e[k]) for e in evals if k in e]
-            a.plot([p[0] for p in pts], [p[1] for p in pts], "o--", label=k)
-    a.set_title("reward")
-    a.legend(fontsize=8)
-    a = ax[0, 1]
-    a.plot(x, col("entropy/old_mean"), label="entropy/old_mean")
-    a.plot(x, col("entropy/new_mean"), label="entropy/new_mean")
-    a.set_title("token entropy (nats)")
-    a.legend(fontsize=8)
-    a = ax[1, 0]
-    for name in ("erc/clip_frac_low", "erc/clip_frac_high", "ppo/clip_frac_low", "ppo/clip_frac_high"):
-        a.plot(x, col(name), label=name)
-    a.set_title("clip fractions (of response tokens)")
-    a.legend(fontsize=8)
-    a = ax[1, 1]
-    a.plot(x, col("grad/norm"), label="grad/norm")
-    a.set_title("grad norm (before clipping)")
-    a.legend(fontsize=8)
-    for a in ax.flat:
-        a.set_xlabel("step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=90)
-    return png_path

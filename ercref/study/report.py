@@ -30,7 +30,6 @@ claims.direction_verdict (paper: above), with the median old entropy of clipped 
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -41,10 +40,11 @@ import pandas as pd
 from ercref.paths import REPO_ROOT
 
 from . import claims, stability
+from .cache import finished_runs, load_tokens, read_study_json, study_dir
 from .plots import MIN_BAND_SEEDS
-from .runner import cached_wall_times, read_run_log, run_paths, study_dir
+from .token_view import token_table
 
-MIN_SEEDS = MIN_BAND_SEEDS           # paired seeds a verdict needs (issue 11: >= 5; the same as plots' bands)
+MIN_SEEDS = MIN_BAND_SEEDS           # paired seeds a verdict needs (the same as plots' bands)
 REFERENCE_ERC_ARM = "DAPO+ERC"       # what the controls and baselines are compared with
 ERC_ARM = re.compile(r"^(?P<base>.+)\+ERC(-b[0-9.e+-]+)?$")
 # (column of run_table, the paper's direction for ERC - other, header with the paper's prediction)
@@ -68,33 +68,37 @@ def arm_pairs(arms) -> list[tuple[str, str]]:
 def _definition(name: str, root: Path) -> dict:
     """The cached study.json, else the definition in studies.STUDIES (an empty cache)."""
     if (root / "study.json").is_file():
-        return json.loads((root / "study.json").read_text())
+        return read_study_json(root / "study.json")
     from .studies import get_study
 
     return get_study(name).to_dict()
 
 
 def run_table(name: str, results_dir=None) -> pd.DataFrame:
-    """One row per finished run in the cache of study ``name``: cell, arm, seed, its provenance
-    (wall_s, git_commit, cpu, finished) and stability.run_summary of its log, plus
-    steps_to_collapse (collapse_step, never -> steps + 1) and erc_clip_frac (NaN without ERC)."""
+    """One row per finished run in the cache of study ``name`` whose files check out
+    (cache.finished_runs): cell, arm, seed, its provenance (wall_s, git_commit, cpu, finished) and
+    stability.run_summary of its log, plus steps_to_collapse (collapse_step, never -> steps + 1) and
+    erc_clip_frac (NaN without ERC). ``.attrs["problems"]``: the damaged runs and stray files left out."""
     root = study_dir(name, results_dir)
+    runs, problems = finished_runs(root, tokens=False)
     rows = []
-    for t in cached_wall_times(root) if (root / "runs").is_dir() else []:
-        log, meta_path = run_paths(root, t["cell"], t["arm"], t["seed"])
-        recs = read_run_log(log)
+    for run in runs:
         try:
-            summary = stability.run_summary(recs)
+            summary = stability.run_summary(run.rows)
         except ValueError as e:
-            raise ValueError(f"{log}: {e} (delete the run's log and .meta.json to rerun it)") from e
-        meta = json.loads(meta_path.read_text())
-        clip = [r["erc/clip_frac"] for r in recs if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
+            log = root / "runs" / run.cell / run.arm / f"seed{run.seed}.jsonl.gz"
+            raise ValueError(f"{log}: {e} (move the run's files away to rerun it)") from e
+        meta = run.meta
+        clip = [r["erc/clip_frac"] for r in run.rows if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
         collapse = summary["collapse_step"]
-        rows.append({**t, "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
+        rows.append({"cell": run.cell, "arm": run.arm, "seed": run.seed, "wall_s": float(meta["wall_s"]),
+                     "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
                      "finished": meta.get("finished"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
                      CLIP: float(np.mean(clip)) if clip else math.nan})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["problems"] = problems
+    return df
 
 
 def _per_seed(runs: pd.DataFrame, cell: str, arm: str, col: str) -> dict[int, float]:
@@ -146,9 +150,6 @@ def token_claim_table(name: str, results_dir=None) -> pd.DataFrame:
     hold ERC-applied tokens, with n seeds, the low-entropy share's mean / low / high, verdict (None
     below MIN_SEEDS seeds), detail, and the mean over seeds of the median old entropy of clipped and
     of kept tokens. Empty when the cache holds no captures."""
-    from .experiments import token_table
-    from .runner import load_tokens
-
     cols = ["cell", "arm", "n", "tokens", "mean", "low", "high", "verdict", "detail", "median_H_clipped", "median_H_kept"]
     tokens = load_tokens(name, results_dir)
     if tokens is None:
@@ -232,6 +233,9 @@ def study_report(name: str, results_dir=None) -> str:
     d = _definition(name, root)
     runs = run_table(name, results_dir)
     lines = [_provenance(name, runs, d, results_dir)]
+    if runs.attrs.get("problems"):
+        lines += ["", "Not counted (damaged or incomplete files; `python -m ercref.study "
+                  f"{name}` reruns them): " + "; ".join(runs.attrs["problems"]) + "."]
     vt = verdict_table(name, results_dir, runs)
     if vt.empty:
         return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"

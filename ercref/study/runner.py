@@ -1,34 +1,21 @@
-"""Run a named study (studies.py) into a resumable cache, in pieces, and load it back.
+"""Run a named study (studies.py) into its resumable cache (cache.py), in pieces.
 
     python -m ercref.study tiny-stability-map --hours 2.5      # fill the cache for 2.5 h, then stop
     python -m ercref.study tiny-stability-map --status         # what is cached, what is left, run-hours
     python -m ercref.study tiny-stability-map --report         # the verdict table of the cache (report.py)
     python -m ercref.study --list                              # the studies
 
-One run (cell, arm, seed) is one unit of work. Cache of study NAME (results dir default data/results):
-
-    NAME/study.json                              the study's definition (cells, arms, seeds, overrides)
-    NAME/runs/CELL/ARM/seedK.jsonl.gz            the engine's log rows (kinds sft / step / minibatch / eval),
-                                                 gzip-compressed JSON Lines (~6x smaller; read_run_log reads it)
-    NAME/runs/CELL/ARM/seedK.meta.json           config, seed, git commit, machine, wall seconds, ercref version
-    NAME/runs/CELL/ARM/seedK.tokens.gz           only for a study with capture_steps: experiments.TokenCapture's
-                                                 per-response records (tokens, old / new entropy, rho, ERC state),
-                                                 gzip JSON Lines
-
-A run whose .jsonl.gz exists is skipped. Both files are written when the run ends, each to a temporary
-name and moved into place (os.replace): the .meta.json first (then the .tokens.gz), the .jsonl.gz last, so a .jsonl.gz is the
-mark of a finished run and a study killed at any moment leaves a consistent cache. With ``--hours``
-the runner starts a run only if, by its estimate (the median wall time of cached runs of the same
-arm and cell, else of the arm, else of the study, else the study's prior), it ends within the
-budget. Workers are separate processes with one torch thread each (two one-thread runs side by side
-on 2 cores: 5.4x less wall time than the same runs one after the other on two threads each; --help).
+One run (cell, arm, seed) is one unit of work, written by cache.write_run (log, token captures, then
+the meta with their hashes; each file atomically). A run that cache.check_run finds finished is
+skipped; one with damaged or incomplete files is reported, its files are set aside (never deleted)
+and it is run again. With ``--hours`` the runner starts a run only if, by its estimate (the median
+wall time of cached runs of the same arm and cell, else of the arm, else of the study, else the
+study's prior), it ends within the budget. Workers are separate processes with one torch thread
+each (two one-thread runs side by side beat one run at a time with two threads on a small machine).
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
-import gzip
-import json
 import multiprocessing
 import os
 import platform
@@ -37,86 +24,14 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .experiments import RESULTS_DIR, LogFrames, compact
-from .studies import STUDIES, Study
+from .cache import check_run, compact, finished_runs, read_run, study_dir, write_run, write_study_json
+from .studies import Study
 
 DEFAULT_WORKERS = 2
-LOG_SUFFIX = ".jsonl.gz"
-
-
-# ----------------------------------------------------------------------------- cache paths
-def study_dir(name: str, results_dir=None) -> Path:
-    return (Path(results_dir) if results_dir is not None else RESULTS_DIR) / name
-
-
-def run_paths(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, Path]:
-    """(log, meta) paths of one run under the study folder ``root``."""
-    d = root / "runs" / cell / arm
-    return d / f"seed{seed}{LOG_SUFFIX}", d / f"seed{seed}.meta.json"
-
-
-def tokens_path(root: Path, cell: str, arm: str, seed: int) -> Path:
-    """The token captures of one run (written only when its study has capture_steps)."""
-    return root / "runs" / cell / arm / f"seed{seed}.tokens.gz"
-
-
-def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
-    """``rows`` as gzip JSON Lines at ``path``, atomically (mtime 0: the same rows give the same bytes)."""
-    _write_atomic(path, gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0))
-
-
-def read_run_log(path: str | os.PathLike) -> list[dict]:
-    """The log rows of one cached run (gzip JSON Lines; a plain .jsonl also reads)."""
-    path = Path(path)
-    raw = path.read_bytes()
-    text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def _seed_of(log: Path) -> int:
-    return int(log.name[len("seed"):-len(LOG_SUFFIX)])
-
-
-def is_cached(root: Path, cell: str, arm: str, seed: int) -> bool:
-    return run_paths(root, cell, arm, seed)[0].is_file()
-
-
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a hidden temporary file in the same folder, then os.replace (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_study_json(study: Study, root: Path) -> None:
-    """study.json = the definition. Refuses (ValueError) when a cached definition gives an existing
-    cell or arm other overrides, or another preset / base: its cached runs would not be this study's."""
-    path = root / "study.json"
-    new = study.to_dict()
-    if path.is_file():
-        old = json.loads(path.read_text())
-        clash = [k for k in ("preset", "base") if old.get(k) != json.loads(json.dumps(new[k]))]
-        clash += ["capture_steps"] * (old.get("capture_steps", []) != new["capture_steps"])
-        for kind in ("cells", "arms"):
-            clash += [f"{kind[:-1]} {n!r}" for n, v in old.get(kind, {}).items()
-                      if n in new[kind] and json.loads(json.dumps(new[kind][n])) != v]
-        if clash:
-            raise ValueError(f"{path} was written by a different definition of study {study.name!r} "
-                             f"({', '.join(clash)} changed): its cached runs are not this study's. Move that folder "
-                             "away (or delete the changed runs and study.json), or give the study a new name.")
-        for kind in ("cells", "arms"):  # keep what the cache holds, add what is new
-            new[kind] = {**old.get(kind, {}), **new[kind]}
-        new["seeds"] = sorted(set(old.get("seeds", [])) | set(new["seeds"]))
-    _write_atomic(path, json.dumps(new, indent=2))
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -169,14 +84,14 @@ def _update_norms(root: Path, cell: str, arm: str, seeds) -> list[float] | None:
     """Every minibatch's optim/update_norm of the arm at the cell over ``seeds``; None if a seed is missing."""
     out = []
     for s in seeds:
-        log, _ = run_paths(root, cell, arm, s)
-        if not log.is_file():
+        if check_run(root, cell, arm, s).state != "finished":
             return None
-        rows = read_run_log(log)
-        vals = [r["optim/update_norm"] for r in rows if r.get("kind") == "minibatch" and "optim/update_norm" in r]
+        run = read_run(root, cell, arm, s, tokens=False)
+        vals = [r["optim/update_norm"] for r in run.rows if r.get("kind") == "minibatch" and "optim/update_norm" in r]
         if not vals:
-            raise ValueError(f"{log} has no optim/update_norm (a run from before the metric existed): delete it "
-                             "and rerun that arm to compute the matched-step learning rate")
+            raise ValueError(f"{root}/runs/{cell}/{arm}/seed{s}: its log has no optim/update_norm (a run from before "
+                             "the metric existed): move it away and rerun that arm to compute the matched-step "
+                             "learning rate")
         out += vals
     return out
 
@@ -197,8 +112,9 @@ def matched_overrides(study: Study, root: Path, cell: str, arm: str) -> dict | N
 
 # ----------------------------------------------------------------------------- one run
 def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: int, extra: dict | None = None) -> dict:
-    """Train one (cell, arm, seed) and write its .meta.json and .jsonl.gz atomically (in that order).
-    Meant for a worker process: the engine runs in a temporary folder that is removed after."""
+    """Train one (cell, arm, seed) and write it to the cache (cache.write_run: any earlier files of
+    that run are set aside, never deleted). Meant for a worker process: the engine runs in a
+    temporary folder that is removed after."""
     import torch
 
     from .experiments import run_arm
@@ -222,25 +138,18 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
             "overrides": study.overrides(cell, arm, seed, extra), "matched": matched, "git_commit": git_commit(),
             "ercref_version": ercref.__version__, "machine": machine(), "wall_s": round(wall, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    log_path, meta_path = run_paths(root, cell, arm, seed)
-    _write_atomic(meta_path, json.dumps(meta, indent=2, default=str))
-    if study.capture_steps:
-        _write_jsonl_gz(tokens_path(root, cell, arm, seed), [{k: v for k, v in r.items() if k not in ("label", "seed")}
-                                                             for r in toks])
-    _write_jsonl_gz(log_path, [compact({k: v for k, v in r.items() if k not in ("label", "seed")}) for r in logs])
+    untag = ("label", "seed")
+    write_run(root, cell, arm, seed, meta, [compact({k: v for k, v in r.items() if k not in untag}) for r in logs],
+              [{k: v for k, v in r.items() if k not in untag} for r in toks] if study.capture_steps else None)
     return {"cell": cell, "arm": arm, "seed": seed, "wall_s": wall}
 
 
 # ----------------------------------------------------------------------------- time estimates
 def cached_wall_times(root: Path) -> list[dict]:
-    """[{"cell", "arm", "seed", "wall_s"}] of every finished run in the cache."""
-    out = []
-    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
-        meta = log.with_name(f"seed{_seed_of(log)}.meta.json")
-        if meta.is_file():
-            m = json.loads(meta.read_text())
-            out.append({"cell": m["cell"], "arm": m["arm"], "seed": m["seed"], "wall_s": float(m["wall_s"])})
-    return out
+    """[{"cell", "arm", "seed", "wall_s"}] of every finished run in the cache whose files check out
+    (cache.finished_runs; a damaged one is warned about and left out)."""
+    runs, _ = finished_runs(root, rows=False, tokens=False)
+    return [{"cell": r.cell, "arm": r.arm, "seed": r.seed, "wall_s": float(r.meta["wall_s"])} for r in runs]
 
 
 def estimate_run_s(times: list[dict], cell: str, arm: str, prior: float) -> float:
@@ -273,7 +182,12 @@ def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None,
     root = study_dir(study.name, results_dir)
     root.mkdir(parents=True, exist_ok=True)
     write_study_json(study, root)
-    todo = [u for u in study.runs(cells, arms, seeds) if not is_cached(root, *u)]
+    states = {u: check_run(root, *u) for u in study.runs(cells, arms, seeds)}
+    todo = [u for u, st in states.items() if st.state != "finished"]
+    for (cell, arm, seed), st in states.items():
+        if st.state == "damaged":
+            log(f"[{study.name}] {cell} {arm} seed {seed} is not a finished run: {st.problem}; it is run again "
+                f"(its files are moved to {root / 'set-aside'})")
     for cell, arm in dict.fromkeys((c, a) for c, a, _ in todo):  # a bad override fails now, not hours in
         study.config(cell, arm, study.seeds[0])
     n_cached = len(study.runs(cells, arms, seeds)) - len(todo)
@@ -330,135 +244,29 @@ def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None,
 
 
 def status(study: Study, results_dir=None, cells=None, arms=None, seeds=None) -> pd.DataFrame:
-    """One row per (cell, arm): seeds cached / selected, measured seconds per run, run-hours spent and left."""
+    """One row per (cell, arm): seeds cached / damaged / selected, run-hours spent and left (from the
+    measured wall times). "cached" counts exactly the runs run_study skips (cache.check_run); a
+    damaged run counts as left, and ``df.attrs["problems"]`` says what is wrong with each, naming the file."""
     root = study_dir(study.name, results_dir)
     times = cached_wall_times(root) if root.is_dir() else []
+    done = {(t["cell"], t["arm"], t["seed"]): t["wall_s"] for t in times}
     rows: dict[tuple, dict] = {}
+    problems = []
     for cell, arm, seed in study.runs(cells, arms, seeds):
-        r = rows.setdefault((cell, arm), {"cell": cell, "arm": arm, "cached": 0, "runs": 0, "spent_s": 0.0, "left_s": 0.0})
+        r = rows.setdefault((cell, arm), {"cell": cell, "arm": arm, "cached": 0, "damaged": 0, "runs": 0,
+                                          "spent_s": 0.0, "left_s": 0.0})
         r["runs"] += 1
-        hit = [t["wall_s"] for t in times if (t["cell"], t["arm"], t["seed"]) == (cell, arm, seed)]
-        if hit:
+        if (cell, arm, seed) in done:
             r["cached"] += 1
-            r["spent_s"] += hit[0]
-        else:
-            r["left_s"] += estimate_run_s(times, cell, arm, study.est_run_s)
-    df = pd.DataFrame(list(rows.values()), columns=["cell", "arm", "cached", "runs", "spent_s", "left_s"])
+            r["spent_s"] += done[cell, arm, seed]
+            continue
+        st = check_run(root, cell, arm, seed)
+        if st.state == "damaged":
+            r["damaged"] += 1
+            problems.append(st.problem)
+        r["left_s"] += estimate_run_s(times, cell, arm, study.est_run_s)
+    df = pd.DataFrame(list(rows.values()), columns=["cell", "arm", "cached", "damaged", "runs", "spent_s", "left_s"])
     df["spent_cpu_h"] = df.pop("spent_s") / 3600   # one thread per run: wall time = CPU time
     df["left_cpu_h"] = df.pop("left_s") / 3600
+    df.attrs["problems"] = problems
     return df
-
-
-# ----------------------------------------------------------------------------- loading
-@dataclass
-class StudyResults(LogFrames):
-    """A study's cache as tidy frames: one row per logged row, with cell, arm, seed columns."""
-    name: str
-    log: pd.DataFrame
-    runs: pd.DataFrame        # one row per run: cell, arm, seed, wall_s, lr, git_commit, matched scale
-    definition: dict
-    tokens: pd.DataFrame | None = None   # token captures (one row per response; cell, arm, label = arm, seed), if any
-
-
-def load_study(name: str, results_dir=None) -> StudyResults:
-    """Every finished run of study ``name`` (a .jsonl.gz in the cache). ValueError naming the folder
-    when the study has no cache."""
-    root = study_dir(name, results_dir)
-    if not (root / "study.json").is_file():
-        raise ValueError(f"no cached study {name!r} at {root} (run: python -m ercref.study {name})")
-    frames, runs = [], []
-    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
-        cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
-        rows = read_run_log(log)
-        df = pd.DataFrame.from_records(rows)
-        df.insert(0, "seed", seed)
-        df.insert(0, "arm", arm)
-        df.insert(0, "cell", cell)
-        frames.append(df)
-        meta_path = log.with_name(f"seed{seed}.meta.json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        runs.append({"cell": cell, "arm": arm, "seed": seed, "wall_s": meta.get("wall_s"),
-                     "lr": meta.get("config", {}).get("optim", {}).get("lr"), "git_commit": meta.get("git_commit"),
-                     "matched_scale": (meta.get("matched") or {}).get("scale")})
-    log_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["cell", "arm", "seed", "kind"])
-    return StudyResults(name, log_df, pd.DataFrame(runs, columns=["cell", "arm", "seed", "wall_s", "lr", "git_commit",
-                                                                  "matched_scale"]),
-                        json.loads((root / "study.json").read_text()),
-                        load_tokens(name, results_dir))
-
-
-def load_tokens(name: str, results_dir=None) -> pd.DataFrame | None:
-    """The token captures of study ``name`` (the .tokens.gz of its finished runs), one row per captured
-    response with cell, arm, label (= arm) and seed; None when it has none. Reads no engine log."""
-    root = study_dir(name, results_dir)
-    rows = []
-    for log in sorted((root / "runs").glob(f"*/*/seed*{LOG_SUFFIX}")):
-        cell, arm, seed = log.parent.parent.name, log.parent.name, _seed_of(log)
-        tp = tokens_path(root, cell, arm, seed)
-        if tp.is_file():
-            rows += [{"cell": cell, "arm": arm, "label": arm, "seed": seed, **r} for r in read_run_log(tp)]
-    return pd.DataFrame.from_records(rows) if rows else None
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
-    studies = STUDIES if studies is None else studies
-    ap = argparse.ArgumentParser(prog="python -m ercref.study", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", nargs="?", help=f"the study to run: one of {sorted(studies)}")
-    ap.add_argument("--hours", type=float, default=None,
-                    help="time budget: start a run only if it is estimated to end within this many hours "
-                         "(estimate: median wall time of cached runs); default: no limit")
-    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                    help=f"runs at a time, each a process with one torch thread (default {DEFAULT_WORKERS}: on 2 "
-                         "cores the same two tiny runs took 181 s side by side with one thread each and 971 s one "
-                         "after the other with two threads each; measured 2026-11-29 on a shared machine)")
-    ap.add_argument("--cells", nargs="+", default=None, help="only these cells (default: the study's default cells)")
-    ap.add_argument("--arms", nargs="+", default=None, help="only these arms (default: every arm of each cell)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: the study's)")
-    ap.add_argument("--results-dir", default=None, help=f"cache root (default {RESULTS_DIR})")
-    ap.add_argument("--list", action="store_true", help="list the studies, or with a study its cells, arms and runs")
-    ap.add_argument("--status", action="store_true", help="show cached / left runs and run-hours (sum of wall times) per cell and arm")
-    ap.add_argument("--report", action="store_true",
-                    help="print the markdown report of the cache: paired verdicts per cell and arm pair, provenance "
-                         "(what the README's 'What we found' section pastes; ercref.study.report)")
-    args = ap.parse_args(argv)
-    if args.study is None:
-        if not args.list:
-            ap.error("name a study (or --list): " + ", ".join(sorted(studies)))
-        for name, make in studies.items():
-            s = make()
-            print(f"{name:20s} {s.preset:12s} {len(s.runs()):4d} runs  {s.description}")
-        return 0
-    if args.study not in studies:
-        ap.error(f"unknown study {args.study!r}; known: {', '.join(sorted(studies))}")
-    study = studies[args.study]()
-    try:
-        if args.report:
-            from .report import study_report
-
-            print(study_report(study.name, args.results_dir), end="")
-            return 0
-        if args.list:
-            print(f"{study.name}: preset {study.preset}, seeds {study.seeds}\nbase {study.base}")
-            for c in (args.cells or study.default_cells or list(study.cells)):
-                print(f"cell {c}: {study.cells[c]}  arms {study.arms_at(c)}")
-            for a, o in study.arms.items():
-                print(f"arm {a}: {o}" + (f"  (lr matched: {study.matched[a]})" if a in study.matched else ""))
-            print(f"{len(study.runs(args.cells, args.arms, args.seeds))} runs selected")
-            return 0
-        if args.status:
-            df = status(study, args.results_dir, args.cells, args.arms, args.seeds)
-            with pd.option_context("display.max_rows", None, "display.width", 160):
-                print(df.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-            print(f"cached {int(df['cached'].sum())} / {int(df['runs'].sum())} runs; run-hours spent "
-                  f"{df['spent_cpu_h'].sum():.2f}, left ~{df['left_cpu_h'].sum():.2f}")
-            return 0
-        res = run_study(study, args.results_dir, args.cells, args.arms, args.seeds, args.hours, args.workers)
-    except ValueError as e:
-        ap.error(str(e))
-    print(f"[{study.name}] {len(res['done'])} run(s) done in {res['wall_s'] / 60:.1f} min; "
-          f"{res['skipped_cached']} were cached; {len(res['not_started'])} not started (budget); "
-          f"{len(res['waiting'])} waiting; {len(res['failed'])} failed")
-    return 1 if res["failed"] else 0
-

@@ -25,10 +25,9 @@ Thresholds (named parameters, defaults):
                            batch, so a *correct* consistent policy scores low: 16 single-digit sums x 8
                            samples have ~10 distinct answers of 128 (0.08), under any useful threshold.
                            The event it was meant to catch, every response of the batch identical,
-                           comes with entropy < 0.05 in the cache (2026-11-29, tiny-stability-map, 75
-                           runs per arm: DAPO 28 runs show either event, 26 both, median lag 1 step;
-                           DAPO+ERC 25, 22, 1 step), so the entropy rule alone is the default. Pass
-                           distinct_min to add it.
+                           comes with entropy < 0.05 in the committed tiny-stability-map cache (most
+                           runs with either event show both, about a step apart), so the entropy rule
+                           alone is the default. Pass distinct_min to add it.
 
 Measures only: no math of the method is defined here.
 """

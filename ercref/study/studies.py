@@ -9,7 +9,8 @@ method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One r
                         (train.minibatch_prompts = 16 / K) x learning rates MAP_LRS; DAPO and DAPO+ERC
                         (beta 0.05) everywhere, GPPO and GPPO+ERC at K in GPPO_KS; seeds 0-4; 100 RL steps
     tiny-controls       cpu-tiny at CONTROL_CELLS (any map cell name is accepted with --cells): every
-                        baseline and control of issue 11 and the beta ablation {0.01, 0.05, 0.1, 0.2}
+                        baseline and control (random mask, matched step, entropy bonus, KL, Clip-Cov,
+                        KL-Cov) and the beta ablation {0.01, 0.05, 0.1, 0.2}
     tiny-token-captures cpu-tiny at TOKEN_CAPTURE_CELLS: DAPO+ERC with per-token captures (old entropy, ERC
                         state) at steps 25/50/75/100, 5 seeds: the paper's claim 2
     smollm2-learns      cpu-smollm2 on single-digit addition in a sentence (math judge), where DAPO's
@@ -19,13 +20,9 @@ method: DAPO, DAPO+ERC, a control; name -> overrides), crossed with seeds. One r
     smollm2-collapse    the cpu-smollm2 preset as it is (multiple choice, format reward, 8 x 4, K = 2), 24 RL
                         steps: DAPO, DAPO+ERC, random mask, 5 seeds; the time to collapse onto one letter
 
-Cost, from the committed cache's own run times (one thread per run, two runs side by side on the 2-core
-dev machine, 2026-11-29, shared with other jobs; "run-hours" = the sum of the runs' wall times):
-tiny-stability-map 210 runs, 3.3 run-hours (median 26 s per run, 9-908 s: a worker process reuses the
-SFT warm-up of a seed across its runs, K = 16 and a loaded machine are the slowest); tiny-controls 55 runs at one cell, 1.1
-run-hours (a second cell would cost about as much); tiny-token-captures 10 runs,
-0.26 run-hours. The SmolLM2 studies' costs are in their provenance lines (README, `--report`). The
-runner's --status prints the estimate of what is left from the cache's own measured run times.
+Cost: each cached study's run-hours (the sum of its runs' wall times, one thread per run) are in its
+provenance line (README, `--report`); the runner's --status estimates what is left from the cache's own
+measured run times. A worker process reuses the SFT warm-up of a seed across its runs.
 
 Matched-step control (``Study.matched``: arm -> (target arm, reference arm)): the arm runs with
 the reference arm's config at learning rate
@@ -44,9 +41,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .experiments import GPPO_EPS, erc_arm
-
 ARM_OR_CELL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._=-]*$")   # a folder name in the cache
+
+
+# ----------------------------------------------------------------------------- arms
+def erc_arm(loss: str, beta: float | None, **extra) -> dict:
+    """Overrides of one arm: loss name, ERC on (beta_low = beta_high = beta) or off (beta None)."""
+    arm = {"loss.loss": loss, "loss.erc": beta is not None, **extra}
+    if beta is not None:
+        arm.update({"loss.beta_low": float(beta), "loss.beta_high": float(beta)})
+    return arm
+
+
+GPPO_EPS = {"loss.loss_kwargs.eps_low": 0.2, "loss.loss_kwargs.eps_high": 0.2}   # GPPO+ERC in the paper: eps 0.2 / 0.2
+# The setting of notebook 04's 3-seed SmolLM2 run (smollm2_dapo_vs_erc): SmolLM2-135M-Instruct,
+# 4-option multiple choice, 10 RL steps of 8 prompts x 4 answers at K = 4.
+SMOL_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 10,
+             "rollout.prompts_per_step": 8, "rollout.group_size": 4, "rollout.max_new_tokens": 12,
+             "train.minibatch_prompts": 2,          # K = 4 optimizer steps per rollout batch
+             "train.eval_k": 2, "data.num_eval": 32}
 
 
 @dataclass
@@ -126,10 +139,8 @@ class Study:
 
 # ----------------------------------------------------------------------------- tiny LM
 MAP_KS = (1, 2, 4, 8, 16)          # optimizer steps per rollout batch of 16 prompts
-# Learning rates from probe runs (K = 16, seed 0, 100 steps, 2026-11-29): DAPO at 3e-4 is stable (entropy
-# 0.90 -> 0.36, held-out avg@4 0.14 -> 0.27); at 1e-3 its entropy collapses (0.73 -> 0.03 by step 50, avg@4
-# flat at 0.16; DAPO+ERC there: entropy 0.82 -> 0.17 at step 100, ERC clips ~60 % of tokens); at 3e-3 it
-# collapses within 10 steps (a grad-norm spike of 10, then reward 0 and zero gradients).
+# Learning rates chosen from probe runs at K = 16: at 3e-4 DAPO is stable, at 1e-3 its entropy collapses
+# within the 100 steps, at 3e-3 within a few steps (the map's cache measures each cell).
 MAP_LRS = (3e-4, 1e-3, 3e-3)
 GPPO_KS = (4, 16)                  # the subset of K where GPPO +- ERC also runs (every lr)
 TINY_STUDY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 100,
@@ -216,8 +227,8 @@ def tiny_token_captures(cells=TOKEN_CAPTURE_CELLS, seeds=SEEDS, steps: int = 100
     entropy and ERC state, which the engine log does not keep: DAPO+ERC at the control cells, 5
     seeds, with experiments.TokenCapture at ``capture_steps`` (one extra no-grad forward per
     minibatch of those steps, written to seedK.tokens.gz). The capture leaves the training unchanged: the
-    10 runs' logs equal the map's DAPO+ERC runs of the same cell and seed (rollout entropy of every step,
-    checked 2026-11-29; tests/test_study_runner.py checks it on a small run)."""
+    runs' logs equal the map's DAPO+ERC runs of the same cell and seed (tests/test_study_runner.py checks
+    it on a small run)."""
     all_cells = map_cells()
     return Study("tiny-token-captures", "cpu-tiny", {**TINY_STUDY_BASE, "train.steps": steps}, all_cells,
                  {"DAPO+ERC": erc_arm("dapo", 0.05)}, list(seeds), default_cells=list(cells), est_run_s=120.0,
@@ -242,9 +253,8 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
     minibatch_prompts = 4 optimizer steps per rollout batch.
 
     Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy did not rise (notebook
-    04, part 1), so no accuracy claim was testable. Probe (2026-11-29, one DAPO run, seed 0, K = 2, 8 x 8,
-    lr 1e-5, one thread next to another run): held-out avg@2 0.34 at step 0 -> 0.78 at step 5, ~14.5 s
-    per step; the runs of this study measure it per seed (notebook 04, part 2)."""
+    04, part 1), so no accuracy claim was testable; on this task a DAPO probe run's held-out accuracy
+    rose within a few steps, and the runs of this study measure it per seed (notebook 04, part 2)."""
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
             "data.task": "arith", "data.level": 1, "data.style": "instruct",
             "reward.judge": "math", "reward.scheme": "binary", "reward.judge_workers": 1,
@@ -273,9 +283,21 @@ def smollm2_collapse(seeds=SEEDS, steps: int = 24, lr: float = 1e-5) -> Study:
                              "with and without ERC? DAPO, DAPO+ERC, random mask, 5 seeds.")
 
 
+def smollm2_dapo_vs_erc(seeds=(0, 1, 2), steps: int = 10, capture_steps=(3, 6, 9)) -> Study:
+    """Notebook 04's first SmolLM2 run: the cpu-smollm2 preset's multiple-choice task, 10 RL steps of
+    8 prompts x 4 answers at K = 4 (experiments.SMOL_BASE), DAPO against DAPO+ERC (beta 0.05), 3 seeds,
+    with per-token captures at steps 3, 6 and 9. Its held-out accuracy did not rise, so it tests no
+    accuracy claim (notebook 04 computes why); it shows which tokens ERC clips on a real model."""
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05)}
+    return Study("smollm2-dapo-vs-erc", "cpu-smollm2", {**SMOL_BASE, "train.steps": steps}, {"default": {}}, arms,
+                 list(seeds), est_run_s=75.0 * steps, capture_steps=[s for s in capture_steps if s <= steps],
+                 description="Notebook 04's 3-seed SmolLM2 run: multiple choice, DAPO vs DAPO+ERC (beta 0.05), "
+                             "10 RL steps, token captures at steps 3, 6, 9.")
+
+
 STUDIES = {"tiny-stability-map": tiny_stability_map, "tiny-controls": tiny_controls,
            "tiny-token-captures": tiny_token_captures, "smollm2-learns": smollm2_learns,
-           "smollm2-collapse": smollm2_collapse}
+           "smollm2-collapse": smollm2_collapse, "smollm2-dapo-vs-erc": smollm2_dapo_vs_erc}
 
 
 def get_study(name: str) -> Study:

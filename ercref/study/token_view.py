@@ -1,4 +1,4 @@
-"""Per-token views for notebooks: token strings, HTML tables and highlighted text.
+"""Per-token views for notebooks: token strings, token capture tables, HTML tables and highlighted text.
 
 Formatting only: every number shown (entropy, entropy ratio, the ERC clip decision) is computed
 elsewhere (ercref.entropy, ercref.erc) and passed in. Rendered with IPython.display.HTML.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+
+import pandas as pd
 
 KEPT, CLIPPED_LOW, CLIPPED_HIGH = 0, -1, 1
 STATE_STYLE = {
@@ -100,3 +102,16 @@ def token_table_html(tokens: Sequence[str], columns: dict[str, Sequence], states
     more = f"<div>... {n - shown} more tokens</div>" if shown < n else ""
     return (f"<table style='border-collapse: collapse; font-size: 12px'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>{more}")
+
+
+def token_table(tokens: pd.DataFrame) -> pd.DataFrame:
+    """One row per response token of the captures: label, seed, step, staleness, old_entropy,
+    entropy, rho, ratio, erc_state (-1 / 0 / +1), clipped (bool)."""
+    rows = []
+    for r in tokens.itertuples(index=False):
+        for t in range(len(r.tokens)):
+            rows.append({"label": r.label, "seed": r.seed, "step": r.step, "staleness": r.staleness,
+                         "token": r.tokens[t], "old_entropy": r.old_entropy[t], "entropy": r.entropy[t],
+                         "rho": r.rho[t], "ratio": r.ratio[t], "erc_state": r.erc_state[t],
+                         "clipped": r.erc_state[t] != 0, "erc_applied": r.erc_applied})
+    return pd.DataFrame.from_records(rows)

@@ -14,10 +14,13 @@
 
 CLI (what `make notebooks` runs; execute_and_write(path, quick) is one notebook of it):
 
-    python -m ercref.study.nbexec [paths ...]           full mode, writes outputs + stamp in place
-    python -m ercref.study.nbexec [paths ...] --quick   quick mode, stamped "quick" (a preview: the
-                                                        staleness test accepts only "full")
-    python -m ercref.study.nbexec [paths ...] --check   verifies the stamps only; exit 1 names the stale ones
+    python tools/nbexec.py [paths ...]            full mode, writes outputs + stamp in place
+    python tools/nbexec.py [paths ...] --quick    quick mode, stamped "quick" (a preview: the
+                                                  staleness test accepts only "full")
+    python tools/nbexec.py [paths ...] --check    verifies the stamps only; exit 1 names the stale ones
+
+Repository tooling, not part of the ercref package (it needs nbclient and nbformat, the
+"notebooks" extra); the tests import it as ``nbexec`` (pyproject's pytest pythonpath).
 
 Without paths: every notebooks/*.ipynb. tests/test_notebooks.py runs every notebook in quick mode
 through execute_notebook and checks each committed one's stamp with stale_reason.
@@ -43,8 +46,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from ercref.paths import REPO_ROOT
-
-from .teaching import HEADLESS_ENV, QUICK_ENV
+from ercref.study.teaching import HEADLESS_ENV, QUICK_ENV
 
 STAMP_KEY = "ercref"            # nb.metadata[STAMP_KEY] holds the execution stamp
 MODES = ("full", "quick")
@@ -96,7 +98,7 @@ def stale_reason(nb, mode: str = "full") -> str | None:
     """None when nb carries a stamp of its current cells made in ``mode``; else what is wrong."""
     meta = nb.metadata.get(STAMP_KEY)
     if not meta or "source_sha256" not in meta:
-        return f"has no execution stamp (metadata.{STAMP_KEY}): it was never run by ercref.study.nbexec"
+        return f"has no execution stamp (metadata.{STAMP_KEY}): it was never run by tools/nbexec.py"
     if meta["source_sha256"] != source_hash(nb):
         return f"its cells changed after it was executed ({meta.get('executed', '?')}): the outputs are stale"
     if meta.get("mode") != mode:
@@ -250,7 +252,7 @@ def execute_and_write(path, quick: bool = False, timeout_per_cell: float | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ercref.study.nbexec",
+    parser = argparse.ArgumentParser(prog="python tools/nbexec.py",
                                      description="Execute notebooks headless and commit their outputs with a stamp.")
     parser.add_argument("paths", nargs="*", type=Path, help="notebooks (default: notebooks/*.ipynb)")
     parser.add_argument("--quick", action="store_true", help="quick mode (ERCREF_QUICK=1), stamped 'quick'")
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"STALE {p}: {reason}")
         if stale:
             print(f"{len(stale)} of {len(paths)} notebook(s) stale: run `make notebooks` "
-                  "(python -m ercref.study.nbexec) and commit the result")
+                  "(python tools/nbexec.py) and commit the result")
             return 1
         print(f"{len(paths)} notebook(s) carry {mode}-mode outputs of their current cells")
         return 0
