@@ -76,3 +76,66 @@ def test_interact_headless_calls_the_function_once_with_widget_values(monkeypatc
     assert seen == [(0.05, 3)] and "headless" in capsys.readouterr().out
     monkeypatch.setenv(T.HEADLESS_ENV, "0")
     assert not T.headless()
+
+
+# ----------------------------------------------------------------------------- what the learner's code did
+def _ref_ratio(entropy, old_entropy):
+    return ercref.entropy_ratio(entropy, old_entropy)
+
+
+def test_reference_sees_pristine_inputs_and_an_in_place_change_is_reported():
+    def in_place(entropy, old_entropy):        # right values, but computed by overwriting the input
+        entropy.add_(1e-8).div_(old_entropy + 1e-8)
+        return entropy
+    res = T.check_exercise(in_place, _ref_ratio, _erc_inputs, verbose=False)
+    assert not res.passed and res.details["problem"] == "mutated_input" and "['entropy']" in res.message
+    assert "in place" in res.message and "clone" in res.message
+    seen = []
+
+    def ref_records(entropy, old_entropy):
+        seen.append(entropy.clone())
+        return _ref_ratio(entropy, old_entropy)
+
+    def zeroes_then_right(entropy, old_entropy):   # mutates, so the reference must still see the original
+        out = _ref_ratio(entropy, old_entropy)
+        entropy.zero_()
+        return out
+    T.check_exercise(zeroes_then_right, ref_records, _erc_inputs, verbose=False)
+    assert not seen                          # the mutation is caught before the reference would be misled
+    ok = T.check_exercise(lambda entropy, old_entropy: _ref_ratio(entropy.clone(), old_entropy), ref_records,
+                          _erc_inputs, verbose=False, trials=3)
+    assert ok.passed and len(seen) == 3 and all(bool((x > 0).all()) for x in seen)   # pristine inputs each time
+
+
+def test_a_bool_result_against_a_float_reference_and_the_reverse():
+    res = T.check_exercise(lambda entropy, old_entropy: _ref_ratio(entropy, old_entropy) > 0, _ref_ratio, _erc_inputs,
+                           verbose=False)
+    assert not res.passed and res.details["problem"] == "differs" and "torch.bool" in res.message
+    assert "values are expected" in res.message
+    mask_ref = lambda entropy, old_entropy: _ref_ratio(entropy, old_entropy) > 1.0   # noqa: E731
+    rev = T.check_exercise(lambda entropy, old_entropy: (_ref_ratio(entropy, old_entropy) > 1.0).float(), mask_ref,
+                           _erc_inputs, verbose=False)
+    assert not rev.passed and "a mask of True / False is expected" in rev.message
+    assert T.check_exercise(mask_ref, mask_ref, _erc_inputs, verbose=False).passed
+
+
+@pytest.mark.parametrize("body, problem, phrase", [
+    (lambda entropy, old_entropy: None, "not_a_result", "returned None"),
+    (lambda entropy, old_entropy: "0.5", "not_a_result", "returned the text '0.5'"),
+    (lambda entropy, old_entropy: (x for x in entropy), "not_a_result", "generator"),
+    (lambda entropy, old_entropy: {"rho": entropy}, "not_a_result", "returned a dict"),
+    (lambda entropy, old_entropy: entropy @ old_entropy, "raised", "your function raised RuntimeError"),
+    (lambda entropy, old_entropy: entropy.foo, "raised", "your function raised AttributeError"),
+])
+def test_what_the_learners_code_did_comes_back_as_a_result(body, problem, phrase, capsys):
+    res = T.check_exercise(body, _ref_ratio, _erc_inputs, name="ratio")
+    assert not res.passed and res.details["problem"] == problem and phrase in res.message and "trial 0" in res.message
+    assert "NOT YET" in capsys.readouterr().out
+    assert set(res.details["inputs"]) == {"entropy", "old_entropy"}
+
+
+def test_a_generator_function_is_reported_not_raised():
+    def gen_fn(entropy, old_entropy):
+        yield _ref_ratio(entropy, old_entropy)
+    res = T.check_exercise(gen_fn, _ref_ratio, _erc_inputs, verbose=False)
+    assert not res.passed and "`yield`" in res.message

@@ -101,20 +101,74 @@ def _as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def _pristine(value):
+    """A copy of one input that no call can change: tensors cloned (requires_grad kept for leaves),
+    lists / tuples / dicts copied entry by entry, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        c = value.detach().clone()
+        return c.requires_grad_(value.requires_grad) if value.is_leaf and c.is_floating_point() else c
+    if isinstance(value, (list, tuple)):
+        return type(value)(_pristine(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _pristine(v) for k, v in value.items()}
+    return value
+
+
+def _unchanged(now, before) -> bool:
+    if isinstance(before, torch.Tensor):
+        if not isinstance(now, torch.Tensor) or now.shape != before.shape or now.dtype != before.dtype:
+            return False
+        if now.is_floating_point() or now.is_complex():
+            return torch.allclose(now.detach(), before, rtol=0.0, atol=0.0, equal_nan=True)
+        return torch.equal(now.detach(), before)
+    if isinstance(before, (list, tuple)):
+        return isinstance(now, (list, tuple)) and len(now) == len(before) and all(map(_unchanged, now, before))
+    if isinstance(before, dict):
+        return isinstance(now, dict) and now.keys() == before.keys() and all(_unchanged(now[k], before[k]) for k in before)
+    return True
+
+
+def _not_a_result(out) -> str | None:
+    """What is wrong with a returned object that cannot be a result (None, text, a generator, ...)."""
+    for x in _as_tuple(out):
+        if x is None:
+            return "returned None: does your function end with `return ...`?"
+        if isinstance(x, (str, bytes)):
+            return f"returned the text {str(x)[:60]!r}, not numbers (a tensor or a float)"
+        if inspect.isgenerator(x) or isinstance(x, (map, filter, zip, range)) or (
+                hasattr(x, "__next__") and not isinstance(x, torch.Tensor)):
+            return ("returned a generator or iterator (a `yield` in your function, or a generator expression): "
+                    "return the tensor itself, e.g. torch.stack([...]) or torch.tensor([...])")
+        if not isinstance(x, (torch.Tensor, int, float, bool, list, tuple)) and not hasattr(x, "__array__"):
+            return f"returned a {type(x).__name__}, not a tensor or a number"
+    return None
+
+
 def _compare(mine, ref, atol: float, rtol: float) -> str | None:
-    """None when equal within tolerance, else what differs (first entry, values)."""
+    """None when equal within tolerance, else what differs (type, shape, first entry, values)."""
     a, b = _as_tuple(mine), _as_tuple(ref)
     if len(a) != len(b):
         return f"returned {len(a)} value(s), expected {len(b)}"
     for j, (x, y) in enumerate(zip(a, b)):
         which = f"output {j}: " if len(b) > 1 else ""
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x)
         y = torch.as_tensor(y)
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x)
+            except (TypeError, ValueError, RuntimeError) as e:
+                return f"{which}returned {type(x).__name__} that is not a tensor or numbers ({e})"
+        if (x.dtype == torch.bool) != (y.dtype == torch.bool):
+            return (f"{which}returned a {x.dtype} tensor where the reference returns {y.dtype}: "
+                    + ("a comparison gives True / False, but values are expected here" if x.dtype == torch.bool else
+                       "a mask of True / False is expected here (e.g. a comparison such as rho > 1 - beta)"))
+        if x.is_complex() != y.is_complex():
+            return f"{which}returned a {x.dtype} tensor where the reference returns {y.dtype}"
         if x.shape != y.shape:
             return f"{which}shape {tuple(x.shape)}, expected {tuple(y.shape)}"
-        if y.dtype == torch.bool or x.dtype == torch.bool:
-            bad = x.bool() != y.bool()
+        x = x.detach().cpu()
+        y = y.detach().cpu()
+        if y.dtype == torch.bool:
+            bad = x != y
         else:
             x64, y64 = x.double(), y.double()
             if torch.isnan(x64).any() and not torch.isnan(y64).any():
@@ -134,32 +188,52 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
     """Call ``mine(**inputs)`` and ``reference(**inputs)`` on ``trials`` random inputs
     (``make_inputs(generator)`` returns the keyword arguments) and compare every output.
 
-    A learner's stub that raises NotImplementedError gives "not implemented yet"; any other
-    exception, a wrong shape or a wrong value names the trial, the inputs' shapes and the first
-    differing entry. Prints the message when ``verbose``; returns an ExerciseResult."""
+    The reference runs on pristine copies of the inputs, taken before ``mine`` is called, so a
+    learner's function that changes its inputs in place cannot change what it is compared with; such a
+    change is itself reported. Whatever the learner's code does comes back as a failed result that says
+    so, never as an exception: NotImplementedError gives "not implemented yet"; any other exception,
+    None, text, a generator, a bool result where values are expected (or the reverse), a wrong shape or
+    a wrong value names the trial, the inputs' shapes and the first differing entry
+    (``details["problem"]``: "not_implemented", "raised", "mutated_input", "not_a_result" or "differs").
+    Prints the message when ``verbose``; returns an ExerciseResult."""
     if not callable(mine) or not callable(reference):
         raise TypeError("mine and reference must be callables")
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     gen = torch.Generator().manual_seed(seed)
     result = None
+
+    def fail(t, problem, text, inputs):
+        return ExerciseResult(name, False, t, text, {"problem": problem, "inputs": inputs})
+
     for t in range(trials):
         inputs = make_inputs(gen)
+        before = _pristine(inputs)             # what the learner's function was given
+        ref_inputs = _pristine(inputs)         # what the reference is given
         shapes = {k: tuple(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        where = f"(trial {t}, input shapes {shapes})"
         try:
             out = mine(**inputs)
         except NotImplementedError:
-            result = ExerciseResult(name, False, t, "not implemented yet: write your version above, "
-                                    "or open the reference solution below.")
+            result = fail(t, "not_implemented", "not implemented yet: write your version above, "
+                          "or open the reference solution below.", inputs)
             break
-        except Exception as e:  # the learner's bug, reported with the inputs that raised it
-            result = ExerciseResult(name, False, t, f"raised {type(e).__name__}: {e} (trial {t}, input shapes "
-                                    f"{shapes})", {"inputs": inputs})
+        except Exception as e:  # noqa: BLE001 - the learner's bug, reported with the inputs that raised it
+            result = fail(t, "raised", f"your function raised {type(e).__name__}: {e} {where}", before)
             break
-        diff = _compare(out, reference(**inputs), atol, rtol)
+        changed = [k for k in inputs if not _unchanged(inputs[k], before[k])]
+        if changed:
+            result = fail(t, "mutated_input", f"your function changed its input(s) {changed} in place {where}, e.g. "
+                          "with `x += ...`, `x[...] = ...` or an op ending in `_`: work on a copy (`x = x.clone()`) "
+                          "or use out-of-place operations", before)
+            break
+        what = _not_a_result(out)
+        if what is not None:
+            result = fail(t, "not_a_result", f"your function {what} {where}", before)
+            break
+        diff = _compare(out, reference(**ref_inputs), atol, rtol)
         if diff is not None:
-            result = ExerciseResult(name, False, t, f"differs from ercref on trial {t} (input shapes {shapes}): "
-                                    f"{diff}", {"inputs": inputs})
+            result = fail(t, "differs", f"differs from ercref on trial {t} (input shapes {shapes}): {diff}", before)
             break
     if result is None:
         result = ExerciseResult(name, True, trials, f"matches ercref on {trials} random inputs.")
