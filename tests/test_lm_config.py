@@ -1,12 +1,15 @@
-"""LM engine configuration: typed sections, presets, overrides, config files, the command line
-(tyro), and clear errors for bad input."""
-import dataclasses
+"""LM engine configuration: typed sections, presets, overrides, config files, and clear errors for
+bad input, refused when the config is built (before any model is). The command line is tested in
+tests/test_lm_cli.py."""
 import json
+import math
 import re
-from typing import get_args, get_type_hints
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ercref
 from ercref.lm.config import (
@@ -14,13 +17,15 @@ from ercref.lm.config import (
     AdvantageConfig,
     Config,
     DataConfig,
+    apply_overrides,
+    check_token_budgets,
     config_from_dict,
+    longest_rows,
     make_config,
-    parse_value,
     sections,
-    validate_config,
 )
-from ercref.train import main as cli_main
+from ercref.lm.config_tools import Range, field_types
+from ercref.lm.hardware import check_hardware
 
 CPU_ONLY = not torch.cuda.is_available()
 
@@ -32,25 +37,36 @@ def test_preset_then_file_then_overrides(tmp_path):
     assert cfg.preset == "cpu-tiny"
     assert cfg.model.name == "tiny"                      # from the preset
     assert cfg.loss.loss == "gppo" and cfg.train.steps == 7  # from the file
-    assert cfg.loss.beta_low == 0.1 and cfg.loss.erc is False  # the command line wins
+    assert cfg.loss.beta_low == 0.1 and cfg.loss.erc is False  # the overrides win
     assert cfg.loss.loss_kwargs == {"beta1": 0.5}
     assert cfg.num_minibatches == cfg.rollout.prompts_per_step // cfg.train.minibatch_prompts
+
+
+def test_overrides_return_a_new_config_and_leave_the_old_one():
+    base = make_config("cpu-tiny")
+    new = apply_overrides(base, {"train.steps": 3, "loss.loss_kwargs.eps_high": 0.3})
+    assert (new.train.steps, new.loss.loss_kwargs) == (3, {"eps_high": 0.3})
+    assert base.train.steps == 20 and base.loss.loss_kwargs == {}
+    assert PRESETS["cpu-tiny"].train.steps == 20            # presets are never changed by their users
+    make_config("cpu-tiny").train.steps = 5
+    assert make_config("cpu-tiny").train.steps == 20
 
 
 def test_loss_section_is_the_policy_loss_config():
     cfg = make_config("cpu-tiny", overrides=["loss.agg_mode=seq-mean-token-sum-norm", "loss.agg_norm=64",
                                              "loss.kl_coef=0.01", "loss.entropy_coef=0.001"])
     assert type(cfg.loss) is ercref.PolicyLossConfig
-    assert (cfg.loss.agg_norm, cfg.loss.kl_coef, cfg.loss.entropy_coef) == (64.0, 0.01, 0.001)  # > 0 is allowed
+    assert (cfg.loss.agg_norm, cfg.loss.kl_coef, cfg.loss.entropy_coef) == (64.0, 0.01, 0.001)
     assert isinstance(cfg.advantage, AdvantageConfig)
 
 
 def test_yaml_config_file(tmp_path):
     pytest.importorskip("yaml")
     f = tmp_path / "c.yaml"
-    f.write_text("preset: cpu-tiny\nrollout:\n  group_size: 4\nloss:\n  erc: off\n")
+    f.write_text("preset: cpu-tiny\nrollout:\n  group_size: 4\nloss:\n  erc: off\noptim:\n  lr: 1e-5\n")
     cfg = make_config(config_file=f)
     assert cfg.preset == "cpu-tiny" and cfg.rollout.group_size == 4 and cfg.loss.erc is False
+    assert cfg.optim.lr == 1e-5                          # YAML reads 1e-5 as a string; the field's type reads it
 
 
 def test_config_file_round_trip(tmp_path):
@@ -63,42 +79,32 @@ def test_config_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_config_from_dict_inverts_to_dict(name):
-    cfg = make_config(name, validate=False)
+    cfg = make_config(name)
     assert config_from_dict(cfg.to_dict()) == cfg
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-
-
-def test_config_saved_before_the_rename_still_loads():
-    old = make_config("cpu-tiny").to_dict()
-    old["loss"] = {"name": "dapo", "eps_low": 0.2, "eps_high": None, "clip_ratio_c": 10.0, "loss_kwargs": {},
-                   "erc": True, "scale_adv_by_std": False, "dynamic_sampling": True}
-    del old["advantage"]
-    cfg = config_from_dict(old)
-    assert cfg.loss.loss == "dapo" and cfg.loss.loss_kwargs == {"eps_low": 0.2, "clip_ratio_c": 10.0}
-    assert cfg.advantage == AdvantageConfig(scale_by_std=False, dynamic_sampling=True)
-
-
-def test_parse_value():
-    assert parse_value("0.1") == 0.1 and parse_value("true") is True and parse_value("null") is None
-    assert parse_value("[1, 2]") == [1, 2] and parse_value("dapo") == "dapo"
 
 
 @pytest.mark.parametrize("text, expected", [
     ("on", True), ("off", False), ("ON", True), ("Off", False), ("true", True), ("False", False),
     ("1", True), ("0", False), ("yes", True), ("no", False)])
 def test_bool_override_words(text, expected):
-    cfg = make_config("cpu-tiny", overrides=[f"loss.erc={text}"])
-    assert cfg.loss.erc is expected
+    assert make_config("cpu-tiny", overrides=[f"loss.erc={text}"]).loss.erc is expected
+
+
+def test_none_and_json_values():
+    cfg = make_config("cpu-tiny", overrides=["data.system_prompt=none", "loss.agg_norm=null",
+                                             'data.task=gsm8k', 'data.path=x.jsonl', 'data.eval_paths={"a": "b.json"}'])
+    assert cfg.data.system_prompt is None and cfg.loss.agg_norm is None and cfg.data.eval_paths == {"a": "b.json"}
+    assert make_config("cpu-tiny", overrides=["model.name=none"]).model.name == "none"   # a string field keeps it
 
 
 def test_bad_bool_and_number_name_the_field():
-    with pytest.raises(ValueError, match=r"loss\.erc"):
-        make_config("cpu-tiny", overrides=["loss.erc=maybe"])
-    with pytest.raises(ValueError, match=r"train\.seed"):
-        make_config("cpu-tiny", overrides=["train.seed=abc"])
-    with pytest.raises(ValueError, match=r"optim\.lr"):
-        make_config("cpu-tiny", overrides=["optim.lr=fast"])
-    with pytest.raises(ValueError, match=r"loss\.loss_kwargs\.beta1"):
+    for override, field in [("loss.erc=maybe", "loss.erc"), ("train.seed=abc", "train.seed"),
+                            ("optim.lr=fast", "optim.lr"), ("train.steps=2.5", "train.steps"),
+                            ("optim.lr=NaN", "optim.lr"), ("optim.lr=Infinity", "optim.lr")]:
+        with pytest.raises(ValueError, match=re.escape(field)):
+            make_config("cpu-tiny", overrides=[override])
+    with pytest.raises(ValueError, match=r"loss\.loss_kwargs\.beta1 must be a finite number"):
         make_config("cpu-tiny", overrides=["loss.loss=gppo", "loss.loss_kwargs.beta1=x"])
 
 
@@ -106,7 +112,7 @@ def test_presets_are_typed_configs():
     assert set(PRESETS) == {"cpu-tiny", "cpu-smollm2", "gpu-paper-1.5b", "gpu-1x80gb-1.5b"}
     for name, cfg in PRESETS.items():
         assert isinstance(cfg, Config) and cfg.preset == name
-        assert make_config(name, validate=False) == cfg
+        assert make_config(name) == cfg and make_config(name) is not cfg
 
 
 def test_gpu_preset_is_the_papers_recipe():
@@ -120,19 +126,41 @@ def test_gpu_preset_is_the_papers_recipe():
     assert p.advantage.dynamic_sampling is True and p.advantage.scale_by_std is True
     assert (p.train.eval_k, p.train.eval_temperature, p.train.eval_top_p) == (32, 0.6, 0.95)
     assert (p.reward.correct, p.reward.wrong, p.reward.no_think_close) == (1.0, -1.0, -0.5)
-    cfg = make_config("gpu-paper-1.5b", validate=False)
-    assert cfg.num_minibatches == 8  # 8 optimizer steps per rollout batch
+    assert p.num_minibatches == 8  # 8 optimizer steps per rollout batch
+    one = PRESETS["gpu-1x80gb-1.5b"]
+    assert one.loss == p.loss and one.optim == p.optim and one.num_minibatches == 8
+    assert (one.rollout.backend, one.rollout.prompts_per_step, one.train.steps) == ("vllm", 32, 200)
 
 
 def test_task_choices_match_the_data_module():
+    from ercref.lm.config import REAL_TASKS as CONFIG_REAL
     from ercref.lm.data import REAL_TASKS, SYNTHETIC_TASKS
     assert get_args(get_type_hints(DataConfig)["task"]) == SYNTHETIC_TASKS + REAL_TASKS
+    assert CONFIG_REAL == REAL_TASKS
 
 
+def test_config_module_is_a_leaf():
+    """ercref.lm.config imports only the core and its own helpers (config_tools, presets): no engine module."""
+    import ast
+    from pathlib import Path
+
+    import ercref.lm.config as mod
+    nodes = [n for n in ast.walk(ast.parse(Path(mod.__file__).read_text())) if isinstance(n, ast.ImportFrom)]
+    assert {n.module for n in nodes if n.level} == {"config_tools", "presets"}
+    assert {n.module for n in nodes if not n.level and n.module.startswith("ercref")} == {"ercref.losses",
+                                                                                          "ercref.objective"}
+
+
+# ----------------------------------------------------------------------------- the machine (ercref.lm.hardware)
 @pytest.mark.skipif(not CPU_ONLY, reason="checks the CPU-only failure")
-def test_gpu_preset_fails_fast_on_cpu():
+def test_gpu_preset_fails_fast_on_cpu(tmp_path):
+    cfg = make_config("gpu-paper-1.5b")          # the values are valid anywhere: the machine is checked at the run
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        make_config("gpu-paper-1.5b")
+        check_hardware(cfg)
+    from ercref.lm.trainer import Trainer
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()       # refused before anything was built or written
 
 
 @pytest.mark.skipif(not CPU_ONLY, reason="checks the CPU-only failure")
@@ -140,12 +168,19 @@ def test_gpu_preset_fails_fast_on_cpu():
     (["rollout.backend=vllm"], "rollout.backend='vllm' needs a CUDA"),
     (["rollout.backend=vllm", "train.device=auto"], "rollout.backend='vllm' needs a CUDA GPU"),
     (["model.bf16_autocast=true"], "model.bf16_autocast"),
+    (["model.name=./no-such-model"], "model.name"),
 ])
 def test_cuda_only_options_fail_clearly_on_cpu(overrides, match):
     with pytest.raises(ValueError, match=match):
-        make_config("cpu-tiny", overrides=overrides)
+        check_hardware(make_config("cpu-tiny", overrides=overrides))
 
 
+def test_cpu_presets_pass_the_hardware_check():
+    for name in ("cpu-tiny", "cpu-smollm2"):
+        assert check_hardware(make_config(name)) is None
+
+
+# ----------------------------------------------------------------------------- bad values, named
 @pytest.mark.parametrize("overrides, field", [
     (["train.minibatch_prompts=3"], "train.minibatch_prompts"),      # 3 does not divide 16
     (["loss.beta_low=1.5"], "loss.beta_low"),
@@ -154,25 +189,58 @@ def test_cuda_only_options_fail_clearly_on_cpu(overrides, match):
     (["loss.loss=nope"], "unknown loss name 'nope'"),
     (["loss.agg_mode=sum"], "loss.agg_mode"),
     (["loss.loss_kwargs.beta1=0.5"], "loss.loss_kwargs"),             # dapo takes no beta1
+    (["loss.loss_kwargs.eps_low=1"], "loss.loss_kwargs.eps_low"),     # 1 - eps_low must stay positive
+    (["loss.loss_kwargs.eps_low=0"], "loss.loss_kwargs.eps_low"),
+    (["loss.loss_kwargs.eps_high=-0.2"], "loss.loss_kwargs.eps_high"),
+    (["loss.loss_kwargs.clip_ratio_c=0.5"], "loss.loss_kwargs.clip_ratio_c"),  # the dual clip needs c > 1
+    (["loss.loss=gppo", "loss.loss_kwargs.beta1=-1"], "loss.loss_kwargs.beta1"),
+    (["loss.loss=gspo", "loss.loss_kwargs.eps_low=2"], "loss.loss_kwargs.eps_low"),
     (["rollout.top_p=0"], "rollout.top_p"),
     (["rollout.group_size=0"], "rollout.group_size"),
     (["optim.lr=-1"], "optim.lr"),
+    (["optim.beta2=1"], "optim.beta2"),
     (["loss.kl_coef=-0.1"], "loss.kl_coef"),
     (["data.task=gsm8k"], "data.path"),
+    (["data.seed=-1"], "data.seed"),
+    (["train.seed=4294967296"], "train.seed"),
+    (["data.level=5"], "data.level"),
     (["reward.scheme=weird"], "reward.scheme"),
+    (["reward.overlong_shaping=true", "reward.overlong_buffer=5"], "reward.overlong_buffer"),  # > max_new_tokens 4
+    (["reward.overlong_shaping=true", "reward.overlong_max_length=3"], "reward.overlong_buffer"),
     (["model.dtype=fp8"], "model.dtype"),
+    (["model.dtype=float16"], "model.dtype=float16"),
+    (["model.name= "], "model.name"),
     (["train.device=gpu"], "train.device"),
+    (["train.max_tokens_per_forward=100"], "train.max_tokens_per_forward"),
 ])
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         make_config("cpu-tiny", overrides=overrides)
 
 
+def test_overlong_buffer_within_the_limit_is_accepted():
+    cfg = make_config("cpu-tiny", overrides=["reward.overlong_shaping=true", "reward.overlong_buffer=4"])
+    assert cfg.reward.overlong_buffer == cfg.rollout.max_new_tokens == 4
+    with pytest.raises(ValueError, match="reward.overlong_buffer"):    # evaluation scores under a shorter limit
+        make_config("cpu-tiny", overrides=["reward.overlong_shaping=true", "rollout.max_new_tokens=8",
+                                           "reward.overlong_buffer=6", "train.eval_max_new_tokens=5"])
+
+
+def test_token_budget_rule_is_one_function():
+    cfg = make_config("gpu-paper-1.5b")
+    rows = longest_rows(cfg)
+    assert rows["train.max_tokens_per_forward"] == 4096 + 16384
+    assert rows["rollout.max_tokens_per_generate"] == 4096 + 32768      # eval responses are longer
+    cfg.train.max_tokens_per_forward = rows["train.max_tokens_per_forward"] - 1
+    with pytest.raises(ValueError, match=r"train\.max_tokens_per_forward=20479 cannot hold one longest row of 20480"):
+        check_token_budgets(cfg)
+
+
 def test_unknown_field_and_preset():
     with pytest.raises(ValueError, match="loss.betalow") as e:
         make_config("cpu-tiny", overrides=["loss.betalow=0.1"])
     assert "beta_low" in str(e.value) and "agg_norm" in str(e.value)   # the valid names are listed
-    with pytest.raises(ValueError, match=r"renamed to loss\.loss"):
+    with pytest.raises(ValueError, match="'loss.name'"):                 # no old names are translated
         make_config("cpu-tiny", overrides=["loss.name=gppo"])
     with pytest.raises(ValueError, match="advantage"):
         make_config("cpu-tiny", overrides=["nosection.x=1"])
@@ -180,151 +248,136 @@ def test_unknown_field_and_preset():
         make_config("cpu-huge")
     with pytest.raises(ValueError, match="section.field=value"):
         make_config("cpu-tiny", overrides=["loss.beta_low"])
+    with pytest.raises(ValueError, match="only a dict field takes a key"):
+        make_config("cpu-tiny", overrides=["train.steps.x=1"])
+
+
+def test_preset_is_not_an_override(tmp_path):
+    """Setting "preset" among the fields would relabel a config without loading the preset's values."""
+    with pytest.raises(ValueError, match="--preset NAME"):
+        make_config("cpu-tiny", overrides=["preset=cpu-smollm2"])
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"preset": "cpu-smollm2", "train": {"steps": 3}}))
+    cfg = make_config(config_file=f)                   # a file names where it starts
+    assert cfg.preset == "cpu-smollm2" and cfg.model.name == "smollm2-135m-instruct" and cfg.train.steps == 3
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"train": {"steps": 5,}}', r"c\.json', line 1 column 23: not valid JSON"),
+    (b'{"train":\n {"steps": 5}\n\n"loss": 1}', r"c\.json', line 4 column 1: not valid JSON"),
+    (b'{"train": {"steps": 5}}\n\xff\xfe', r"c\.json', line 2: byte 0xff is not UTF-8"),
+    (b"[1, 2]", r"c\.json' must hold a mapping of sections"),
+    (b'{"train": 5}', r"config section 'train' must be a mapping"),
+])
+def test_bad_config_files_name_the_file_and_line(tmp_path, content, match):
+    f = tmp_path / "c.json"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        make_config("cpu-tiny", f)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"train:\n  steps: [5\nloss: {a: 1\n", r"c\.yaml', line 3: not valid YAML"),
+    (b"train:\n  steps: 5\n\tloss: 1\n", r"c\.yaml', line 3: not valid YAML"),
+    (b"train:\n  steps: 5\n# \xe9t\xe9\n", r"c\.yaml', line 3: byte 0xe9 is not UTF-8"),
+    (b"", r"c\.yaml' must hold a mapping of sections, .* got NoneType"),
+])
+def test_bad_yaml_files_name_the_file_and_line(tmp_path, content, match):
+    pytest.importorskip("yaml")
+    f = tmp_path / "c.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        make_config("cpu-tiny", f)
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(ValueError, match="nope.json"):
         make_config("cpu-tiny", tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="is not a file"):
+        make_config("cpu-tiny", tmp_path)
 
 
-# ----------------------------------------------------------------------------- command line
-def _cli_config(capsys, *args) -> dict:
-    assert cli_main([*args, "--print-config"]) == 0
-    return json.loads(capsys.readouterr().out)
+# ----------------------------------------------------------------------------- every field, property
+def _fields() -> list[tuple[str, object]]:
+    return [(f"{sec}.{name}", tp) for sec, cls in sections().items() for name, tp in field_types(cls).items()]
 
 
-def _help_blocks(capsys, monkeypatch, *args) -> dict[str, tuple[str, str]]:
-    """{"--section.field": (its flag line, the help text below it)} from --help (flattened)."""
-    monkeypatch.setenv("COLUMNS", "100")
-    assert cli_main([*args, "--help"]) == 0
-    blocks, current = {}, None
-    for raw in capsys.readouterr().out.splitlines():    # boxed (terminal) or plain (pipe) layout
-        ln = raw.replace("│", " ").rstrip()
-        m = re.match(r" {1,3}(--[\w.-]+)", ln)           # a flag starts in the group's first column
-        if m:
-            current = m.group(1)
-            blocks[current] = [ln.strip(), ""]
-        elif current is not None and ln.startswith("    "):   # its help text, indented further
-            blocks[current][1] += " " + ln.strip()
-        else:
-            current = None
-    return {k: (" ".join(first.split()), " ".join(rest.split())) for k, (first, rest) in blocks.items()}
+def _invalid(tp) -> st.SearchStrategy:
+    """Values no field of type tp accepts: the wrong type, non-finite numbers, numbers outside its Range."""
+    meta = list(getattr(tp, "__metadata__", ()))
+    base = get_args(tp)[0] if meta else tp
+    optional = type(None) in get_args(base) and get_origin(base) is not Literal
+    if optional:
+        base = next(a for a in get_args(base) if a is not type(None))
+    words = st.text(alphabet="xyz@!# ", min_size=1, max_size=8)    # text no number or bool is read from
+    junk = [st.just([1]), st.just(object())] + ([] if optional else [st.none()])
+    if base is bool:
+        return st.one_of(*junk, st.integers(), st.floats(), words)
+    if base is int:
+        out = [*junk, st.booleans(), st.floats(allow_nan=True), words]
+        for r in (m for m in meta if isinstance(m, Range)):
+            if r.low > -math.inf:
+                out.append(st.integers(max_value=math.ceil(r.low) - 1))
+            if r.high < math.inf:
+                out.append(st.integers(min_value=int(r.high) + 1))
+        return st.one_of(*out)
+    if base is float:
+        out = [*junk, st.booleans(), words, st.sampled_from([math.nan, math.inf, -math.inf])]
+        for r in (m for m in meta if isinstance(m, Range)):
+            if r.low > -math.inf:
+                out.append(st.floats(max_value=r.low, exclude_max=not r.low_open, allow_nan=False,
+                                     allow_infinity=False))
+            if r.high < math.inf:
+                out.append(st.floats(min_value=r.high, exclude_min=not r.high_open, allow_nan=False,
+                                     allow_infinity=False))
+        return st.one_of(*out)
+    if get_origin(base) is Literal:
+        return st.one_of(*junk, st.integers(), st.text().filter(lambda s: s not in get_args(base)))
+    if base is str:
+        return st.one_of(*junk, st.integers(), st.booleans())
+    if get_origin(base) is dict:
+        return st.one_of(*junk, st.integers(), words, st.just({"": "x"}), st.just({1: "x"}))
+    raise AssertionError(f"no invalid values known for a field of type {tp!r}")
 
 
-@pytest.mark.parametrize("preset", [None, "cpu-tiny", "gpu-paper-1.5b"])
-def test_help_lists_every_field_with_its_default(capsys, monkeypatch, preset):
-    cfg = make_config(preset, validate=False) if preset else Config()
-    blocks = _help_blocks(capsys, monkeypatch, *(["--preset", preset] if preset else []))
-    for flag in ("--preset", "--config", "--set", "--out", "--resume", "--overwrite", "--list-presets", "--print-config"):
-        assert flag in blocks
-    n = 0
-    for sec_name, sec_type in sections().items():
-        for f in dataclasses.fields(sec_type):
-            flag = f"--{sec_name}.{f.name.replace('_', '-')}"
-            assert flag in blocks, f"{flag} missing from --help"
-            first, rest = blocks[flag]
-            block = f"{first} {rest}"
-            assert "(default:" in block, f"{flag} shows no default"
-            value = getattr(getattr(cfg, sec_name), f.name)
-            if isinstance(value, dict):
-                value = " ".join(f"{k}={v}" for k, v in value.items())
-            assert f"(default: {value})" in block, f"{flag}: default {value!r} not in {block!r}"
-            help_text = rest.split("(default:")[0].strip() or re.sub(r"^\S+(, \S+)?( \S+)?", "", first).split("(default:")[0]
-            assert help_text.strip(), f"{flag} has no help text: {block!r}"
-            n += 1
-    assert n == sum(len(dataclasses.fields(t)) for t in sections().values()) > 70
+FIELDS = _fields()
 
 
-def test_cli_set_bool_words(capsys):
-    assert _cli_config(capsys, "--preset", "cpu-tiny", "--set", "loss.erc=off")["loss"]["erc"] is False
-    assert _cli_config(capsys, "--preset", "cpu-tiny", "--set", "loss.erc=off", "--set", "loss.erc=on")["loss"]["erc"] is True
+def test_every_field_is_covered():
+    assert len(FIELDS) == sum(len(field_types(c)) for c in sections().values()) > 80
+    for _, tp in FIELDS:
+        _invalid(tp)                                   # raises for a kind of field it knows no bad values of
 
 
-def test_cli_typed_flags_reach_the_config(capsys):
-    d = _cli_config(capsys, "--preset", "cpu-tiny", "--loss.agg-mode", "seq-mean-token-sum-norm", "--loss.agg-norm", "32",
-                    "--loss.no-erc", "--advantage.dynamic-sampling", "--train.steps", "3")
-    assert d["loss"]["agg_norm"] == 32.0 and d["loss"]["agg_mode"] == "seq-mean-token-sum-norm"
-    assert d["loss"]["erc"] is False and d["advantage"]["dynamic_sampling"] is True and d["train"]["steps"] == 3
-    d = _cli_config(capsys, "--preset", "cpu-tiny", "--set", "loss.agg_norm=16")
-    assert d["loss"]["agg_norm"] == 16.0
-    d = _cli_config(capsys, "--preset", "gpu-paper-1.5b", "--loss.loss-kwargs", "eps_low=0.1", "clip_ratio_c=none")
-    assert d["loss"]["loss_kwargs"] == {"eps_low": 0.1, "clip_ratio_c": None}     # the flag replaces the dict
-    d = _cli_config(capsys, "--preset", "cpu-tiny", "--loss.loss", "gppo", "--loss.loss-kwargs", "beta1=0.5")
-    assert d["loss"]["loss"] == "gppo" and d["loss"]["loss_kwargs"] == {"beta1": 0.5}
+def _is_text(tp) -> bool:
+    """A field any text is a value of (str, str | None)."""
+    return tp in (str, str | None)
 
 
-def test_cli_precedence(capsys, tmp_path):
-    f = tmp_path / "c.json"
-    f.write_text(json.dumps({"train": {"steps": 7, "seed": 4}, "loss": {"beta_low": 0.2}}))
-    d = _cli_config(capsys, "--preset", "cpu-tiny", "--config", str(f), "--set", "train.steps=8",
-                    "--set", "loss.beta_low=0.3", "--loss.beta-low", "0.4")
-    assert (d["train"]["steps"], d["train"]["seed"], d["loss"]["beta_low"], d["model"]["name"]) == (8, 4, 0.4, "tiny")
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f[0]), _invalid(f[1]))))
+def test_every_fields_invalid_values_are_refused_naming_it(field_value):
+    """For every field of every section, a value of the wrong type, a non-finite number or a number
+    outside the field's range is refused when the config is built, by an error naming the field."""
+    dotted, value = field_value
+    with pytest.raises(ValueError, match=re.escape(dotted)):
+        apply_overrides(PRESETS["cpu-tiny"], {dotted: value})
 
 
-def test_cli_set_bad_value_names_the_field(capsys):
-    assert cli_main(["--preset", "cpu-tiny", "--set", "train.seed=abc", "--print-config"]) == 2
-    assert "train.seed" in capsys.readouterr().err
-    assert cli_main(["--preset", "cpu-tiny", "--set", "loss.betalow=1", "--print-config"]) == 2
-    err = capsys.readouterr().err
-    assert "loss.betalow" in err and "beta_low" in err
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([d for d, tp in FIELDS if not _is_text(tp)]), st.text(alphabet="xyz@!# ", min_size=1, max_size=8))
+def test_every_fields_bad_text_is_refused_naming_it(dotted, text):
+    """The same from the command line (--set) or a config file: text that is no value of the field."""
+    with pytest.raises(ValueError, match=re.escape(dotted)):
+        make_config("cpu-tiny", overrides=[f"{dotted}={text}"])
 
 
-def test_cli_reports_bad_config_without_traceback(capsys):
-    assert cli_main(["--preset", "cpu-tiny", "--set", "train.minibatch_prompts=5", "--out", "/nonexistent/x"]) == 2
-    err = capsys.readouterr().err
-    assert "train.minibatch_prompts" in err and "Traceback" not in err
-    assert cli_main(["--preset", "cpu-tiny", "--loss.beta-low", "1.5", "--print-config"]) == 2
-    err = capsys.readouterr().err
-    assert "beta_low" in err and "Traceback" not in err
-
-
-def test_cli_print_config(capsys):
-    printed = _cli_config(capsys, "--preset", "cpu-tiny", "--set", "loss.beta_high=0.07")
-    assert printed["loss"]["beta_high"] == 0.07 and printed["preset"] == "cpu-tiny"
-
-
-def test_cli_list_presets(capsys):
-    assert cli_main(["--list-presets"]) == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in PRESETS)
-
-
-def test_cli_resume_needs_a_saved_config(capsys, tmp_path):
-    assert cli_main(["--out", str(tmp_path), "--resume"]) == 2
-    assert "config.json" in capsys.readouterr().err
-    assert cli_main(["--resume"]) == 2
-    assert "--out" in capsys.readouterr().err
-
-
-def test_cli_resume_uses_the_saved_config(capsys, tmp_path):
-    saved = make_config("cpu-tiny", overrides=["train.steps=3", "loss.beta_low=0.2"])
-    (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))
-    d = _cli_config(capsys, "--out", str(tmp_path), "--resume", "--set", "train.steps=5")
-    assert d["train"]["steps"] == 5 and d["loss"]["beta_low"] == 0.2 and d["preset"] == "cpu-tiny"
-
-
-def test_cli_passes_overwrite_to_the_trainer(monkeypatch, tmp_path):
-    import ercref.lm.trainer as trainer
-
-    seen = {}
-
-    def fake_run(cfg, out, resume=False, overwrite=False):
-        seen.update(cfg=cfg, out=out, resume=resume, overwrite=overwrite)
-        return []
-
-    monkeypatch.setattr(trainer, "run", fake_run)
-    assert cli_main(["--preset", "cpu-tiny", "--out", str(tmp_path), "--overwrite"]) == 0
-    assert seen["overwrite"] is True and seen["resume"] is False and str(seen["out"]) == str(tmp_path)
-    assert isinstance(seen["cfg"], Config)
-
-
-def test_every_cpu_preset_validates():
-    for name in ("cpu-tiny", "cpu-smollm2"):
-        assert isinstance(validate_config(make_config(name)), Config)
-
-
-def test_validate_config_catches_attributes_set_after_construction():
-    cfg = make_config("cpu-tiny")
-    cfg.train.steps = 0
-    with pytest.raises(ValueError, match=r"train\.steps"):
-        validate_config(cfg)
+@pytest.mark.parametrize("section, kwargs, field", [
+    (DataConfig, {"seed": -1}, "data.seed"),
+    (DataConfig, {"num_eval": 0}, "data.num_eval"),
+    (DataConfig, {"task": "verl", "path": "x.jsonl", "eval_paths": {"a/b": "x.json"}}, "data.eval_paths.a/b"),
+    (DataConfig, {"eval_paths": {"aime": "x.json"}}, "data.eval_paths needs a real data.task"),
+])
+def test_sections_check_themselves_when_built_directly(section, kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        section(**kwargs)

