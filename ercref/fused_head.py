@@ -38,7 +38,34 @@ from ._checks import check_float, check_positive
 from .entropy import _chunked_logp_entropy, _tile_dlogits_, acc_dtype
 
 Tensor = torch.Tensor
-DEFAULT_TILE_ELEMENTS = 1 << 22
+# One (rows, V) fp32 logits tile per device type: on a CPU a tile that stays in cache; on a GPU
+# rows enough that each tile's matmuls are compute-bound (a 27-row tile re-reads a 151,936 x 1536
+# head for 27 tokens). The backward holds up to three such tiles.
+TILE_BYTES = {"cpu": 1 << 24, "cuda": 1 << 30}
+_DEFAULT_TILE_BYTES = 1 << 24
+
+
+def tile_rows(vocab_size: int, device_type: str = "cpu") -> int:
+    """Rows of one fused-head tile on ``device_type``: its fp32 byte budget // (4 V), at least 1."""
+    return max(1, TILE_BYTES.get(device_type, _DEFAULT_TILE_BYTES) // (4 * vocab_size))
+
+
+_MM_OUT_DTYPE: dict[str, bool] = {}
+
+
+def _mm_fp32_out(a: Tensor, b: Tensor) -> Tensor | None:
+    """a @ b for bf16 / fp16 a, b with fp32 accumulation *and* an fp32 result (torch.mm's out_dtype,
+    a CUDA kernel), or None where the device has no such kernel (then the caller upcasts)."""
+    dev = a.device.type
+    if _MM_OUT_DTYPE.get(dev) is False:
+        return None
+    try:
+        out = torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        _MM_OUT_DTYPE[dev] = False
+        return None
+    _MM_OUT_DTYPE[dev] = True
+    return out
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -123,8 +150,12 @@ class _FusedLogpEntropy(torch.autograd.Function):
                                     g_ent, None if g_ent is None else ent[sl]).to(hidden.dtype)
                 if need_h:
                     grad_h[sl] = dz @ weight  # dh = dz W
-                if need_w:
-                    grad_w.addmm_(dz.T.to(acc), h.to(acc))  # dW += dz^T h
+                if need_w:  # dW += dz^T h: in the matmul dtype with an fp32 result where the device can
+                    tile_w = _mm_fp32_out(dz.T, h) if dz.dtype in (torch.bfloat16, torch.float16) else None
+                    if tile_w is None:
+                        grad_w.addmm_(dz.T.to(acc), h.to(acc))
+                    else:
+                        grad_w.add_(tile_w)
         return grad_h, (grad_w.to(w_dtype) if need_w else None), None, None, None, None
 
 
@@ -134,6 +165,7 @@ def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, t
 
     logp is differentiable; entropy is detached unless ``entropy_grad=True`` (an entropy bonus),
     when it carries dH/dz = -p (log p + H) / tau back to hidden and weight.
+    ``chunk_rows`` (default ``tile_rows(V, device type)``): rows of logits computed at once.
     """
     check_float("hidden", hidden)
     check_float("weight", weight)
@@ -148,7 +180,7 @@ def fused_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, t
         raise ValueError(f"labels has shape {tuple(labels.shape)} but hidden has leading shape {tuple(hidden.shape[:-1])}")
     V = weight.shape[0]
     if chunk_rows is None:
-        chunk_rows = max(1, DEFAULT_TILE_ELEMENTS // V)
+        chunk_rows = tile_rows(V, hidden.device.type)
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     lab = labels.reshape(-1).long()

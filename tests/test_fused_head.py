@@ -224,3 +224,44 @@ def test_fused_head_autocast_equals_explicit_bf16_and_backward_inside_autocast()
     assert torch.equal(lp_mixed, lp_b)
     (lp_mixed * g_lp).sum().backward()
     assert h2.grad.dtype == torch.float32 and torch.equal(h2.grad, hb.grad.float())
+
+
+def test_tiles_are_sized_per_device_by_a_byte_budget():
+    from ercref.fused_head import tile_rows
+
+    V = 151_936   # Qwen2's vocabulary
+    assert tile_rows(V, "cpu") == (1 << 22) // V                      # a 16 MiB fp32 tile on a CPU
+    assert tile_rows(V, "cuda") >= 1024                               # compute-bound tiles on a GPU
+    assert tile_rows(V, "cuda") * V * 4 <= 1 << 30
+    assert tile_rows(10**9, "cpu") == 1
+
+
+def test_fp32_result_matmul_path_for_dw_matches_the_upcast_path(monkeypatch):
+    """Under bf16 autocast dW's tiles go through a bf16 matmul with an fp32 result where the device
+    has one (CUDA); emulated here with an fp32 product of the same bf16 operands, the gradient
+    equals the upcast path's."""
+    import ercref.fused_head as F
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40, 16, generator=g).requires_grad_()
+    weight = (torch.randn(50, 16, generator=g) * 0.3).requires_grad_()
+    labels = torch.randint(0, 50, (40,), generator=g)
+
+    def grads():
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = F.fused_logprobs_and_entropy(hidden, weight, labels, chunk_rows=7)
+        logp.sum().backward()
+        return weight.grad.clone()
+
+    upcast = grads()
+    calls = []
+
+    def fp32_out(a, b):
+        calls.append(a.dtype)
+        return a.float() @ b.float()
+
+    monkeypatch.setattr(F, "_mm_fp32_out", fp32_out)
+    fast = grads()
+    assert calls and all(d == torch.bfloat16 for d in calls)
+    torch.testing.assert_close(fast, upcast, rtol=1e-5, atol=1e-6)
