@@ -4,11 +4,10 @@ evaluation, checkpoint) runs under an emulated second device (tests/device_emula
 fails where CUDA would fail on a tensor left on the host."""
 import pytest
 import torch
+from device_emulation import DeviceMixError, HostTensorMode
 
 from ercref.lm.config import make_config
 from ercref.lm.trainer import Trainer
-
-from device_emulation import DeviceMixError, HostTensorMode
 
 SMALL = ["sft.steps=3", "sft.batch_size=8", "rollout.prompts_per_step=4", "rollout.group_size=4",
          "train.minibatch_prompts=2", "train.progress=false", "train.plot=false", "data.num_eval=4", "train.eval_k=2",
@@ -25,7 +24,7 @@ def test_the_emulation_catches_what_cuda_refuses():
         with pytest.raises(DeviceMixError, match="same device"):
             mask * rewards.unsqueeze(-1)
         assert mask[torch.arange(2)].shape == (2, 3)     # a host index into a device tensor is fine on CUDA
-        assert float((mask.sum() * torch.tensor(2.0))) == 48.0   # so is a 0-d host scalar
+        assert float(mask.sum() * torch.tensor(2.0)) == 48.0   # so is a 0-d host scalar
 
 
 @pytest.mark.parametrize("extra", [[], ["advantage.dynamic_sampling=true", "loss.kl_coef=0.1", "loss.erc_mask=random"]],
