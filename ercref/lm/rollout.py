@@ -34,6 +34,7 @@ compare the two: benchmarks/bench_step_breakdown.py).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import warnings
@@ -151,10 +152,11 @@ def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_le
     checkpointing = getattr(model, "is_activation_checkpointing", None)   # transformers >= 5.x name
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    checkpointing = checkpointing and torch.is_grad_enabled()
+    # gradient checkpointing in transformers turns the KV cache off in the update; the no-grad
+    # old-log-prob pass then runs full rows too, so both take one numerical path
     share = share_prompts and not checkpointing and _cache_kwarg(decoder) is not None
     groups = prompt_groups(sequences, attention_mask, P) if share else None
-    if groups is None:   # (gradient checkpointing in transformers turns the KV cache off)
+    if groups is None:
         out = decoder(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, P - 1 : -1]
     ids, am, inverse = groups
@@ -298,7 +300,7 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    with _autocast(device, autocast_dtype):
+    with autocast_context(device, autocast_dtype):
         if generator_fn is None:
             resp = generate_hf(model, tokenizer, ids, am, max_new_tokens, temperature, top_p, generation_batch_size,
                                max_tokens=max_tokens_per_generate)
@@ -333,7 +335,7 @@ def _old_logprobs(model, seq, full_am, P, temperature, rmask, max_tokens, fused_
     rlen = rmask.sum(-1)
     out_logp, out_ent = torch.zeros(rmask.shape, device=seq.device), torch.zeros(rmask.shape, device=seq.device)
     out_ref = torch.zeros(rmask.shape, device=seq.device) if ref_model is not None else None
-    with _autocast(seq.device, autocast_dtype):
+    with autocast_context(seq.device, autocast_dtype):
         for rows in token_budget_batches(full_am[:, :P].sum(-1), rlen, max_tokens):
             s, a, p, r = trim_rows(seq, full_am, P, rows, rlen)
             idx = rows.to(seq.device)
@@ -346,9 +348,8 @@ def _old_logprobs(model, seq, full_am, P, temperature, rmask, max_tokens, fused_
     return out_logp * rmask, out_ent * rmask, (out_ref * rmask if ref_model is not None else None)
 
 
-def _autocast(device, dtype):
-    import contextlib
-
+def autocast_context(device, dtype: torch.dtype | None):
+    """torch.autocast to ``dtype`` on ``device``'s type, or nothing for dtype None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

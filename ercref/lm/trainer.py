@@ -31,7 +31,6 @@ policy is also written with ``save_pretrained`` (safetensors) to ``<out>/policy`
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ercref import compute_policy_loss, dynamic_sampling_mask, group_advantages, metrics_to_floats
+from ercref import batch_counts, compute_policy_loss, dynamic_sampling_mask, group_advantages, metrics_to_floats
 
 from . import checkpoint as ckpt
 from .config import Config
@@ -54,7 +53,7 @@ from .hardware import check_hardware, resolve_device
 from .judge_pool import judge_pool
 from .metrics_log import RunLog
 from .models import load_model
-from .rollout import RolloutBatch, encode_prompts, eos_ids, response_logprobs, rollout
+from .rollout import RolloutBatch, autocast_context, encode_prompts, eos_ids, response_logprobs, rollout
 from .scoring import score_responses
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -332,7 +331,8 @@ class Trainer:
             if kept >= target or rounds >= a.max_gen_batches:
                 break
         batch = parts[0][0] if len(parts) == 1 else concat_rollouts([p[0] for p in parts], self.tok.pad_token_id)
-        rewards, correct, keep = (torch.cat([p[i] for p in parts]) for i in (1, 2, 3))
+        # every per-row tensor of the step on the policy's device, moved once
+        rewards, correct, keep = (torch.cat([p[i] for p in parts]).to(self.device) for i in (1, 2, 3))
         return batch, rewards, correct, keep, {"prompts": rounds * n_gen, "rounds": rounds}
 
     # ------------------------------------------------------------------ one training step
@@ -344,66 +344,52 @@ class Trainer:
         out = []
         for i in range(0, len(groups), mp):
             g = groups[i : i + mp]
-            out.append((g.unsqueeze(-1) * G + torch.arange(G)).flatten())
+            out.append((g.unsqueeze(-1) * G + torch.arange(G, device=g.device)).flatten())
         return out
 
-    def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on one minibatch, its gradient accumulated over micro-batches of at most
-        train.max_tokens_per_forward tokens (rows x width) and train.micro_batch_size rows
-        (ercref.lm.memory.token_budget_batches: rows sorted by length when split, each micro-batch cut to
-        its own width, for the forward and the loss). Exact: each micro-batch's loss is weighted by its share of the minibatch's normaliser,
-        response tokens for token-mean, sequences for the seq-mean modes, and the positive-NLL term
-        (a token mean over reward-1 responses) by its share of those tokens. Gradients are freed after
-        the step (they are not needed until the next one). Returns metrics as 0-d tensors (no host sync)."""
-        from ercref.auxiliary import positive_nll
+    def update_minibatch(self, mb: RolloutBatch, adv: torch.Tensor, rewards: torch.Tensor,
+                         staleness: int = 1) -> dict[str, torch.Tensor]:
+        """One optimizer step on one minibatch. Its gradient is accumulated over micro-batches of at
+        most train.max_tokens_per_forward tokens and train.micro_batch_size rows (ercref.lm.batching);
+        the objective weights each micro-batch by the minibatch's global counts (ercref.batch_counts),
+        so the summed gradient is that of one backward over the whole minibatch.
 
+        At staleness 0 the policy is still the rollout snapshot, so log pi_old and H(pi_old) are this
+        forward's own values (detached): the ratio and the entropy ratio are exactly 1 whatever the
+        dtype and kernels. ``logp/old_path_max_abs_diff`` logs how far the rollout pass's values were
+        from them (a numerical difference between two forwards of the same weights).
+        Gradients are freed after the step. Returns metrics as 0-d tensors (no host sync)."""
         from .batching import token_budget_batches, trim_rows
 
         dev, lc = self.device, self.cfg.loss
-        P, R = mb.prompt_len, mb.response_mask.shape[1]
+        P = mb.prompt_len
         rlen = mb.response_mask.sum(-1)
-        total_tok = rlen.sum()
-        seqs = (rlen > 0).sum()
-        positive = mb.response_mask & (rewards == 1).to(mb.response_mask.device).unsqueeze(-1)
-        total_pos = positive.sum()
+        counts = batch_counts(mb.response_mask, rewards)
         entropy_grad = lc.entropy_coef > 0   # the bonus differentiates H; otherwise H only builds the ERC mask
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         acc: dict[str, torch.Tensor] = {}
         max_diff = torch.zeros((), device=dev)
+        path_diff = torch.zeros((), device=dev)
         micro = token_budget_batches(mb.attention_mask[:, :P].sum(-1), rlen, self.cfg.train.max_tokens_per_forward,
                                      self.cfg.train.micro_batch_size)
-        # the loss runs on each micro-batch's own response width; seq-mean-token-sum-norm's default
-        # normaliser is the minibatch's response width R, so it is passed explicitly
-        cfg_r = lc
-        if lc.agg_mode == "seq-mean-token-sum-norm" and lc.agg_norm is None:
-            cfg_r = dataclasses.replace(lc, agg_norm=float(R))
         for rows in micro:
             s, a, p, r = trim_rows(mb.sequences, mb.attention_mask, P, rows, rlen)
-            idx = rows.to(mb.response_mask.device)
-            rmask = mb.response_mask[idx].to(dev)
-            with _autocast(dev, self.autocast):
-                logp, ent = response_logprobs(self.model, s.to(dev), a.to(dev), p, self.cfg.rollout.temperature,
+            idx = rows.to(dev)
+            with autocast_context(dev, self.autocast):
+                logp, ent = response_logprobs(self.model, s, a, p, self.cfg.rollout.temperature,
                                               self.cfg.model.fused_head, entropy_grad=entropy_grad)
             logp, ent = logp.float(), ent.float()
-            rmask = rmask[:, :r]                 # columns past r are padding in every row of this micro-batch
-            old = mb.old_logp[idx, :r].to(dev)
-            ref = mb.ref_logp[idx, :r].to(dev) if mb.ref_logp is not None else None
-            rew = rewards[idx].to(dev)
-            loss, m = compute_policy_loss(cfg_r, logp, old, adv[idx].to(dev), rmask, entropy=ent,
-                                          old_entropy=mb.old_entropy[idx, :r].to(dev), rewards=rew, ref_logp=ref)
-            w_tok = (rlen[idx].sum() / total_tok).to(dev)
-            if len(micro) == 1:
-                w_loss = w_tok                     # 1: one forward, as without micro-batching
-            elif lc.agg_mode == "token-mean":
-                w_loss = w_tok
-            else:                                  # seq-mean modes: a mean over sequences
-                w_loss = ((rlen[idx] > 0).sum() / seqs).to(dev)
-            total = loss * w_loss
-            if lc.nll_coef > 0 and len(micro) > 1:  # the NLL term is a token mean over reward-1 responses
-                w_pos = (positive[idx].sum() / total_pos.clamp(min=1)).to(dev)
-                total = total + lc.nll_coef * (w_pos - w_loss) * positive_nll(logp, rmask, rew)
-            total.backward()
+            rmask = mb.response_mask[idx, :r]    # columns past r are padding in every row of this micro-batch
+            old, old_ent = mb.old_logp[idx, :r], mb.old_entropy[idx, :r]
+            if staleness == 0:
+                path_diff = torch.maximum(path_diff, ((logp.detach() - old).abs() * rmask).max())
+                old, old_ent = logp.detach(), ent.detach()
+            ref = mb.ref_logp[idx, :r] if mb.ref_logp is not None else None
+            loss, m = compute_policy_loss(lc, logp, old, adv[idx], rmask, entropy=ent, old_entropy=old_ent,
+                                          rewards=rewards[idx], ref_logp=ref, counts=counts)
+            loss.backward()
+            w_tok = rlen[idx].sum() / counts.tokens   # metrics: token-weighted means over micro-batches
             for k, v in m.items():
                 acc[k] = acc.get(k, 0.0) + w_tok * v
             max_diff = torch.maximum(max_diff, ((logp.detach() - old).abs() * rmask).max())
@@ -422,8 +408,10 @@ class Trainer:
         self.model.eval()
         acc["grad/norm"] = gnorm.detach()
         acc["logp/max_abs_diff_old"] = max_diff
+        if staleness == 0:
+            acc["logp/old_path_max_abs_diff"] = path_diff
         acc["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
-        acc["tokens"] = total_tok
+        acc["tokens"] = counts.tokens
         acc["batch/micro_batches"] = torch.tensor(float(len(micro)))
         return acc
 
@@ -439,7 +427,7 @@ class Trainer:
         for k, idx in enumerate(self.minibatches(keep)):
             mb = batch.select(idx)
             self._emit("on_minibatch_start", mb, adv[idx], k)
-            m = self.update_minibatch(mb, adv[idx], rewards[idx])
+            m = self.update_minibatch(mb, adv[idx], rewards[idx], staleness=k)
             mb_metrics.append(m)
             self._emit("on_minibatch", {"kind": "minibatch", "step": step, "staleness": k, **m})
         if self.vllm is not None and mb_metrics:
@@ -466,7 +454,8 @@ class Trainer:
         if mb_metrics:  # means over minibatches; entropy/old_mean above is over the whole batch
             for key in mb_metrics[0]:
                 if key not in ("tokens", "entropy/old_mean"):
-                    out[key] = sum(m[key] for m in mb_metrics) / len(mb_metrics)
+                    vals = [m[key] for m in mb_metrics if key in m]   # (staleness-0 metrics: the first only)
+                    out[key] = sum(vals) / len(vals)
             out["lr"] = mb_metrics[-1]["lr"]
         # the one host sync of the step: every minibatch record and the step record at once
         flat = metrics_to_floats({(j, k): v for j, m in enumerate(mb_metrics + [out]) for k, v in m.items() if k not in ("kind", "step")})
@@ -658,12 +647,6 @@ def distinct_fraction(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = torch.rand(tokens.shape[1], generator=gen, dtype=torch.float64).to(tokens.device)
     h = (((tokens.double() + 1) * mask) * w).sum(-1).sort().values
     return (1 + (h[1:] != h[:-1]).sum()).double() / max(h.numel(), 1)
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
