@@ -44,7 +44,10 @@ class RunLog:
             if rec.get("step", -1) <= step:
                 keep.append(line)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        with open(tmp, "w") as fh:  # durable before the rename: a crash leaves the old log or the new one
+            fh.write("".join(line + "\n" for line in keep))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
