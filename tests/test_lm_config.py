@@ -260,6 +260,9 @@ def test_preset_is_not_an_override(tmp_path):
     f.write_text(json.dumps({"preset": "cpu-smollm2", "train": {"steps": 3}}))
     cfg = make_config(config_file=f)                   # a file names where it starts
     assert cfg.preset == "cpu-smollm2" and cfg.model.name == "smollm2-135m-instruct" and cfg.train.steps == 3
+    assert make_config("cpu-smollm2", f) == cfg
+    with pytest.raises(ValueError, match="starts from preset 'cpu-smollm2', but preset 'cpu-tiny' was given"):
+        make_config("cpu-tiny", f)
 
 
 @pytest.mark.parametrize("content, match", [

@@ -316,7 +316,11 @@ def make_config(preset: str | None = None, config_file: str | os.PathLike | None
     ``validate`` is accepted and has no effect: every Config is validated when it is built, and the
     machine when a run starts (ercref.lm.hardware.check_hardware)."""
     file = load_config_file(config_file) if config_file else {}
-    preset = preset or typed(f"config file {str(config_file)!r}: preset", str | None, file.pop("preset", None)) or ""
+    file_preset = typed(f"config file {str(config_file)!r}: preset", str | None, file.pop("preset", None))
+    if preset and file_preset and file_preset != preset:
+        raise ValueError(f"config file {str(config_file)!r} starts from preset {file_preset!r}, but preset {preset!r} "
+                         "was given: give one")
+    preset = preset or file_preset or ""
     if preset not in PRESETS and preset:
         raise ValueError(f"unknown preset {preset!r}; presets: {sorted(PRESETS)}")
     items = flatten(Config, file) + override_items(overrides)
