@@ -352,8 +352,10 @@ def test_expected_checkpoint_bytes_match_a_real_trainer_checkpoint(tmp_path, cfg
     for est in (ckpt.state_bytes(state), planned):
         assert size <= est <= 1.05 * size, (size, est)
     assert ckpt.peak_checkpoint_disk_bytes(planned, keep_last=2) == 3 * planned
-    with pytest.raises(ValueError, match="params must be a positive int"):
-        ckpt.expected_checkpoint_bytes(0, 4, 1)
+    assert 0 < planned - ckpt.expected_checkpoint_bytes(sum(p.numel() for p in params), 4) < 3 * 1024 * len(params)
+    for bad in ((0, 4, 1), (10, True, 1), (10, 4, -1), (10.0, 4, 1)):
+        with pytest.raises(ValueError, match=r"expected_checkpoint_bytes: \w+ must be an int >= [01], got"):
+            ckpt.expected_checkpoint_bytes(*bad)
 
 
 def test_state_bytes_counts_shared_storage_once():

@@ -151,15 +151,16 @@ def state_bytes(state) -> int:
     return sum(storages.values()) + PER_STORAGE_BYTES * len(storages) + FIXED_BYTES
 
 
-def expected_checkpoint_bytes(params: int, dtype_bytes: int, tensors: int, reference_model: bool = False) -> int:
-    """Bytes of one Trainer checkpoint of a model with ``params`` parameters in ``tensors`` tensors,
-    stored with ``dtype_bytes`` bytes each (4 fp32, 2 bf16), trained with torch's AdamW: the weights
+def expected_checkpoint_bytes(params: int, dtype_bytes: int, tensors: int = 0, reference_model: bool = False) -> int:
+    """Bytes of one Trainer checkpoint of a model with ``params`` parameters in ``tensors`` tensors
+    (0: not known; each adds under 3 KiB), stored with ``dtype_bytes`` bytes each (4 fp32, 2 bf16),
+    trained with torch's AdamW: the weights
     (P), AdamW's two moments (2P: torch keeps them in the parameter dtype) and its per-tensor fp32
     step count, the frozen reference model (P, with loss.kl_coef > 0), the RNG states and the
     config. The same estimate ``state_bytes`` makes from a real state (within FIXED_BYTES)."""
-    for name, v in (("params", params), ("dtype_bytes", dtype_bytes), ("tensors", tensors)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"expected_checkpoint_bytes: {name} must be a positive int, got {v!r}")
+    for name, v, low in (("params", params, 1), ("dtype_bytes", dtype_bytes, 1), ("tensors", tensors, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"expected_checkpoint_bytes: {name} must be an int >= {low}, got {v!r}")
     copies = 4 if reference_model else 3                          # weights, two moments (+ reference)
     storages = tensors * (copies + 1) + 3                         # + AdamW step counts; + 3 RNG states
     rng = 5056 + 625 * 8 + 624 * 8                                # torch, Python, NumPy generators
