@@ -4,6 +4,7 @@ and gradients as one batch, in the original row order), and the paper preset's c
 budgets (a spy on every generate / forward call)."""
 import types
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -53,6 +54,42 @@ def test_token_budget_batches_bad_input():
     with pytest.raises(ValueError, match="one entry per row"):
         B.token_budget_batches([1, 2], [1], 10)
     assert B.token_budget_batches([], [], 10) == []
+    for bad in (True, 2.5, float("nan"), float("inf"), "64", None):
+        with pytest.raises(ValueError, match=r"^max_tokens must be an int >= 0"):
+            B.token_budget_batches([1], [1], bad)
+        with pytest.raises(ValueError, match=r"^max_rows must be an int >= 0"):
+            B.token_budget_batches([1], [1], 10, bad)
+    with pytest.raises(ValueError, match=r"^prompt_lens must hold integer token counts >= 0.*got -3"):
+        B.token_budget_batches([2, -3], [1, 1], 10)
+    with pytest.raises(ValueError, match=r"^resp_lens must hold integer token counts.*float32"):
+        B.token_budget_batches([2, 3], torch.tensor([1.0, float("nan")]), 10)
+    with pytest.raises(ValueError, match=r"^prompt_lens must hold integer token counts.*torch.bool"):
+        B.token_budget_batches(torch.tensor([True, False]), [1, 1], 10)
+    got = B.token_budget_batches(np.array([3, 4]), np.array([2, 2]), np.int64(6))   # numpy integers are counts
+    assert [b.tolist() for b in got] == [[1], [0]]
+
+
+_any_number = st.one_of(st.integers(-10, 400), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 60)), max_size=12), _any_number, _any_number)
+def test_property_budgets_are_refused_naming_them_or_cover_every_row(lens, max_tokens, max_rows):
+    """Whatever the budget arguments: a ValueError naming the first bad one (ints >= 0 only; bools,
+    floats, None refused), or micro-batches covering every row once within the budget."""
+    p, r = [a for a, _ in lens], [b for _, b in lens]
+    def ok(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not ok(max_tokens) or not ok(max_rows):
+        with pytest.raises(ValueError, match="^max_tokens" if not ok(max_tokens) else "^max_rows"):
+            B.token_budget_batches(p, r, max_tokens, max_rows)
+        return
+    batches = B.token_budget_batches(p, r, max_tokens, max_rows)
+    assert sorted(torch.cat(batches).tolist() if batches else []) == list(range(len(lens)))
+    for b in batches:
+        cost = len(b) * (max(p[i] for i in b.tolist()) + max(r[i] for i in b.tolist()))
+        assert len(b) == 1 or not max_tokens or cost <= max_tokens
+        assert not max_rows or len(b) <= max_rows
 
 
 def test_trim_rows_keeps_every_real_token():
@@ -67,6 +104,11 @@ def test_trim_rows_keeps_every_real_token():
     assert a.tolist() == [[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]]
     s, a, p, r = B.trim_rows(seq, am, 5, torch.tensor([2]), rlen)
     assert (p, r) == (5, 1) and s.tolist() == [[5, 6, 7, 8, 9, 1]]
+    for bad in (-1, 10, True, 2.0):
+        with pytest.raises(ValueError, match=r"^prompt_len must be an int in \[0, 9\]"):
+            B.trim_rows(seq, am, bad, torch.tensor([0]), rlen)
+    with pytest.raises(ValueError, match="at least one row"):
+        B.trim_rows(seq, am, 5, torch.tensor([], dtype=torch.long), rlen)
 
 
 # ============================================================================= rollout passes

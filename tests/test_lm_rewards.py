@@ -241,3 +241,69 @@ def test_property_any_response_is_judged_within_its_budget_and_never_raises(expr
     ok, stats = judge_pool(2).judge([f"{noise} \\boxed{{{expr}}}", noise], [expr, "1"], timeout_s=budget)
     assert all(isinstance(o, bool) for o in ok) and stats.judged == 2
     assert stats.seconds < 2 * (1.25 * budget + 0.1) + 20.0
+
+
+# ----------------------------------------------------------------------------- long and grouped numbers
+BIG = "7" * 5000          # longer than Python's int-string limit (4,300 digits)
+MINUS = "\u2212"
+
+
+@pytest.mark.parametrize("response, answer, ok", [
+    (f"\\boxed{{{BIG}}}", BIG, True),
+    (f"\\boxed{{{MINUS}{BIG}}}", f"-{BIG}", True),
+    (f"The answer is \\boxed{{-{BIG}}}", f"{MINUS}{BIG}", True),
+    (f"\\boxed{{{BIG[:-1]}8}}", BIG, False),              # one digit off
+    (f"\\boxed{{{BIG}}}", f"-{BIG}", False),               # the sign matters
+    ("\\boxed{1,000}", "1000", True),
+    ("\\boxed{1000}", "1,000", True),
+    ("So the total is 1,000,000.", "1000000", True),
+    (f"\\boxed{{{MINUS}1,000}}", "-1000", True),
+    ("\\boxed{[1,100]}", "1100", False),                   # an interval, not a grouped number
+    ("\\boxed{1,001}", "1000", False),
+])
+def test_math_judge_reads_long_numbers_and_thousands_separators(response, answer, ok):
+    got, stats = judge_pool(2).judge([response], [answer], timeout_s=30.0)
+    assert got == [ok] and stats.timeouts == 0 and stats.errors == 0
+
+
+@pytest.mark.parametrize("response, answer, ok", [
+    (BIG, BIG, True), (f"{MINUS}{BIG}", f"-{BIG}", True), (f"-{BIG}", f"{MINUS}{BIG}", True), (BIG, f"-{BIG}", False),
+    ("1,000", "1000", True), ("1000", "1,000", True), ("-12,345.5", "-12345.5", True), (f"{MINUS}1,000.", "-1000", True),
+    ("1,000,000\nbecause", "1000000", True),
+    ("1,00", "100", False), ("1,2345", "12345", False), ("1,000", "1", False), ("12,34,567", "1234567", False),
+])
+def test_exact_judge_reads_long_numbers_and_thousands_separators(response, answer, ok):
+    assert exact_judge(response, answer) is ok
+
+
+def test_a_missing_response_or_answer_is_an_error_not_a_wrong_answer():
+    for judge in (exact_judge, choice_judge, math_judge):
+        with pytest.raises(TypeError, match=r"^response must be a str, got NoneType"):
+            judge(None, "8")
+        with pytest.raises(TypeError, match=r"^answer must be a str, got NoneType"):
+            judge("8", None)
+    cfg = RewardConfig(judge="exact", scheme="binary")
+    with pytest.raises(TypeError, match=r"^responses\[1\] must be a str"):
+        score_responses(["8", None], ["8", "8"], cfg)
+    with pytest.raises(TypeError, match=r"^answers\[0\] must be a str, got int 8"):
+        score_responses(["8"], [8], RewardConfig(judge="math", scheme="binary"))
+    with pytest.raises(TypeError, match=r"^responses\[0\]"):
+        judge_pool(2).judge([None], ["1"])
+
+
+@pytest.mark.parametrize("timeout_s", [float("inf"), -float("inf"), float("nan"), 0, -1.0, True, False, 1e300, "2"])
+def test_judge_time_budget_must_be_a_finite_number_of_seconds(timeout_s):
+    """inf (would overflow the worker's timer and the queue wait), a bool (True is not 1 s), and
+    anything else outside (0, MAX_TIMEOUT_S] are refused before any worker is used."""
+    with pytest.raises(ValueError, match=r"^timeout_s must be a finite number of seconds in \(0, 86400\]"):
+        judge_pool(2).judge(["\\boxed{1}"], ["1"], timeout_s=timeout_s)
+    with pytest.raises(ValueError, match=r"^timeout_s"):
+        math_judge("\\boxed{1}", "1", timeout_s=timeout_s)
+
+
+def test_judge_max_chars_must_be_a_positive_int():
+    for bad in (True, 0, 2.5, None):
+        with pytest.raises(ValueError, match=r"^max_chars must be an int >= 1"):
+            judge_pool(2).judge(["\\boxed{1}"], ["1"], max_chars=bad)
+    ok, stats = judge_pool(2).judge(["\\boxed{1}"], ["1"], timeout_s=JP.MAX_TIMEOUT_S, max_chars=9)
+    assert ok == [True] and stats.truncated == 0

@@ -2,6 +2,7 @@
 suggested budgets, refused nonsense arguments, the step and evaluation time estimates, and (slow)
 its estimate against measured peak RSS."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ercref.lm import memory as M
-from ercref.lm.config import make_config
+from ercref.lm.config import longest_rows, make_config
 from ercref.lm.models import build_tiny_model
 from ercref.lm.trainer import Trainer
 
@@ -131,6 +134,161 @@ def test_step_time_estimate_follows_its_assumptions():
     v = M.estimate_step_seconds(_paper("rollout.backend=vllm"), tflops=400)
     assert v.seconds["generate"] < a.seconds["generate"]                # HF decodes call after call
     assert a.flops["update"] == pytest.approx(a.flops["old log-probs"] * 4 / 2)   # 4 passes (checkpointing), half the rows
+
+
+# ============================================================================= evaluation time
+def test_evaluations_per_run_follow_the_trainers_schedule():
+    """Before training (eval_before_training), every eval_every steps, and after the last step
+    unless the last is already one of them."""
+    for steps, every, before, n in [(1000, 10, False, 100), (200, 25, False, 8), (20, 0, True, 2), (20, 0, False, 1),
+                                    (21, 10, True, 4), (20, 10, True, 3)]:
+        cfg = make_config("cpu-tiny", overrides=[f"train.steps={steps}", f"train.eval_every={every}",
+                                                 f"train.eval_before_training={str(before).lower()}"])
+        assert M.evaluations_per_run(cfg) == n, (steps, every, before)
+
+
+def test_eval_time_estimate_decodes_every_eval_response():
+    """HF: ceil(eval rows / rows per call) calls of eval_max_new_tokens decode steps each; vLLM
+    keeps rows in flight and is faster; twice the prompts cost about twice the time (HF: twice the
+    calls); the run's total is steps x step + evaluations x evaluation, and the plan's table shows it."""
+    cfg = _paper()                                            # 60 AIME prompts x 32 samples x 32K tokens, HF
+    e = M.estimate_eval_seconds(cfg, eval_prompts=60)
+    width = 256 + 32768
+    rows = cfg.rollout.max_tokens_per_generate // width
+    assert e.assumptions["eval_rows"] == 60 * 32 and e.assumptions["rows_in_flight"] == rows
+    assert e.assumptions["decode_steps"] == math.ceil(60 * 32 / rows) * 32768
+    assert e.seconds > e.assumptions["decode_steps"] * 0.03 and e.evaluations == 100
+    e2 = M.estimate_eval_seconds(cfg, eval_prompts=120)
+    assert e2.assumptions["decode_steps"] == math.ceil(120 * 32 / rows) * 32768 and e2.seconds > 1.9 * e.seconds
+    v = M.estimate_eval_seconds(cfg, eval_prompts=60, backend="vllm")
+    assert v.seconds < e.seconds / 5
+    short = M.estimate_eval_seconds(_paper("train.eval_max_new_tokens=8192"), eval_prompts=60)
+    assert short.assumptions["max_new_tokens"] == 8192 and short.seconds < e.seconds / 2
+    assert M.estimate_eval_seconds(cfg, eval_prompts=0).seconds == 0.0
+    run = M.estimate_run_seconds(cfg, eval_prompts=60, tflops=500)
+    step = M.estimate_step_seconds(cfg, tflops=500)
+    assert run.step.total == pytest.approx(step.total)
+    assert run.total == pytest.approx(1000 * step.total + 100 * M.estimate_eval_seconds(cfg, 500, eval_prompts=60).seconds)
+    assert "100 evaluations" in run.text() and "1000 steps" in run.text()
+    table = M.plan_memory(cfg, device_bytes=M.DEVICE_BYTES["H200 141GB"], eval_prompts=60).table(time=run)
+    assert "one evaluation" in table and "evaluation (100 evaluations)" in table and "run total" in table
+    hours = float(table.splitlines()[-1].split()[-1])
+    assert hours == pytest.approx(run.total / 3600, abs=0.006)
+
+
+# ============================================================================= nonsense arguments
+_BAD_REAL = [-1.0, 0.0, float("nan"), float("inf"), -float("inf"), True, False, "400", None]
+_BAD_COUNT = [-1, 0, 2.5, float("nan"), float("inf"), True, False, "64"]
+_GOOD_DEVICE = M.DEVICE_BYTES["H100 80GB"]
+
+
+def _planner_calls():
+    """(function, argument name, kwargs that are valid except that argument) for each numeric argument."""
+    cfg = _paper()
+    time_kw = {"tflops", "bandwidth_gbs", "response_fill", "decode_overhead_s", "prompt_tokens", "device_bytes"}
+    calls = []
+    for fn in (M.estimate_step_seconds, M.estimate_eval_seconds, M.estimate_run_seconds):
+        for arg in sorted(time_kw):
+            calls.append((fn, arg))
+    calls += [(M.estimate_eval_seconds, "eval_prompts"), (M.estimate_run_seconds, "eval_prompts")]
+    calls += [(M.plan_memory, a) for a in ("device_bytes", "eval_prompts", "prompt_tokens", "eval_prompt_tokens")]
+    calls += [(M.suggest_budgets, a) for a in ("device_bytes", "step")]
+    return cfg, calls
+
+
+def _is_valid(fn, arg, value) -> bool:
+    """The documented valid range of each argument."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if value is None:
+        return fn is not M.suggest_budgets and arg not in ("tflops", "bandwidth_gbs", "response_fill")
+    if arg in ("tflops", "bandwidth_gbs", "prompt_tokens") and fn is not M.plan_memory:
+        return real and value > 0
+    if arg == "response_fill":
+        return real and 0 < value <= 1
+    if arg == "decode_overhead_s":
+        return real and value >= 0
+    if arg == "eval_prompts":
+        return integer and value >= 0
+    return integer and value >= 1
+
+
+def _call(fn, cfg, arg, value):
+    if fn is M.suggest_budgets:
+        kw = {"device_bytes": _GOOD_DEVICE, "step": 1024, "eval_prompts": 60}
+        kw[arg] = value
+        return fn(cfg, kw.pop("device_bytes"), **kw)
+    kw = {"device_bytes": _GOOD_DEVICE} if fn is M.plan_memory else {}
+    kw[arg] = value
+    return fn(cfg, **kw)
+
+
+@pytest.mark.parametrize("bad", _BAD_REAL + _BAD_COUNT, ids=repr)
+def test_every_numeric_argument_refuses_nonsense_naming_it(bad):
+    cfg, calls = _planner_calls()
+    for fn, arg in calls:
+        if _is_valid(fn, arg, bad):
+            continue
+        with pytest.raises(ValueError, match=rf"^{arg} must be "):
+            _call(fn, cfg, arg, bad)
+
+
+_numbers = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                     st.none())
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(pick=st.integers(0, 10**6), value=_numbers)
+def test_property_numeric_arguments_are_refused_or_give_a_finite_non_negative_answer(pick, value):
+    """Any number (or bool, None) for any numeric argument of the planner: a ValueError naming that
+    argument when it is outside its documented range, else an answer with no negative byte count,
+    no negative or non-finite time."""
+    cfg, calls = _planner_calls()
+    calls = [c for c in calls if c[0] is not M.suggest_budgets]   # its binary search is slow; covered above
+    fn, arg = calls[pick % len(calls)]
+    assume(not (fn is M.plan_memory and arg == "device_bytes" and value is None))   # detects this machine
+    if not _is_valid(fn, arg, value):
+        with pytest.raises(ValueError, match=rf"^{arg} must be "):
+            _call(fn, cfg, arg, value)
+        return
+    out = _call(fn, cfg, arg, value)
+    if isinstance(out, M.MemoryPlan):
+        assert all(b >= 0 for _, b, _ in out.rows) and out.total_bytes > 0 and out.device_bytes >= 1
+    else:
+        total = out.total
+        assert math.isfinite(total) and total >= 0
+
+
+def test_model_shape_refuses_nonsense_naming_the_field():
+    with pytest.raises(ValueError, match=r"hidden must be an int >= 1, got -8"):
+        M.ModelShape(layers=2, hidden=-8, intermediate=4, heads=2, kv_heads=2, head_dim=4, vocab=10, tied_embeddings=True)
+    with pytest.raises(ValueError, match=r"layers must be an int >= 1, got True"):
+        M.ModelShape(layers=True, hidden=8, intermediate=4, heads=2, kv_heads=2, head_dim=4, vocab=10,
+                     tied_embeddings=True)
+    with pytest.raises(ValueError, match=r"my.json.*hidden_size must be an int >= 1, got 1.5"):
+        M.ModelShape.from_hf_config({"hidden_size": 1.5, "num_attention_heads": 2, "num_hidden_layers": 2,
+                                     "vocab_size": 10}, source="my.json")
+    with pytest.raises(ValueError, match=r"vocab must be an int >= 1, got '10'"):
+        M.ModelShape.from_hf_config({"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 2,
+                                     "vocab_size": "10"})
+    with pytest.raises(ValueError, match="shape must be a ModelShape"):
+        M.plan_memory(_paper(), device_bytes=_GOOD_DEVICE, shape={"layers": 2})
+
+
+def test_suggest_budgets_starts_from_the_configs_longest_row():
+    """The smallest budget suggest_budgets tries is the config's own rule (config.longest_rows): on a
+    device too small for it the error names the budget and that many tokens."""
+    cfg = _paper()
+    longest = longest_rows(cfg)
+    assert longest["rollout.max_tokens_per_generate"] != longest["train.max_tokens_per_forward"]   # eval rows are longer
+    names = set()
+    for device_gib in (20, 30, 40):
+        with pytest.raises(ValueError, match="even one longest row") as err:
+            M.suggest_budgets(cfg, device_gib * M.GiB, eval_prompts=60)
+        name = str(err.value).split(":")[0]
+        assert f"even one longest row ({longest[name]} tokens)" in str(err.value)
+        names.add(name)
+    assert "rollout.max_tokens_per_generate" in names and len(names) >= 2
 
 
 # ============================================================================= measured on CPU (slow)

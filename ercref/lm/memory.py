@@ -2,7 +2,7 @@
 that cannot fit the device refused, naming the setting to change), and its time. It only plans:
 the micro-batches it counts are ercref.lm.batching's.
 
-Planner:
+Use:
 
     plan = plan_memory(cfg)                 # device detected; or device_bytes=80 * 2**30, device_name=...
     print(plan.table())                     # component -> GiB, peak of each phase, total vs capacity
@@ -10,6 +10,12 @@ Planner:
     plan.check()                            # ValueError naming the setting to change when it does not fit
     suggest_budgets(cfg, device_bytes)      # the largest token budgets the planner says fit
     estimate_step_seconds(cfg, tflops=400)  # rough time of one training step (documented assumptions)
+    estimate_eval_seconds(cfg, eval_prompts=60)   # one evaluation, and how many a run makes
+    t = estimate_run_seconds(cfg, eval_prompts=60)  # both: t.total, t.text(); plan.table(time=t)
+
+Every argument is checked first: a bool, NaN, an infinity, zero or a negative number where a count,
+a size in bytes, a throughput or a fraction is expected is a ValueError naming the argument and
+its valid range.
 
 What it counts (bytes; P parameters, in the model's dtype):
   persistent    weights P, AdamW's two states 2P (torch keeps them in the parameter dtype), the
@@ -53,13 +59,17 @@ CUDA_RESERVE_BYTES leave room for them).
 """
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ercref.fused_head import tile_rows
 
 Tensor = torch.Tensor
 GiB = 2 ** 30
@@ -77,6 +87,30 @@ CPU_RESERVE_BYTES = int(0.37 * GiB)   # the Python / torch / transformers runtim
 FIT_MARGIN = 0.05                      # refuse above 95 % of the capacity (fragmentation)
 
 
+# ============================================================================= arguments
+def _int_arg(name: str, value, low: int, what: str = "", none_ok: bool = False):
+    """``value`` as an int >= low (None passes when ``none_ok``); ValueError naming the argument."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{what}{' or None' if none_ok else ''}, got {value!r}")
+    return int(value)
+
+
+def _real_arg(name: str, value, low: float = 0.0, high: float = math.inf, what: str = "", low_open: bool = True,
+              none_ok: bool = False):
+    """``value`` as a finite float in (low, high] ([low, high] when not ``low_open``; None passes when
+    ``none_ok``); ValueError naming the argument. Booleans are not numbers here."""
+    if value is None and none_ok:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        span = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+        raise ValueError(f"{name} must be a finite number {span}{what}{' or None' if none_ok else ''}, got {value!r}")
+    return float(value)
+
+
 # ============================================================================= model shapes
 @dataclass(frozen=True)
 class ModelShape:
@@ -92,6 +126,13 @@ class ModelShape:
     qkv_bias: bool = False
     params: int = 0                     # exact count when known; 0: computed from the shape
     source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "params"):
+            v = getattr(self, name)
+            low = 0 if name == "params" else 1
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"model shape ({self.source or 'ModelShape'}): {name} must be an int >= {low}, got {v!r}")
 
     @property
     def n_params(self) -> int:
@@ -114,17 +155,17 @@ class ModelShape:
     def from_hf_config(cls, config: Any, params: int = 0, source: str = "") -> ModelShape:
         """From a transformers PretrainedConfig (or any object / dict with its field names)."""
         get = (lambda k, d=None: config.get(k, d)) if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-        h, heads = get("hidden_size"), get("num_attention_heads")
-        if not h or not heads or not get("num_hidden_layers") or not get("vocab_size"):
+        if not all(get(k) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")):
             raise ValueError("the model config lacks hidden_size / num_attention_heads / num_hidden_layers / "
                              "vocab_size: the memory planner knows decoder-only transformers only")
         model_type = get("model_type", "")
-        return cls(layers=int(get("num_hidden_layers")), hidden=int(h),
-                   intermediate=int(get("intermediate_size") or 4 * h), heads=int(heads),
-                   kv_heads=int(get("num_key_value_heads") or heads), head_dim=int(get("head_dim") or h // heads),
-                   vocab=int(get("vocab_size")), tied_embeddings=bool(get("tie_word_embeddings", False)),
-                   qkv_bias=bool(get("attention_bias", False)) or model_type == "qwen2",
-                   params=params, source=source or f"config of {get('_name_or_path', '') or model_type or 'a model'}")
+        source = source or f"config of {get('_name_or_path', '') or model_type or 'a model'}"
+        h = _int_arg(f"model shape ({source}): hidden_size", get("hidden_size"), 1)
+        heads = _int_arg(f"model shape ({source}): num_attention_heads", get("num_attention_heads"), 1)
+        return cls(layers=get("num_hidden_layers"), hidden=h, intermediate=get("intermediate_size") or 4 * h,
+                   heads=heads, kv_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim") or h // heads,
+                   vocab=get("vocab_size"), tied_embeddings=bool(get("tie_word_embeddings", False)),
+                   qkv_bias=bool(get("attention_bias", False)) or model_type == "qwen2", params=params, source=source)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModelShape:
@@ -231,7 +272,9 @@ class MemoryPlan:
     def fits(self) -> bool:
         return self.total_bytes <= self.usable_bytes
 
-    def table(self) -> str:
+    def table(self, time: RunTime | None = None) -> str:
+        """Component -> GiB, the peak of each phase, the total against the device; with ``time``
+        (estimate_run_seconds) also the time of a step, of an evaluation and of the whole run."""
         w = max(len(c) for c, _, _ in self.rows) + 2
         lines = [f"memory plan{' for ' + self.label if self.label else ''}: {self.device_name}, "
                  f"{self.device_bytes / GiB:.1f} GiB",
@@ -245,6 +288,8 @@ class MemoryPlan:
                      f"{self.device_bytes / GiB:.1f} GiB: {verdict}")
         if not self.fits:
             lines.append("  " + self.message())
+        if time is not None:
+            lines.append(time.table())
         return "\n".join(lines)
 
     def message(self) -> str:
@@ -300,7 +345,16 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
     otherwise model_shape(cfg.model.name). eval_prompts: prompts per evaluation (None: data.num_eval).
     prompt_tokens / eval_prompt_tokens: the longest (chat-templated) training / eval prompt in tokens
     (None: data.max_prompt_tokens, the longest possible; the Trainer passes the measured ones).
+    ValueError naming the argument for anything else (a bool, a float, zero or a negative count).
     """
+    device_bytes = _int_arg("device_bytes", device_bytes, 1, " (the device's bytes)", none_ok=True)
+    eval_prompts = _int_arg("eval_prompts", eval_prompts, 0, " (prompts per evaluation)", none_ok=True)
+    prompt_tokens = _int_arg("prompt_tokens", prompt_tokens, 1, " (tokens)", none_ok=True)
+    eval_prompt_tokens = _int_arg("eval_prompt_tokens", eval_prompt_tokens, 1, " (tokens)", none_ok=True)
+    if device_name is not None and not isinstance(device_name, str):
+        raise ValueError(f"device_name must be a str or None, got {device_name!r}")
+    if shape is not None and not isinstance(shape, ModelShape):
+        raise ValueError(f"shape must be a ModelShape or None, got {type(shape).__name__}")
     s = shape or (ModelShape.from_model(model) if model is not None else model_shape(cfg.model.name))
     dev = cfg.train.device
     if dev == "auto":
@@ -352,10 +406,10 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
     pt = min(prompt_tokens or d.max_prompt_tokens, d.max_prompt_tokens)
     ept = min(eval_prompt_tokens or pt, d.max_prompt_tokens)
     width = pt + r.max_new_tokens
-    tile_rows = max(1, (1 << 22) // V)
+    head_tile_rows = tile_rows(V, "cuda" if on_cuda else "cpu")
 
-    def tile(tokens: int) -> int:           # one (rows, vocab) fp32 tile of the fused head
-        return min(tile_rows, tokens) * V * 4
+    def tile(tokens: int) -> int:           # one (rows, vocab) fp32 tile of the fused head on this device
+        return min(head_tile_rows, tokens) * V * 4
     kv_per_token = L * 2 * kvd * cb
 
     def generation(label: str, rows_total: int, max_new: int, prompt: int) -> None:
@@ -447,27 +501,31 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
 def suggest_budgets(cfg, device_bytes: int, step: int = 1024, **plan_kwargs) -> dict[str, int]:
     """The largest token budgets (multiples of ``step``) that the planner says fit ``device_bytes``:
     {"rollout.max_tokens_per_generate": ..., "rollout.max_tokens_per_logprob": ..., "train.max_tokens_per_forward": ...}.
-    ValueError when even the smallest possible budget (one longest row) does not fit."""
-    from .config import apply_overrides
+    The smallest budget is one longest row (``ercref.lm.config.longest_rows``, the rule the config
+    checks); ValueError when even that does not fit, or naming a bad argument. ``plan_kwargs`` go to
+    plan_memory (eval_prompts, prompt_tokens, shape, ...)."""
+    from .config import longest_rows
 
-    widths = {"rollout.max_tokens_per_generate": cfg.data.max_prompt_tokens + max(
-                  cfg.rollout.max_new_tokens, cfg.train.eval_max_new_tokens or 0),
-              "rollout.max_tokens_per_logprob": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-              "train.max_tokens_per_forward": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens}
+    device_bytes = _int_arg("device_bytes", device_bytes, 1, " (the device's bytes)")
+    step = _int_arg("step", step, 1, " (tokens)")
     phase_of = {"rollout.max_tokens_per_generate": ("generate", "evaluate"),
                 "rollout.max_tokens_per_logprob": ("old log-probs",),
                 "train.max_tokens_per_forward": ("update",)}
     rows = ((cfg.advantage.gen_batch_prompts or cfg.rollout.prompts_per_step) if cfg.advantage.dynamic_sampling
             else cfg.rollout.prompts_per_step) * cfg.rollout.group_size
-    whole = {"rollout.max_tokens_per_generate": max(rows, cfg.train.eval_k * (plan_kwargs.get("eval_prompts")
-                                                                             or cfg.data.num_eval)),
+    eval_prompts = plan_kwargs.get("eval_prompts")
+    eval_rows = cfg.train.eval_k * (cfg.data.num_eval if eval_prompts is None else eval_prompts)
+    whole = {"rollout.max_tokens_per_generate": max(rows, eval_rows),
              "rollout.max_tokens_per_logprob": rows,
              "train.max_tokens_per_forward": cfg.train.minibatch_prompts * cfg.rollout.group_size}
     out: dict[str, int] = {}
-    for name, wdt in widths.items():
+    for name, wdt in longest_rows(cfg).items():
         cap = math.ceil(whole[name] * wdt / step) * step     # a budget above this changes nothing
-        def ok(b: int, name=name) -> bool:
-            c = apply_overrides(cfg, {name: b})
+        section, key = name.split(".")
+
+        def ok(b: int, section=section, key=key, name=name) -> bool:
+            c = copy.deepcopy(cfg)
+            setattr(getattr(c, section), key, b)
             p = plan_memory(c, device_bytes=device_bytes, device_name="target", **plan_kwargs)
             return all(p.phase_total(ph) <= p.usable_bytes for ph in phase_of[name] if ph in p.phases)
         lo = math.ceil(wdt / step) * step
@@ -501,67 +559,191 @@ class StepTime:
         return f"~{self.total / 60:.0f} min per step ({parts})"
 
 
-def estimate_step_seconds(cfg, tflops: float = 400.0, bandwidth_gbs: float = 3350.0, response_fill: float = 0.5,
-                          prompt_tokens: int | None = None, decode_overhead_s: float | None = None,
-                          shape: ModelShape | None = None, device_bytes: int | None = None) -> StepTime:
-    """Seconds of one training step (rollout + old log-probs + update; evaluation excluded), from FLOPs
-    and memory traffic under stated assumptions.
+@dataclass
+class EvalTime:
+    """Rough seconds of one evaluation, and how many evaluations a run makes (estimate_eval_seconds)."""
+    seconds: float                       # one evaluation: decoding eval prompts x eval_k responses
+    evaluations: int                     # over the run: before training, every train.eval_every steps, the last
+    flops: float
+    assumptions: dict[str, Any]
 
-    tflops:            achieved dense bf16 throughput (default 400: ~40 % of an H100's 989 TFLOP/s peak;
-                       an H200 has the same compute)
-    bandwidth_gbs:     memory bandwidth for decoding (default 3350: H100 SXM; H200: 4800)
-    response_fill:     mean response length as a fraction of rollout.max_new_tokens (default 0.5)
-    prompt_tokens:     mean prompt length (default min(256, data.max_prompt_tokens))
-    decode_overhead_s: per decode step (default 0.03 s for HF generate: Python and kernel launches of
-                       ~30 layers; 0.005 s for vLLM with CUDA graphs)
-    device_bytes:      GPU capacity for vLLM's KV cache (default an H100 80GB)
-    Rows: one rollout generates (advantage.gen_batch_prompts with dynamic sampling, else
-    rollout.prompts_per_step) x group_size rows, computes their old log-probs, and trains on
-    prompts_per_step x group_size. Training: forward 2 x matmul params per token + causal attention
-    2 x layers x heads x head_dim x width^2 per row; update = 3 forwards (+1 with gradient
-    checkpointing); old log-probs 1 forward (+1 for the reference model). HF generation: each call
-    (rollout.max_tokens_per_generate / (prompt + max_new_tokens) rows) decodes max_new_tokens steps
-    (its longest row); vLLM keeps as many rows in flight as its KV cache holds and decodes
-    max(max_new_tokens, all generated tokens / rows in flight) steps. A decode step costs
-    max(FLOPs / throughput, bytes read / bandwidth) + overhead; bytes = bf16 weights + the rows' KV cache.
-    """
-    s = shape or model_shape(cfg.model.name)
-    r, m, a = cfg.rollout, cfg.model, cfg.advantage
-    prompt = prompt_tokens if prompt_tokens is not None else min(256, cfg.data.max_prompt_tokens)
-    resp = response_fill * r.max_new_tokens
-    n_train = r.prompts_per_step * r.group_size
-    n_gen = ((a.gen_batch_prompts or r.prompts_per_step) if a.dynamic_sampling else r.prompts_per_step) * r.group_size
-    wmean = prompt + resp
+    @property
+    def total(self) -> float:
+        return self.seconds * self.evaluations
+
+
+@dataclass
+class RunTime:
+    """Rough seconds of a whole run: train.steps training steps plus every evaluation."""
+    step: StepTime
+    evaluation: EvalTime
+    steps: int
+
+    @property
+    def training_seconds(self) -> float:
+        return self.step.total * self.steps
+
+    @property
+    def total(self) -> float:
+        return self.training_seconds + self.evaluation.total
+
+    def text(self) -> str:
+        e = self.evaluation
+        return (f"~{self.total / 3600:.1f} h in all: {self.steps} steps x ~{self.step.total / 60:.1f} min "
+                f"({self.training_seconds / 3600:.1f} h) + {e.evaluations} evaluations x ~{e.seconds / 60:.0f} min "
+                f"({e.total / 3600:.1f} h)")
+
+    def table(self) -> str:
+        """Seconds by phase: one step's phases, one evaluation, the run's training, evaluation, total."""
+        rows = [(f"step: {k}", v) for k, v in self.step.seconds.items()]
+        rows += [("step: total", self.step.total), ("one evaluation", self.evaluation.seconds),
+                 (f"training ({self.steps} steps)", self.training_seconds),
+                 (f"evaluation ({self.evaluation.evaluations} evaluations)", self.evaluation.total),
+                 ("run total", self.total)]
+        w = max(len(k) for k, _ in rows) + 2
+        a = self.step.assumptions
+        lines = [f"time estimate ({a['tflops']:g} TFLOP/s, {a['bandwidth_gbs']:g} GB/s, responses "
+                 f"{100 * a['response_fill']:.0f} % of their limit; judging excluded)",
+                 f"  {'phase':<{w}}{'minutes':>10}{'hours':>8}"]
+        lines += [f"  {k:<{w}}{v / 60:>10.1f}{v / 3600:>8.2f}" for k, v in rows]
+        return "\n".join(lines)
+
+
+def _decode(s: ModelShape, r, backend: str, rows_total: int, prompt: float, max_new: int, resp: float,
+            rate: float, bandwidth_gbs: float, overhead: float, device_bytes: int | None) -> tuple[float, float, dict]:
+    """(seconds, FLOPs, details) of generating ``rows_total`` responses of mean length ``resp`` (at
+    most ``max_new``) after prompts of mean length ``prompt``. HF: each call (rollout.max_tokens_per_generate
+    / (prompt + max_new) rows, at most rollout.generation_batch_size) decodes max_new steps (its
+    longest row); vLLM keeps as many rows in flight as its KV cache holds and decodes
+    max(max_new, all generated tokens / rows in flight) steps. A decode step costs
+    max(FLOPs / throughput, bytes read / bandwidth) + overhead; bytes = bf16 weights + the rows' KV cache."""
     hq, kvd = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    fwd_row = 2 * s.matmul_params * wmean + 2 * s.layers * hq * wmean ** 2
-    upd = n_train * fwd_row * (4 if m.gradient_checkpointing else 3)
-    old = n_gen * fwd_row * (2 if cfg.loss.kl_coef > 0 else 1)
-    rate = tflops * 1e12
-    vllm = r.backend == "vllm"
-    overhead = decode_overhead_s if decode_overhead_s is not None else (0.005 if vllm else 0.03)
     kv_tok = s.layers * 2 * kvd * 2
-    if vllm:
+    if backend == "vllm":
         kv_gb = float(getattr(r, "vllm_kv_cache_gb", 0.0) or 0.0)
         cap = kv_gb * GiB if kv_gb > 0 else ((device_bytes or DEVICE_BYTES["H100 80GB"]) * r.vllm_gpu_memory_utilization
                                              - s.n_params * 2 - GiB)
-        rows = max(1, min(n_gen, int(cap // max(1, kv_tok * wmean))))
-        steps = max(r.max_new_tokens, math.ceil(n_gen * resp / rows))
+        rows = max(1, min(rows_total, int(cap // max(1, kv_tok * (prompt + resp)))))
+        steps = max(max_new, math.ceil(rows_total * resp / rows))
         calls = 1
     else:
-        tok = r.max_tokens_per_generate or n_gen * (prompt + r.max_new_tokens)
-        rows = max(1, min(n_gen, tok // (prompt + r.max_new_tokens), r.generation_batch_size or n_gen))
-        calls = math.ceil(n_gen / rows)
-        steps = calls * r.max_new_tokens
+        tok = r.max_tokens_per_generate or rows_total * (prompt + max_new)
+        rows = max(1, min(rows_total, int(tok // (prompt + max_new)), r.generation_batch_size or rows_total))
+        calls = math.ceil(rows_total / rows)
+        steps = calls * max_new
     ctx = prompt + resp / 2                                      # mean context over a response
     step_flops = rows * (2 * s.matmul_params + 4 * s.layers * hq * ctx)
     step_bytes = s.matmul_params * 2 + rows * ctx * kv_tok
     per_step = max(step_flops / rate, step_bytes / (bandwidth_gbs * 1e9)) + overhead
+    return steps * per_step, steps * step_flops, {"rows_in_flight": rows, "generate_calls": calls, "decode_steps": steps}
+
+
+def _time_args(cfg, tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s, shape, device_bytes,
+               backend) -> tuple:
+    """The time estimates' shared arguments, checked (ValueError naming the argument), with defaults."""
+    tflops = _real_arg("tflops", tflops, what=" (achieved TFLOP/s)")
+    bandwidth_gbs = _real_arg("bandwidth_gbs", bandwidth_gbs, what=" (GB/s)")
+    response_fill = _real_arg("response_fill", response_fill, high=1.0, what=" (mean response / its limit)")
+    prompt_tokens = _real_arg("prompt_tokens", prompt_tokens, what=" (mean prompt tokens)", none_ok=True)
+    decode_overhead_s = _real_arg("decode_overhead_s", decode_overhead_s, low_open=False, what=" (s per decode step)",
+                                  none_ok=True)
+    device_bytes = _int_arg("device_bytes", device_bytes, 1, " (the device's bytes)", none_ok=True)
+    if shape is not None and not isinstance(shape, ModelShape):
+        raise ValueError(f"shape must be a ModelShape or None, got {type(shape).__name__}")
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    s = shape or model_shape(cfg.model.name)
+    prompt = prompt_tokens if prompt_tokens is not None else min(256, cfg.data.max_prompt_tokens)
+    overhead = decode_overhead_s if decode_overhead_s is not None else (0.005 if backend == "vllm" else 0.03)
+    return s, tflops * 1e12, bandwidth_gbs, response_fill, prompt, overhead, device_bytes
+
+
+def estimate_step_seconds(cfg, tflops: float = 400.0, bandwidth_gbs: float = 3350.0, response_fill: float = 0.5,
+                          prompt_tokens: float | None = None, decode_overhead_s: float | None = None,
+                          shape: ModelShape | None = None, device_bytes: int | None = None) -> StepTime:
+    """Seconds of one training step (rollout + old log-probs + update; evaluation: estimate_eval_seconds),
+    from FLOPs and memory traffic under stated assumptions.
+
+    tflops:            achieved dense bf16 throughput (default 400: ~40 % of an H100's 989 TFLOP/s peak;
+                       an H200 has the same compute)
+    bandwidth_gbs:     memory bandwidth for decoding (default 3350: H100 SXM; H200: 4800)
+    response_fill:     mean response length as a fraction of its limit, in (0, 1] (default 0.5)
+    prompt_tokens:     mean prompt length (default min(256, data.max_prompt_tokens))
+    decode_overhead_s: per decode step (default 0.03 s for HF generate: Python and kernel launches of
+                       ~30 layers; 0.005 s for vLLM with CUDA graphs)
+    device_bytes:      GPU capacity for vLLM's KV cache (default an H100 80GB)
+    Each is refused (ValueError naming it) when it is a bool, not finite, or out of its range.
+    Rows: one rollout generates (advantage.gen_batch_prompts with dynamic sampling, else
+    rollout.prompts_per_step) x group_size rows, computes their old log-probs, and trains on
+    prompts_per_step x group_size. Training: forward 2 x matmul params per token + causal attention
+    2 x layers x heads x head_dim x width^2 per row; update = 3 forwards (+1 with gradient
+    checkpointing); old log-probs 1 forward (+1 for the reference model). Generation with
+    rollout.backend as ``_decode`` describes.
+    """
+    r, m, a = cfg.rollout, cfg.model, cfg.advantage
+    s, rate, bandwidth_gbs, response_fill, prompt, overhead, device_bytes = _time_args(
+        cfg, tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s, shape, device_bytes, r.backend)
+    resp = response_fill * r.max_new_tokens
+    n_train = r.prompts_per_step * r.group_size
+    n_gen = ((a.gen_batch_prompts or r.prompts_per_step) if a.dynamic_sampling else r.prompts_per_step) * r.group_size
+    wmean = prompt + resp
+    hq = s.heads * s.head_dim
+    fwd_row = 2 * s.matmul_params * wmean + 2 * s.layers * hq * wmean ** 2
+    upd = n_train * fwd_row * (4 if m.gradient_checkpointing else 3)
+    old = n_gen * fwd_row * (2 if cfg.loss.kl_coef > 0 else 1)
+    gen_s, gen_flops, gen = _decode(s, r, r.backend, n_gen, prompt, r.max_new_tokens, resp, rate, bandwidth_gbs,
+                                    overhead, device_bytes)
     return StepTime(
-        seconds={"generate": steps * per_step, "old log-probs": old / rate, "update": upd / rate},
-        flops={"generate": steps * step_flops, "old log-probs": old, "update": upd},
+        seconds={"generate": gen_s, "old log-probs": old / rate, "update": upd / rate},
+        flops={"generate": gen_flops, "old log-probs": old, "update": upd},
         assumptions={"tflops": tflops, "bandwidth_gbs": bandwidth_gbs, "response_fill": response_fill,
-                     "prompt_tokens": prompt, "decode_overhead_s": overhead, "rows_in_flight": rows,
-                     "generate_calls": calls, "decode_steps": steps, "generated_rows": n_gen})
+                     "prompt_tokens": prompt, "decode_overhead_s": overhead, **gen, "generated_rows": n_gen})
+
+
+def evaluations_per_run(cfg) -> int:
+    """How many evaluations a run of ``cfg`` makes (the Trainer's schedule): one before training
+    (train.eval_before_training), one every train.eval_every steps, and one after the last step
+    when that is not already one of them."""
+    t = cfg.train
+    every = t.steps // t.eval_every if t.eval_every else 0
+    last = 0 if t.eval_every and t.steps % t.eval_every == 0 else 1
+    return int(bool(t.eval_before_training)) + every + last
+
+
+def estimate_eval_seconds(cfg, tflops: float = 400.0, bandwidth_gbs: float = 3350.0, response_fill: float = 0.5,
+                          eval_prompts: int | None = None, prompt_tokens: float | None = None,
+                          decode_overhead_s: float | None = None, shape: ModelShape | None = None,
+                          device_bytes: int | None = None, backend: str | None = None) -> EvalTime:
+    """Seconds of one evaluation and the number of evaluations in a run (evaluations_per_run): decoding
+    eval_prompts x train.eval_k responses of up to train.eval_max_new_tokens (0: rollout.max_new_tokens)
+    tokens, with the decode model and arguments of estimate_step_seconds. eval_prompts: prompts per
+    evaluation (None: data.num_eval; the AIME24 + AIME25 sets of the GPU presets are 60). backend:
+    "hf" or "vllm" (None: rollout.backend). Judging the responses is not counted."""
+    r, t = cfg.rollout, cfg.train
+    backend = r.backend if backend is None else backend
+    s, rate, bandwidth_gbs, response_fill, prompt, overhead, device_bytes = _time_args(
+        cfg, tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s, shape, device_bytes, backend)
+    eval_prompts = _int_arg("eval_prompts", eval_prompts, 0, " (prompts per evaluation)", none_ok=True)
+    n_rows = (cfg.data.num_eval if eval_prompts is None else eval_prompts) * t.eval_k
+    max_new = t.eval_max_new_tokens or r.max_new_tokens
+    if n_rows == 0:
+        return EvalTime(0.0, evaluations_per_run(cfg), 0.0, {"eval_rows": 0})
+    secs, flops, gen = _decode(s, r, backend, n_rows, prompt, max_new, response_fill * max_new, rate, bandwidth_gbs,
+                               overhead, device_bytes)
+    return EvalTime(secs, evaluations_per_run(cfg), flops,
+                    {"tflops": tflops, "bandwidth_gbs": bandwidth_gbs, "response_fill": response_fill, "backend": backend,
+                     "prompt_tokens": prompt, "decode_overhead_s": overhead, "eval_rows": n_rows,
+                     "max_new_tokens": max_new, **gen})
+
+
+def estimate_run_seconds(cfg, eval_prompts: int | None = None, eval_backend: str | None = None, **kwargs) -> RunTime:
+    """Seconds of a whole run: train.steps x estimate_step_seconds(cfg, **kwargs) plus every evaluation
+    (estimate_eval_seconds(cfg, eval_prompts=..., backend=eval_backend, **kwargs)); ``kwargs`` are
+    the shared assumptions (tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s,
+    shape, device_bytes). ``.text()`` is one line, ``.table()`` the phases."""
+    return RunTime(estimate_step_seconds(cfg, **kwargs),
+                   estimate_eval_seconds(cfg, eval_prompts=eval_prompts, backend=eval_backend, **kwargs),
+                   cfg.train.steps)
 
 
 # ============================================================================= measuring (CPU)
