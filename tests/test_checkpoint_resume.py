@@ -333,7 +333,7 @@ def test_trainer_save_and_save_policy_check_the_disk(run_dir, cfg, monkeypatch):
     with pytest.raises(ckpt.InsufficientDiskSpace, match="checkpoint ckpt-00000003.pt"):
         tr.save()
     with pytest.raises(ckpt.InsufficientDiskSpace, match="the policy folder"):
-        tr.save_policy()
+        ckpt.save_policy(tr.model, tr.tok, tr.out)
     assert snapshot(run_dir) == before and not (run_dir / "policy").exists()
 
 

@@ -10,7 +10,7 @@ complete. The sha256 is computed while the bytes are written (no second read).
 Integrity. ``load_checkpoint`` checks a checkpoint against its manifest before parsing a byte of
 it: any truncation, extension or changed byte of either file is detected (the manifest must be
 byte-for-byte what ercref writes for the checkpoint's actual size and hash). A checkpoint without
-a manifest (written by an ercref that wrote none, or killed between the two renames) is not used;
+a manifest (e.g. its save was killed between the two renames) is not used;
 ``write_manifest(path)`` adopts such a file when you trust it.
 
 Safe to load what someone else hands you: files are read with ``torch.load(weights_only=True)``,
@@ -246,7 +246,8 @@ def _sha256_file(path: Path) -> str:
 
 def write_manifest(path: str | os.PathLike) -> Path:
     """Hash checkpoint ``path`` as it is on disk and write its manifest: adopts a checkpoint that
-    has none (one written by an older ercref) once you trust its bytes. Returns the manifest."""
+    has none (its save was killed before the manifest, or it was copied without one) once you
+    trust its bytes. Returns the manifest."""
     p = Path(path)
     step = _step_of(p)
     if not p.is_file():
@@ -409,3 +410,21 @@ def run_files(out_dir: str | os.PathLike) -> list[Path]:
     if (out / "policy").exists():
         found.append(out / "policy")
     return found
+
+
+def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """The policy as a Hugging Face folder (safetensors + tokenizer) at <out_dir>/policy, written to a
+    temporary folder first and swapped in, so a crash never leaves a half-written policy; the
+    disk is checked for the weights' bytes first (InsufficientDiskSpace)."""
+    out = Path(out_dir)
+    final, tmp, old = out / "policy", out / ".policy.tmp", out / ".policy.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    check_free_space(out, state_bytes(model.state_dict()), "the policy folder")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -1,15 +1,7 @@
 """Rollout: sample G responses per prompt, then one no-grad forward of the same policy snapshot
 gives the old log-probs and old entropies at the rollout temperature.
 
-Layout of a rollout batch of N = n_prompts * G sequences (groups contiguous):
-
-    sequences      (N, P + R)  left-padded prompt (P) then response (R) token ids
-    attention_mask (N, P + R)  1 on real prompt tokens and on response tokens up to the first EOS
-    response_mask  (N, R)      bool, response tokens up to and including the first EOS
-    old_logp       (N, R)      log pi_old(y_t | y_<t) at the rollout temperature (0 where masked)
-    old_entropy    (N, R)      H(pi_old, t) over the full vocabulary, same forward (0 where masked)
-    ref_logp       (N, R)      log pi_ref(y_t | y_<t) of a frozen reference model (KL term only), computed
-                               in the same no-grad pass over the same micro-batches (None without one)
+The batch layout is ercref.lm.rollout_batch.RolloutBatch.
 
 For position t of the response, the token sequences[:, P + t] is predicted by the hidden state at
 P + t - 1, so the forward keeps positions P-1 .. P+R-2 (``response_logprobs``).
@@ -20,25 +12,15 @@ top-p < 1 (the sampler's truncated distribution is not what the policy gradient 
 Generation is HF generate (KV cache) unless ``generator_fn`` replaces it (the trainer's vLLM
 backend, ercref/lm/vllm_backend.py); the old log-probs always come from the HF policy.
 
-Shared prompts. The G samples of a group share their prompt, and on CPU the prompt dominates the
-work (SmolLM2 in cpu-smollm2: ~56 prompt tokens, <= 12 response tokens). Generation, the old-log-prob
-pass and the update's forward therefore run each distinct prompt once (``prompt_groups``), copy its KV
-cache to the rows that share it, and run only the response positions per row:
-
-    positions per forward:  N (P + R)   ->   U P + N (R - 1)        (U distinct prompts, N = U G rows)
-
-In the update the backward sums the G copies' gradients into the one prompt forward, so this is the
-same function of the parameters as one forward per full row; only float rounding differs (SmolLM2,
-fp32: ~2e-5 in log-probs). ``SHARE_PROMPTS = False`` restores one forward per full row (benchmarks
-compare the two: benchmarks/bench_step_breakdown.py).
+Shared prompts (ercref.lm.prompt_sharing): the G samples of a group run their prompt once.
+``SHARE_PROMPTS = False`` restores one forward per full row (benchmarks/bench_step_breakdown.py
+compares the two).
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 
@@ -46,37 +28,11 @@ from ercref import entropy_from_logits, logprobs_and_entropy, logprobs_from_logi
 from ercref.fused_head import fused_logprobs_and_entropy
 
 from .models import apply_chat_template
+from .prompt_sharing import cache_kwarg, position_ids_from_mask, prompt_groups, shared_prompt_cache
+from .rollout_batch import RolloutBatch
 
 Tensor = torch.Tensor
 SHARE_PROMPTS = True   # run each distinct prompt once (see the module docstring); False: one forward per row
-
-
-@dataclass
-class RolloutBatch:
-    sequences: Tensor
-    attention_mask: Tensor
-    response_mask: Tensor
-    old_logp: Tensor
-    old_entropy: Tensor
-    prompt_len: int
-    texts: list[str]                 # decoded responses (up to the first EOS, special tokens dropped)
-    prompts: list                    # the prompt of every sequence (repeated G times)
-    answers: list[str]
-    time_generate_s: float = 0.0
-    time_old_logprob_s: float = 0.0
-    ref_logp: Tensor | None = None
-
-    @property
-    def response_lengths(self) -> Tensor:
-        return self.response_mask.sum(-1)
-
-    def select(self, idx: Tensor) -> RolloutBatch:
-        """Rows idx (1-D long tensor) of every per-sequence field."""
-        il = idx.tolist()
-        return RolloutBatch(self.sequences[idx], self.attention_mask[idx], self.response_mask[idx], self.old_logp[idx],
-                            self.old_entropy[idx], self.prompt_len, [self.texts[i] for i in il],
-                            [self.prompts[i] for i in il], [self.answers[i] for i in il],
-                            ref_logp=None if self.ref_logp is None else self.ref_logp[idx])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -102,46 +58,6 @@ def response_mask_from_tokens(response: Tensor, eos: list[int]) -> Tensor:
     return ~after
 
 
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding, as transformers' generate builds them: cumsum - 1 (pads -> 1)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)
-
-
-def prompt_groups(input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Rows whose first ``prompt_len`` columns (ids and mask) are identical share one prompt ->
-    (ids (U, P), mask (U, P), inverse (N,)) with row i's prompt at unique row inverse[i], or None
-    when no two rows share a prompt (sharing would only add a call)."""
-    P = prompt_len
-    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].to(input_ids.dtype)], 1)
-    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-    if uniq.shape[0] == key.shape[0]:
-        return None
-    return uniq[:, :P], uniq[:, P:].to(attention_mask.dtype), inverse
-
-
-def _cache_kwarg(module) -> str | None:
-    """The name a transformers forward / generate takes its KV cache under ("cache" from 5.x on);
-    None for a module whose forward takes no cache (then prompts are not shared)."""
-    params = inspect.signature(module.forward).parameters
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
-
-
-def shared_prompt_cache(model, ids: Tensor, am: Tensor, inverse: Tensor):
-    """KV cache (transformers DynamicCache) of the distinct prompts ``ids`` / ``am`` (U, P), run once
-    through the decoder and copied to N rows (row i gets prompt inverse[i]) -> (cache, last hidden
-    state of the prompts (U, P, D)). Differentiable: under grad mode the copies' gradients flow back
-    into the one prompt forward."""
-    from transformers import DynamicCache
-
-    decoder = model.get_decoder()
-    cache = DynamicCache(config=model.config)
-    out = decoder(input_ids=ids, attention_mask=am, position_ids=position_ids_from_mask(am), use_cache=True,
-                  **{_cache_kwarg(decoder): cache})
-    cache.batch_select_indices(inverse.to(ids.device))
-    return cache, out.last_hidden_state
-
-
 def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, share_prompts: bool) -> Tensor:
     """Last hidden states at positions P-1 .. P+R-2 (those that predict the response tokens), (N, R, D).
     With shared prompts (module docstring): the distinct prompts once, then the R-1 response positions
@@ -154,7 +70,7 @@ def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_le
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
     # gradient checkpointing in transformers turns the KV cache off in the update; the no-grad
     # old-log-prob pass then runs full rows too, so both take one numerical path
-    share = share_prompts and not checkpointing and _cache_kwarg(decoder) is not None
+    share = share_prompts and not checkpointing and cache_kwarg(decoder) is not None
     groups = prompt_groups(sequences, attention_mask, P) if share else None
     if groups is None:
         out = decoder(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False)
@@ -165,7 +81,7 @@ def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_le
     if R == 1:
         return first
     out = decoder(input_ids=sequences[:, P:-1], attention_mask=attention_mask[:, :-1], position_ids=pos[:, P:-1],
-                  use_cache=True, **{_cache_kwarg(decoder): cache})
+                  use_cache=True, **{cache_kwarg(decoder): cache})
     return torch.cat([first, out.last_hidden_state], 1)
 
 
@@ -234,7 +150,7 @@ def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max
     """Sampled continuations with KV cache -> response ids (N, R), padded with pad_token_id after EOS.
 
     Calls are bounded by ``max_tokens`` (rows x (prompt width + max_new_tokens), what the KV cache
-    holds; 0: no limit) and ``batch_size`` rows (0: no limit); ercref.lm.memory.token_budget_batches
+    holds; 0: no limit) and ``batch_size`` rows (0: no limit); ercref.lm.batching.token_budget_batches
     chooses them (one call in the original order when everything fits; otherwise rows sorted by prompt
     length, longest first, each call's prompts cut to their own width), and the responses are put
     back in the original row order. Sampling is deterministic for a given seed and batching.
@@ -248,7 +164,7 @@ def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max
     pad = tokenizer.pad_token_id
     plen = attention_mask.sum(-1)
     share = (SHARE_PROMPTS if share_prompts is None else share_prompts) and hasattr(model, "get_decoder") \
-        and _cache_kwarg(model) is not None and _cache_kwarg(model.get_decoder()) is not None
+        and cache_kwarg(model) is not None and cache_kwarg(model.get_decoder()) is not None
     batches = token_budget_batches(plen, torch.full_like(plen, max_new_tokens), max_tokens, batch_size)
     outs = []
     for rows in batches:
@@ -258,7 +174,7 @@ def generate_hf(model, tokenizer, input_ids: Tensor, attention_mask: Tensor, max
         cache = {}
         groups = prompt_groups(ids, am, width - 1) if share and width > 1 else None
         if groups is not None and bool(groups[1].any(-1).all()):  # (a prefix of padding only is never prefilled)
-            cache = {_cache_kwarg(model): shared_prompt_cache(model, *groups)[0]}
+            cache = {cache_kwarg(model): shared_prompt_cache(model, *groups)[0]}
         gen = model.generate(
             input_ids=ids, attention_mask=am, do_sample=do_sample,
             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
@@ -282,7 +198,7 @@ def rollout(model, tokenizer, prompts: list, answers: list[str], group_size: int
     """Sample ``group_size`` responses for every prompt (groups contiguous) and compute old log-probs
     and old entropies in one forward of the same (unchanged) model.
 
-    Memory is bounded by token budgets (ercref.lm.memory.token_budget_batches; 0: no limit):
+    Memory is bounded by token budgets (ercref.lm.batching.token_budget_batches; 0: no limit):
     ``max_tokens_per_generate`` per generate call (rows x (prompt width + max_new_tokens)), with at
     most ``generation_batch_size`` rows (0: no limit); ``max_tokens_per_logprob`` per no-grad forward
     of the old-log-prob pass (rows x width, each micro-batch cut to its own width).

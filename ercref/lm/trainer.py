@@ -5,7 +5,7 @@ One training step (``Trainer.train_step``):
     1. take n prompts from the data stream; roll out G samples each (rollout.rollout), which also
        returns old log-probs and old entropies (and, with a KL term, the reference model's
        log-probs) from one no-grad pass over the same micro-batches
-    2. score rewards (rewards.score_responses)                                       (N,) N = n*G
+    2. score rewards (scoring.score_responses)                                       (N,) N = n*G
     3. group advantages A_i = (R_i - mean_g R) / (std_g R + 1e-6)   (ercref.group_advantages)
     4. optionally drop groups whose rewards are all equal          (ercref.dynamic_sampling_mask)
     5. split the kept groups into K minibatches of train.minibatch_prompts prompts and take K
@@ -32,11 +32,9 @@ policy is also written with ``save_pretrained`` (safetensors) to ``<out>/policy`
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -49,12 +47,15 @@ from ercref import batch_counts, compute_policy_loss, dynamic_sampling_mask, gro
 from . import checkpoint as ckpt
 from .config import Config
 from .data import load_task
+from .evaluate import evaluate_policy
 from .hardware import check_hardware, resolve_device
 from .judge_pool import judge_pool
 from .metrics_log import RunLog
 from .models import load_model
-from .rollout import RolloutBatch, autocast_context, encode_prompts, eos_ids, response_logprobs, rollout
+from .rollout import autocast_context, encode_prompts, eos_ids, response_logprobs, rollout
+from .rollout_batch import RolloutBatch, concat_rollouts
 from .scoring import score_responses
+from .step_metrics import distinct_fraction, ends_with_eos
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -86,13 +87,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
-    """correct (n_prompts, k) bool -> (avg@k, pass@k): mean accuracy over all samples, and the
-    fraction of prompts with at least one correct sample (the unbiased pass@k with n = k)."""
-    c = correct.float()
-    return float(c.mean()), float(c.max(-1).values.mean())
 
 
 class Trainer:
@@ -442,7 +436,7 @@ class Trainer:
             "reward/mean": rewards.mean(), "reward/std": rewards.std() if rewards.numel() > 1 else torch.zeros(()),
             "reward/accuracy": correct.float().mean(),
             "len/response_mean": batch.response_lengths.float().mean(),
-            "len/truncated_frac": (~_ends_with_eos(batch, self.model, self.tok)).float().mean(),
+            "len/truncated_frac": (~ends_with_eos(batch, eos_ids(self.model, self.tok))).float().mean(),
             "entropy/old_mean": (batch.old_entropy * rm).sum() / rm.sum(),
             "rollout/distinct_frac": distinct_fraction(batch.sequences[:, batch.prompt_len:], rm),
             "batch/seq_width": int(batch.sequences.shape[1]),
@@ -482,28 +476,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
-        """avg@k and pass@k on the eval set at the eval temperature / top-p. Runs under its own
-        RNG seeded by (seed, step), so evaluating never changes the training trajectory."""
-        t = self.cfg.train
-        k = t.eval_k
-        max_new = t.eval_max_new_tokens or self.cfg.rollout.max_new_tokens
-        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
-            torch.manual_seed(t.seed * 100_003 + self.step)
-            batch = rollout(self.model, self.tok, [r["prompt"] for r in self.eval_set],
-                            [r["answer"] for r in self.eval_set], k, max_new, t.eval_temperature, t.eval_top_p,
-                            self.cfg.data.max_prompt_tokens, self.cfg.rollout.generation_batch_size,
-                            self.cfg.model.fused_head, self.autocast, with_logprobs=False,
-                            max_tokens_per_generate=self.cfg.rollout.max_tokens_per_generate)
-        rewards, correct = self.score(batch, max_new)
-        avg, pas = pass_at_k(correct.view(-1, k))
-        rec = {"kind": "eval", "step": self.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,
-               "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
-               "eval/prompts": len(self.eval_set), "eval/sample": batch.texts[0]}
-        rec.update(eval_set_metrics(self.eval_set, correct.view(-1, k)))
-        rec.update(self.drain_judge_stats(prefix="eval/"))
-        self.log.write(rec)
-        self._emit("on_eval", rec)
-        return rec
+        """avg@k and pass@k on the eval set (ercref.lm.evaluate.evaluate_policy: HF generate, or the vLLM
+        engine with rollout.backend=vllm); evaluating never changes the training trajectory."""
+        return evaluate_policy(self)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -529,23 +504,6 @@ class Trainer:
             self.ref_model = _frozen_copy(self.model)
             self.ref_model.load_state_dict(state["ref_model"])
         ckpt.set_rng_state(state["rng"])
-
-    def save_policy(self) -> Path:
-        """The policy as a Hugging Face folder (safetensors + tokenizer) at <out>/policy, written to a
-        temporary folder first and swapped in, so a crash never leaves a half-written policy; the
-        disk is checked for the weights' bytes first (ckpt.InsufficientDiskSpace)."""
-        final, tmp = self.out / "policy", self.out / ".policy.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ckpt.check_free_space(self.out, ckpt.state_bytes(self.model.state_dict()), "the policy folder")
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        self.tok.save_pretrained(tmp)
-        old = self.out / ".policy.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:
@@ -574,79 +532,16 @@ class Trainer:
         if bar is not None:
             bar.close()
         if t.save_policy:
-            self.save_policy()
+            ckpt.save_policy(self.model, self.tok, self.out)
         self.log.close()
         torch.set_num_threads(self._threads_before)
         return history
-
-
-def eval_set_metrics(records: list[dict], correct: torch.Tensor) -> dict:
-    """Per named eval set (records tagged ``"eval_set": name`` by data.load_task; eval/avg@k itself
-    pools every record): {"eval/<name>/avg@k", "eval/<name>/pass@k", "eval/<name>/prompts"}.
-    correct (n_prompts, k) bool, rows in the order of records."""
-    k = correct.shape[1]
-    names = [rec.get("eval_set") for rec in records]
-    out = {}
-    for name in dict.fromkeys(n for n in names if n):
-        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
-        avg, pas = pass_at_k(correct[rows])
-        out.update({f"eval/{name}/avg@{k}": avg, f"eval/{name}/pass@{k}": pas, f"eval/{name}/prompts": len(rows)})
-    return out
-
-
-def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
-    """Rows of several rollout batches in one (dynamic-sampling rounds): prompts left-padded and
-    responses right-padded to the widest (token ``pad_id``, attention and response masks 0, old
-    log-probs / entropies 0), so every row keeps its tokens and positions."""
-    P = max(b.prompt_len for b in batches)
-    R = max(b.sequences.shape[1] - b.prompt_len for b in batches)
-    fields = {f.name for f in dataclasses.fields(RolloutBatch)}
-    known = {"sequences", "attention_mask", "response_mask", "old_logp", "old_entropy", "ref_logp", "prompt_len", "texts",
-             "prompts", "answers", "time_generate_s", "time_old_logprob_s"}
-    if fields != known:  # a new per-row field must be padded here too
-        raise NotImplementedError(f"concat_rollouts does not know the RolloutBatch fields {sorted(fields ^ known)}")
-
-    def widen(b: RolloutBatch, t: torch.Tensor, value) -> torch.Tensor:  # (N, P_b + R_b) -> (N, P + R)
-        p, r = b.prompt_len, t.shape[1] - b.prompt_len
-        return torch.nn.functional.pad(t, (P - p, R - r), value=value)
-
-    def resp(t: torch.Tensor, value) -> torch.Tensor:  # (N, R_b) -> (N, R)
-        return torch.nn.functional.pad(t, (0, R - t.shape[1]), value=value)
-
-    cat = torch.cat
-    return RolloutBatch(
-        cat([widen(b, b.sequences, pad_id) for b in batches]), cat([widen(b, b.attention_mask, 0) for b in batches]),
-        cat([resp(b.response_mask, False) for b in batches]), cat([resp(b.old_logp, 0.0) for b in batches]),
-        cat([resp(b.old_entropy, 0.0) for b in batches]), P, [t for b in batches for t in b.texts],
-        [p for b in batches for p in b.prompts], [a for b in batches for a in b.answers],
-        time_generate_s=sum(b.time_generate_s for b in batches),
-        time_old_logprob_s=sum(b.time_old_logprob_s for b in batches),
-        ref_logp=None if batches[0].ref_logp is None else cat([resp(b.ref_logp, 0.0) for b in batches]))
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
-
-
-def _ends_with_eos(batch: RolloutBatch, model, tok) -> torch.Tensor:
-    """(N,) bool: the response stopped at an EOS (False: cut at max_new_tokens)."""
-    resp = batch.sequences[:, batch.prompt_len:]
-    last = resp.gather(1, (batch.response_lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.isin(last, torch.tensor(eos_ids(model, tok), device=last.device))
-
-
-def distinct_fraction(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of distinct rows among the N rows of ``tokens`` (N, T), each row read at ``mask`` only
-    (a response's tokens; padding ignored): 1 = all different, 1/N = all the same. A 0-d tensor on the
-    device, no host sync: row i is hashed as h_i = sum_t w_t * (tok_it + 1) * m_it with fixed random
-    float64 weights w (distinct rows collide only by exact float equality), then distinct hashes are
-    counted after a sort."""
-    gen = torch.Generator().manual_seed(0)   # its own generator: the global RNG (the run's trajectory) is untouched
-    w = torch.rand(tokens.shape[1], generator=gen, dtype=torch.float64).to(tokens.device)
-    h = (((tokens.double() + 1) * mask) * w).sum(-1).sort().values
-    return (1 + (h[1:] != h[:-1]).sum()).double() / max(h.numel(), 1)
 
 
 def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
