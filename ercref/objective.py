@@ -88,6 +88,15 @@ class PolicyLossConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise ValueError(f"loss_kwargs[{key!r}] must be a finite number, got {value!r}")
+        # the loss's own range checks (eps_low in (0, 1), clip_ratio_c > 1, ...) on a 1 x 2 batch, now
+        # rather than at the first update; a loss that draws a random selection leaves the RNG as it was
+        logp, mask = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                LOSS_BODIES[self.loss](logp, logp, torch.ones(1), mask, **self.loss_kwargs)
+        except (ValueError, TypeError) as e:
+            named = any(str(e).startswith(k) for k in self.loss_kwargs)
+            raise ValueError(f"loss_kwargs.{e}" if named else f"loss_kwargs (loss {self.loss!r}): {e}") from None
 
 
 @checked

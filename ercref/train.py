@@ -129,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     out = Path(args.out) if args.out else Path("runs") / (cfg.preset or "run")
+    from ercref.lm import checkpoint as ckpt
     from ercref.lm.trainer import Trainer
 
     try:   # the machine (CUDA, vLLM, model files) and --out are checked before anything is built
         trainer = Trainer(cfg, out, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:
         return _error(str(e))
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    except ckpt.InsufficientDiskSpace as e:   # checked before a save writes anything: the run resumes from its last checkpoint
+        return _error(f"{e}. Free space, then continue with --resume")
     if cfg.train.plot and (out / "metrics.jsonl").is_file():
         from ercref.lm.run_plot import plot_run
 

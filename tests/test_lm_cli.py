@@ -198,3 +198,21 @@ def test_cli_reports_what_the_trainer_refuses(monkeypatch, capsys, tmp_path):
     assert cli_main(["--preset", "cpu-tiny", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "Traceback" not in err
+
+
+def test_cli_full_disk_at_a_save_is_a_clean_error(capsys, tmp_path, monkeypatch):
+    """A checkpoint that would not fit the disk stops the run before anything is written, with an
+    error naming the folder and the way on, not a traceback."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "run"
+    sets = ["train.steps=1", "sft.steps=2", "train.progress=false", "train.plot=false",
+            "train.eval_before_training=false", "data.num_eval=2", "train.eval_k=1"]
+    rc = cli_main(["--preset", "cpu-tiny", "--out", str(out)] + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "--resume" in err and "free" in err
+    assert not list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else True

@@ -23,10 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-import torch
 import tyro
 
-from ercref.losses import LOSSES
 from ercref.objective import PolicyLossConfig
 
 from .config_tools import (  # noqa: F401 (parse_bool, parse_text: re-exported)
@@ -236,7 +234,6 @@ class Config:
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         check_fields("loss", self.loss)      # PolicyLossConfig checks its ranges; the types are checked here
-        check_loss_kwargs(self.loss)
         if self.rollout.prompts_per_step % self.train.minibatch_prompts:
             raise ValueError(
                 f"train.minibatch_prompts ({self.train.minibatch_prompts}) must divide rollout.prompts_per_step "
@@ -257,19 +254,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def check_loss_kwargs(loss: PolicyLossConfig) -> None:
-    """Run the loss once on a 1 x 2 batch, so that its own checks of its keywords' ranges (eps_low in
-    (0, 1), eps_high > 0, clip_ratio_c > 1, ...) refuse a bad value now; ValueError naming
-    ``loss.loss_kwargs.KEY``."""
-    logp, old_logp, mask = torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
-    try:
-        with torch.random.fork_rng(devices=[]):    # losses that draw a random selection leave no trace
-            LOSSES[loss.loss](logp, old_logp, torch.ones(1), mask, **loss.loss_kwargs)
-    except (ValueError, TypeError) as e:
-        named = [k for k in loss.loss_kwargs if str(e).startswith(k)]
-        raise ValueError(f"loss.loss_kwargs.{e}" if named else f"loss.loss_kwargs (loss {loss.loss!r}): {e}") from None
 
 
 def longest_rows(cfg: Config) -> dict[str, int]:
