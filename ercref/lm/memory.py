@@ -23,11 +23,12 @@ What it counts (bytes; P parameters, in the model's dtype):
                 autocast caches inside an autocast region (model.bf16_autocast), the vLLM engine
                 (vllm_gpu_memory_utilization x device, or its weights + vllm_kv_cache_gb; only in the
                 generation phases with rollout.vllm_sleep), and a runtime reserve (CUDA context and
-                allocator slack; on CPU the Python / torch / transformers runtime, measured 0.36 GiB).
+                allocator slack; on CPU the Python / torch / transformers runtime with a model loaded).
   generate      (HF backend) KV cache rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x
                 head_dim, plus one layer for the cache's growth by concatenation, per-step logits and
                 sampling buffers (rows x vocab), the prefill's activations and mask. Evaluation
-                (train.eval_max_new_tokens, eval_k samples per prompt; HF generate) is its own phase.
+                (train.eval_max_new_tokens, eval_k samples per prompt) is its own phase; with
+                rollout.backend=vllm both are the engine's share.
   old log-probs the rollout batch's tensors; a no-grad forward of one micro-batch: one layer's
                 transients, the padding mask, the fused head's tiles.
   update        gradients P; the activations autograd saves for one micro-batch (per layer and token,
@@ -49,10 +50,10 @@ the whole batch in one call. Rows are assumed at the longest width: the longest 
 (``prompt_tokens``; the Trainer measures its data, else data.max_prompt_tokens) + the max new tokens.
 With a budget B the worst micro-batch holds B tokens and rows x width^2 <= B x max width.
 
-Checked on CPU (tests/test_memory.py, slow): planned vs measured peak RSS of an update step for
+Checked on CPU (tests/test_memory.py, slow): planned and measured peak RSS of an update step for
 the tiny model and SmolLM2-135M, with and without gradient checkpointing and with two micro-batches,
-agree within 7 % (asserted: +-25 %), measured with glibc's mmap threshold fixed so that RSS tracks
-live memory (glibc's default heap keeps freed pages: RSS up to 2.3x the live set of a step).
+agree within 25 %, measured with glibc's mmap threshold fixed so that RSS tracks live memory
+(glibc's default heap keeps freed pages, so RSS can be a multiple of the live set of a step).
 Untested on a GPU here: the CUDA kernels' workspaces, memory-efficient attention keeping the float
 mask like the CPU kernel, and the caching allocator's fragmentation are assumptions (FIT_MARGIN and
 CUDA_RESERVE_BYTES leave room for them).
@@ -63,6 +64,7 @@ import copy
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ DEVICE_BYTES = {
     "A100 40GB": int(39.4 * GiB),
 }
 CUDA_RESERVE_BYTES = int(1.0 * GiB)   # CUDA context + cuBLAS workspaces + allocator slack (assumed)
-CPU_RESERVE_BYTES = int(0.37 * GiB)   # the Python / torch / transformers runtime with a model loaded (measured 0.36 GiB)
+CPU_RESERVE_BYTES = int(0.37 * GiB)   # the Python / torch / transformers runtime with a model loaded
 FIT_MARGIN = 0.05                      # refuse above 95 % of the capacity (fragmentation)
 
 
@@ -413,7 +415,7 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
     kv_per_token = L * 2 * kvd * cb
 
     def generation(label: str, rows_total: int, max_new: int, prompt: int) -> None:
-        if vllm and label == "generate":   # vLLM's KV cache is its share (counted above)
+        if vllm:   # the engine samples the rollouts and the evaluations: its KV cache is its share (counted above)
             phases[label] = vllm_bytes if sleep else 0
             return
         wdt = prompt + max_new
@@ -769,3 +771,28 @@ def measure_peak_rss(fn) -> tuple[int, Any]:
     base = field_bytes("VmRSS:")
     out = fn()
     return field_bytes("VmHWM:") - base, out
+
+
+def plan_run(cfg, model, tokenizer, train_set: list[dict], eval_set: list[dict], device) -> MemoryPlan:
+    """``plan_memory`` for a run about to start on ``device``: the loaded model's exact size and the
+    longest chat-templated prompts of its training and evaluation records."""
+    from .models import apply_chat_template
+
+    def longest(records: list[dict]) -> int | None:
+        texts = list({apply_chat_template(tokenizer, r["prompt"], require=True) for r in records})
+        return max(len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else None
+
+    name, capacity = detect_device(device)
+    return plan_memory(cfg, device_bytes=capacity, device_name=name, model=model, eval_prompts=len(eval_set),
+                       prompt_tokens=longest(train_set), eval_prompt_tokens=longest(eval_set))
+
+
+def enforce_plan(plan: MemoryPlan, mode: str, show: bool = False) -> None:
+    """train.memory_check for ``plan``: print it (``show``), then refuse ("refuse": ValueError naming the
+    setting to change) or warn ("warn") when it does not fit the device."""
+    if show:
+        print(plan.table(), flush=True)
+    if not plan.fits:
+        if mode == "refuse":
+            plan.check()
+        warnings.warn(plan.message(), stacklevel=3)

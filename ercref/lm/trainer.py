@@ -11,16 +11,14 @@ One training step (``Trainer.train_step``):
     5. split the kept groups into K minibatches of train.minibatch_prompts prompts and take K
        AdamW steps; minibatch k is k optimizer steps stale (staleness k = 0..K-1):
            logp, H = response_logprobs(policy)   (H has gradient only when the entropy bonus is on)
-           loss    = ercref.compute_policy_loss(cfg.loss, logp, old_logp, A, mask, H, old_H, R, ref_logp)
+           loss    = ercref.compute_policy_loss(cfg.loss, logp, old_logp, A, mask, H, old_H, R, ref_logp,
+                                                counts=batch_counts(minibatch))   (per micro-batch)
        gradient clipping; the LR scheduler (linear warm-up) steps once per training step, as verl.
 
 ``cfg.loss`` *is* an ``ercref.PolicyLossConfig``: the engine passes it to the core unchanged.
-
 Metrics stay 0-d tensors through the step and are converted to numbers once per step
 (``ercref.metrics_to_floats``: one host sync), then logged (metrics_log), then handed to callbacks.
-
-Extend by callbacks, not subclasses (``Callback``): ``on_fit_start``, ``on_sft_end``,
-``on_minibatch_start`` / ``on_minibatch`` (with staleness k), ``on_step``, ``on_eval``, ``on_save``.
+Extend by callbacks, not subclasses (``Callback``).
 
 Before RL (``start``, called by ``fit``): a fresh run refuses to overwrite a folder that holds
 checkpoints unless ``overwrite=True``; ``sft.steps`` > 0 runs a supervised warm-up (next-token loss
@@ -61,26 +59,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class Callback:
-    """Hooks the Trainer calls; override the ones you need (each defaults to doing nothing).
+    """Hooks the Trainer calls; override the ones you need (each defaults to doing nothing)."""
 
-    on_fit_start(trainer)                              after start(), before the first step of fit()
-    on_sft_end(trainer)                                after the supervised warm-up of a fresh run
-    on_minibatch_start(trainer, minibatch, advantages, staleness)   before each optimizer step
-    on_minibatch(trainer, record)      after each optimizer step; record["staleness"] = k, metric
-                                       values are 0-d tensors (no host sync until the step ends)
-    on_step(trainer, record)           after each training step, with the logged numbers
-    on_eval(trainer, record)           after each evaluation
-    on_save(trainer, path)             after each checkpoint is written
-    """
-
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_sft_end(self, trainer: Trainer) -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None: ...   # after start(), before the first step of fit()
+    def on_sft_end(self, trainer: Trainer) -> None: ...     # after the supervised warm-up of a fresh run
     def on_minibatch_start(self, trainer: Trainer, minibatch: RolloutBatch, advantages: torch.Tensor,
-                           staleness: int) -> None: ...
-    def on_minibatch(self, trainer: Trainer, record: dict) -> None: ...
-    def on_step(self, trainer: Trainer, record: dict) -> None: ...
-    def on_eval(self, trainer: Trainer, record: dict) -> None: ...
-    def on_save(self, trainer: Trainer, path: Path) -> None: ...
+                           staleness: int) -> None: ...     # before each optimizer step
+    def on_minibatch(self, trainer: Trainer, record: dict) -> None: ...  # after each optimizer step; record
+    #   ["staleness"] = k, metric values are 0-d tensors (no host sync until the step ends)
+    def on_step(self, trainer: Trainer, record: dict) -> None: ...  # after each training step, logged numbers
+    def on_eval(self, trainer: Trainer, record: dict) -> None: ...  # after each evaluation
+    def on_save(self, trainer: Trainer, path: Path) -> None: ...    # after each checkpoint is written
 
 
 def seed_everything(seed: int) -> None:
@@ -201,35 +190,15 @@ class Trainer:
             self.vllm.sync_weights(self.model)
 
     # ------------------------------------------------------------------ memory
-    def plan_memory(self):
-        """The memory planner's estimate for this run (ercref.lm.memory.plan_memory) on this device,
-        with the loaded model's exact size and the longest chat-templated prompts of the data."""
-        from .memory import detect_device, plan_memory
-        from .models import apply_chat_template
-
-        def longest(records: list[dict]) -> int | None:
-            texts = list({apply_chat_template(self.tok, r["prompt"], require=True) for r in records}) if records else []
-            return max(len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]) if texts else None
-
-        name, capacity = detect_device(self.device)
-        return plan_memory(self.cfg, device_bytes=capacity, device_name=name, model=self.model,
-                           eval_prompts=len(self.eval_set), prompt_tokens=longest(self.train_set),
-                           eval_prompt_tokens=longest(self.eval_set))
-
     def check_memory(self) -> None:
-        """train.memory_check: print the plan (with train.progress) and refuse ("refuse": ValueError
-        naming the setting to change) or warn ("warn") when it does not fit the device; "off": nothing."""
-        mode = self.cfg.train.memory_check
+        """train.memory_check: the planner's estimate for this run (ercref.lm.memory.plan_run), printed
+        with train.progress; "refuse" / "warn" when it does not fit the device; "off": no plan."""
+        from .memory import enforce_plan, plan_run
+
         self.memory_plan = None
-        if mode == "off":
-            return
-        plan = self.memory_plan = self.plan_memory()
-        if self.cfg.train.progress:
-            print(plan.table(), flush=True)
-        if not plan.fits:
-            if mode == "refuse":
-                plan.check()
-            warnings.warn(plan.message(), stacklevel=2)
+        if self.cfg.train.memory_check != "off":
+            self.memory_plan = plan_run(self.cfg, self.model, self.tok, self.train_set, self.eval_set, self.device)
+            enforce_plan(self.memory_plan, self.cfg.train.memory_check, self.cfg.train.progress)
 
     # ------------------------------------------------------------------ data
     def next_prompts(self, n: int) -> list[dict]:
