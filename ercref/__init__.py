@@ -7,6 +7,7 @@ detached 0-d tensors; ``metrics_to_floats`` turns a dict of them into floats wit
 from .advantages import dynamic_sampling_mask, group_advantages, overlong_reward
 from .aggregation import AGG_MODES, BatchCounts, aggregate, batch_counts
 from .auxiliary import kl_penalty, positive_nll
+from .drift import TokenDrift, drift_summary, token_drift, token_drift_from_hidden
 from .entropy import compiled_entropy_from_logits, entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from .erc import ERC_MASKS, apply_erc, entropy_ratio, erc_masks, random_like_erc_mask
 from .losses import LOSSES, get_loss, register_loss
@@ -19,5 +20,5 @@ __all__ = [
     "compiled_entropy_from_logits", "compute_policy_loss", "dynamic_sampling_mask", "entropy_from_logits",
     "entropy_ratio", "erc_masks", "get_loss", "group_advantages", "kl_penalty", "logprobs_and_entropy",
     "logprobs_from_logits", "metrics_to_floats", "overlong_reward", "positive_nll", "random_like_erc_mask",
-    "register_loss",
+    "register_loss", "TokenDrift", "drift_summary", "token_drift", "token_drift_from_hidden",
 ]
