@@ -1,0 +1,257 @@
+"""The pilot's criteria for a testbed, read from a study cache: does plain DAPO learn there, and does
+staleness destabilise it? Both must hold before a confirmatory test of ERC is worth running.
+
+    learns      at the on-policy cell (K = 1 optimizer step per rollout batch), every pilot seed of the
+                baseline arm raises held-out accuracy by >= LEARN_GAIN (0.20) from its first evaluation
+                to its last, on >= MIN_EVAL_PROBLEMS (200) evaluation problems, none of them a training
+                prompt (the run's saved config regenerates both sets to check it)
+    degrades    at some stale cell (K > 1, any learning rate), the baseline degrades in >= DEGRADED_SEEDS
+                (3) of the pilot seeds: its final accuracy is >= DROP (0.10) below the run's own peak
+                evaluation, or its entropy collapses (stability.collapse_step) at or after an evaluation
+                where it had learned (accuracy >= LEARNED_MIN, 0.10, above its first evaluation)
+
+Each criterion is "met", "not met" (the cached runs already rule it out) or "incomplete" (the seeds
+still missing could decide it either way), with the numbers per seed. K is read from each run's saved
+config: rollout.prompts_per_step / train.minibatch_prompts.
+
+    python -m ercref.study.pilot tiny2-pilot           # the criteria table of the cache
+
+``step_profile`` summarises the trainer's own step timings (time/generate_s, time/old_logprob_s,
+time/update_s, time/step_s) over the cached runs of each cell.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache import finished_runs, study_dir
+from .stability import collapse_step
+
+LEARN_GAIN = 0.20       # held-out accuracy gain of every on-policy seed (last - first evaluation)
+MIN_EVAL_PROBLEMS = 200  # evaluation problems of each evaluation
+DROP = 0.10             # peak - final accuracy of a degraded run
+LEARNED_MIN = 0.10      # gain over the first evaluation that counts as "it had learned" before a collapse
+DEGRADED_SEEDS = 3      # degraded seeds needed at one stale cell
+EPS = 1e-9              # thresholds are met within rounding (logged accuracies have 6 digits)
+MET, NOT_MET, INCOMPLETE = "met", "not met", "incomplete"
+TIMING_KEYS = ("time/generate_s", "time/old_logprob_s", "time/update_s", "time/step_s")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the criteria read from one run: evaluations as (step, accuracy), the collapse step, K, lr,
+    the size of the smallest evaluation and how many evaluation prompts were training prompts
+    (None: not checked)."""
+    k: int
+    lr: float
+    evals: tuple[tuple[int, float], ...]
+    collapse: int | None
+    eval_problems: int
+    overlap: int | None
+
+    @property
+    def start(self) -> float:
+        return self.evals[0][1]
+
+    @property
+    def final(self) -> float:
+        return self.evals[-1][1]
+
+    @property
+    def peak(self) -> float:
+        return max(a for _, a in self.evals)
+
+    @property
+    def gain(self) -> float:
+        return self.final - self.start
+
+    @property
+    def drop(self) -> float:
+        return self.peak - self.final
+
+    @property
+    def learned_before_collapse(self) -> bool:
+        return self.collapse is not None and any(s <= self.collapse and a - self.start >= LEARNED_MIN - EPS
+                                                 for s, a in self.evals)
+
+    @property
+    def degraded(self) -> bool:
+        return self.drop >= DROP - EPS or self.learned_before_collapse
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion's verdict: ``state`` is MET, NOT_MET or INCOMPLETE; ``detail`` gives the numbers."""
+    name: str
+    rule: str
+    state: str
+    detail: str
+
+
+def staleness_k(config: dict) -> int:
+    """Optimizer steps per rollout batch of a run's saved config (Config.to_dict())."""
+    try:
+        n, m = int(config["rollout"]["prompts_per_step"]), int(config["train"]["minibatch_prompts"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError("a run's config must have rollout.prompts_per_step and train.minibatch_prompts "
+                         f"(a saved Config.to_dict()), missing or invalid: {e}") from None
+    if n < 1 or m < 1:
+        raise ValueError(f"rollout.prompts_per_step ({n}) and train.minibatch_prompts ({m}) must be >= 1")
+    return max(1, n // m)
+
+
+def eval_overlap(config: dict) -> tuple[int, int]:
+    """(evaluation prompts, how many of them are also training prompts) of a run's saved config, by
+    regenerating both sets (ercref.lm.data.load_task)."""
+    from ercref.lm.config import config_from_dict
+    from ercref.lm.data import load_task
+
+    train, eval_ = load_task(config_from_dict(config).data)
+    seen = {str(r["prompt"]) for r in train}
+    return len(eval_), sum(str(r["prompt"]) in seen for r in eval_)
+
+
+def _accuracy_key(evals: list[dict]) -> str:
+    key = next((c for r in evals for c in r if c.startswith("eval/avg@")), None)
+    if key is None:
+        raise ValueError("the log's eval rows carry no eval/avg@k (accuracy)")
+    return key
+
+
+def run_facts(rows: list[dict], config: dict, check_overlap: bool = True) -> RunFacts:
+    """RunFacts of one run from its log rows and saved config. ValueError when it has fewer than two
+    evaluations (a gain needs a first and a last one)."""
+    evals = sorted((r for r in rows if r.get("kind") == "eval"), key=lambda r: r["step"])
+    if len(evals) < 2:
+        raise ValueError(f"a pilot run needs >= 2 evaluations (first and last), its log has {len(evals)}")
+    key = _accuracy_key(evals)
+    pts = tuple((int(r["step"]), float(r[key])) for r in evals if key in r)
+    if any(not math.isfinite(a) for _, a in pts):
+        raise ValueError(f"an evaluation's {key} is not finite: {[a for _, a in pts]}")
+    sizes = [int(r["eval/prompts"]) for r in evals if "eval/prompts" in r]
+    overlap = eval_overlap(config)[1] if check_overlap else None
+    return RunFacts(k=staleness_k(config), lr=float(config["optim"]["lr"]), evals=pts, collapse=collapse_step(rows),
+                    eval_problems=min(sizes) if sizes else 0, overlap=overlap)
+
+
+def _seed_line(seed: int, f: RunFacts) -> str:
+    c = "never" if f.collapse is None else f"step {f.collapse}"
+    return (f"seed {seed}: {f.start:.3f} -> peak {f.peak:.3f} -> final {f.final:.3f} (gain {f.gain:+.3f}, "
+            f"drop {f.drop:.3f}), collapse {c}")
+
+
+def learns(facts: dict[int, RunFacts], seeds: list[int], cell: str = "K1") -> Criterion:
+    """The learning criterion over the on-policy runs {seed: RunFacts} of the pilot's ``seeds``."""
+    rule = (f"DAPO at K = 1: every seed's held-out accuracy gain >= {LEARN_GAIN:.2f}, on >= {MIN_EVAL_PROBLEMS} "
+            "evaluation problems, none a training prompt")
+    if not seeds:
+        raise ValueError("seeds must name the pilot's seeds (at least one)")
+    have = {s: f for s, f in facts.items() if s in seeds}
+    bad = {s: f for s, f in have.items()
+           if f.gain < LEARN_GAIN - EPS or f.eval_problems < MIN_EVAL_PROBLEMS or (f.overlap or 0) > 0}
+    lines = [_seed_line(s, f) + f", {f.eval_problems} eval problems, "
+             + ("overlap not checked" if f.overlap is None else f"{f.overlap} in training") for s, f in sorted(have.items())]
+    missing = [s for s in seeds if s not in have]
+    state = NOT_MET if bad else (INCOMPLETE if missing or any(f.overlap is None for f in have.values()) else MET)
+    detail = f"{cell}: {len(have)} of {len(seeds)} seeds cached" + (f" (missing {missing})" if missing else "")
+    detail += "".join("; " + x for x in lines)
+    if bad:
+        detail += f"; failing seeds {sorted(bad)}"
+    return Criterion("learns", rule, state, detail)
+
+
+def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criterion:
+    """The staleness criterion over the stale cells' runs {cell: {seed: RunFacts}} (K > 1 only)."""
+    rule = (f"DAPO at some K > 1: >= {DEGRADED_SEEDS} of {len(seeds)} seeds end >= {DROP:.2f} below their own peak "
+            f"or collapse after learning (>= +{LEARNED_MIN:.2f})")
+    if not seeds:
+        raise ValueError("seeds must name the pilot's seeds (at least one)")
+    states, parts = [], []
+    for cell, facts in cells.items():
+        have = {s: f for s, f in facts.items() if s in seeds}
+        n_bad = sum(f.degraded for f in have.values())
+        missing = [s for s in seeds if s not in have]
+        states.append(MET if n_bad >= DEGRADED_SEEDS else NOT_MET if n_bad + len(missing) < DEGRADED_SEEDS
+                      else INCOMPLETE)
+        parts.append(f"{cell}: {n_bad} of {len(have)} cached seeds degraded" + (f" (missing {missing})" if missing
+                                                                                 else "")
+                     + "".join(f"; {_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}"
+                               for s, f in sorted(have.items())))
+    state = MET if MET in states else INCOMPLETE if INCOMPLETE in states else NOT_MET
+    return Criterion("degrades", rule, state, " | ".join(parts) if parts else "no stale cell cached")
+
+
+def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[int] | None = None,
+                   check_overlap: bool = True) -> list[Criterion]:
+    """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
+    ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
+    from .cache import read_study_json
+
+    root = study_dir(name, results_dir)
+    if not (root / "study.json").is_file():
+        raise ValueError(f"study {name!r} has no cache at {root} (no study.json): run it first")
+    seeds = list(seeds) if seeds is not None else [int(s) for s in read_study_json(root / "study.json")["seeds"]]
+    runs, _ = finished_runs(root, tokens=False)
+    on_policy: dict[int, RunFacts] = {}
+    stale: dict[str, dict[int, RunFacts]] = {}
+    on_cells = set()
+    for r in runs:
+        if r.arm != arm:
+            continue
+        f = run_facts(r.rows, r.meta["config"], check_overlap)
+        if f.k == 1:
+            on_policy[r.seed] = f
+            on_cells.add(r.cell)
+        else:
+            stale.setdefault(r.cell, {})[r.seed] = f
+    if len(on_cells) > 1:
+        raise ValueError(f"study {name!r} has several K = 1 cells {sorted(on_cells)}; the learning criterion reads one")
+    return [learns(on_policy, seeds, next(iter(on_cells), "K1")), degrades(stale, seeds)]
+
+
+def step_profile(name: str, results_dir=None) -> dict[str, dict[str, float]]:
+    """{cell: {timing key: mean seconds per RL step, "steps": steps averaged, "wall_s": mean run wall
+    time}} over every cached run of the study (the trainer's time/* metrics)."""
+    runs, _ = finished_runs(study_dir(name, results_dir), tokens=False)
+    out: dict[str, dict[str, list]] = {}
+    for r in runs:
+        d = out.setdefault(r.cell, {k: [] for k in TIMING_KEYS + ("wall_s",)})
+        d["wall_s"].append(float(r.meta["wall_s"]))
+        for row in r.rows:
+            if row.get("kind") == "step":
+                for k in TIMING_KEYS:
+                    if k in row:
+                        d[k].append(float(row[k]))
+    return {cell: {**{k: float(np.mean(v)) for k, v in d.items() if v}, "steps": len(d["time/step_s"])}
+            for cell, d in sorted(out.items())}
+
+
+def criteria_table(criteria: list[Criterion]) -> str:
+    """Markdown table: criterion, rule, state, numbers."""
+    lines = ["| criterion | rule | state | numbers |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.rule} | **{c.state}** | {c.detail} |" for c in criteria]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ercref.study.pilot", description=__doc__.split("\n")[0])
+    ap.add_argument("study", help="the pilot study's name (its cache under data/results)")
+    ap.add_argument("--arm", default="DAPO", help="the baseline arm (default DAPO)")
+    ap.add_argument("--results-dir", default=None, help="cache root (default data/results)")
+    args = ap.parse_args(argv)
+    try:
+        crit = pilot_criteria(args.study, args.results_dir, args.arm)
+    except ValueError as e:
+        ap.error(str(e))
+    print(criteria_table(crit), end="")
+    for cell, p in step_profile(args.study, args.results_dir).items():
+        print(f"{cell}: " + ", ".join(f"{k} {v:.3g}" for k, v in p.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The pilot's criteria (ercref.study.pilot) on synthetic logs and a synthetic cache: each rule's
+threshold, the met / not met / incomplete states, the overlap check of the evaluation set."""
+import pytest
+
+from ercref.lm.config import make_config
+from ercref.study import cache, pilot
+from ercref.study.pilot import INCOMPLETE, MET, NOT_MET, RunFacts, degrades, learns, run_facts
+from ercref.study.studies import Study
+
+HELD_OUT = {"data.level": 2, "data.num_train": 2000, "data.num_eval": 256}   # >= 200 disjoint eval problems
+
+
+def config(k: int = 1, lr: float = 1e-3, **extra) -> dict:
+    return make_config("cpu-tiny", overrides={**HELD_OUT, "rollout.prompts_per_step": 16,
+                                              "train.minibatch_prompts": 16 // k, "optim.lr": lr, **extra}).to_dict()
+
+
+def log(accs, entropy=None, every=25, prompts=230) -> list[dict]:
+    """Rows of a run: evaluations accs at steps 0, every, 2 every, ...; one step row per step with
+    entropy/old_mean from ``entropy`` (a function of the step; default 1.0)."""
+    steps = every * (len(accs) - 1)
+    rows = [{"kind": "step", "step": s, "entropy/old_mean": (entropy or (lambda _: 1.0))(s)} for s in range(1, steps + 1)]
+    rows += [{"kind": "eval", "step": i * every, "eval/avg@2": a, "eval/prompts": prompts} for i, a in enumerate(accs)]
+    return rows
+
+
+def facts(accs, collapse=None, k=1, problems=230, overlap=0) -> RunFacts:
+    return RunFacts(k=k, lr=1e-3, evals=tuple((25 * i, a) for i, a in enumerate(accs)), collapse=collapse,
+                    eval_problems=problems, overlap=overlap)
+
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def test_run_facts_reads_gain_peak_drop_and_collapse_from_a_log():
+    rows = log([0.2, 0.5, 0.3], entropy=lambda s: 1.0 if s < 40 else 0.01)
+    f = run_facts(rows, config(k=16), check_overlap=False)
+    assert (f.k, f.start, f.peak, f.final, f.collapse, f.eval_problems) == (16, 0.2, 0.5, 0.3, 40, 230)
+    assert f.gain == pytest.approx(0.1) and f.drop == pytest.approx(0.2)
+    assert f.learned_before_collapse and f.degraded and f.overlap is None
+    with pytest.raises(ValueError, match=">= 2 evaluations"):
+        run_facts(log([0.2]), config(), check_overlap=False)
+    with pytest.raises(ValueError, match="train.minibatch_prompts"):
+        pilot.staleness_k({"rollout": {"prompts_per_step": 16}})
+
+
+def test_learns_needs_every_seed_to_gain_020_on_200_disjoint_problems():
+    good = {s: facts([0.2, 0.3, 0.4 + 0.01 * s]) for s in SEEDS}
+    assert learns(good, SEEDS).state == MET
+    assert "seed 0: 0.200 -> peak 0.400 -> final 0.400 (gain +0.200" in learns(good, SEEDS).detail
+    assert learns({**good, 3: facts([0.2, 0.39])}, SEEDS).state == NOT_MET          # gain 0.19 in one seed
+    assert learns({**good, 3: facts([0.2, 0.5], problems=199)}, SEEDS).state == NOT_MET
+    assert learns({**good, 3: facts([0.2, 0.5], overlap=1)}, SEEDS).state == NOT_MET
+    part = {s: good[s] for s in (0, 1, 2)}
+    assert learns(part, SEEDS).state == INCOMPLETE and "missing [3, 4]" in learns(part, SEEDS).detail
+    assert learns({0: facts([0.3, 0.31])}, SEEDS).state == NOT_MET                   # one failing seed decides it
+    assert learns({s: facts([0.2, 0.5], overlap=None) for s in SEEDS}, SEEDS).state == INCOMPLETE
+
+
+def test_degrades_counts_drops_of_010_and_collapses_after_learning():
+    stable = facts([0.2, 0.4, 0.35], k=16)                        # drop 0.05: not degraded
+    drop = facts([0.2, 0.5, 0.4], k=16)                           # drop 0.10
+    learned_collapse = facts([0.2, 0.3, 0.3], collapse=30, k=16)  # +0.10 at step 25, collapse at 30
+    early_collapse = facts([0.2, 0.3, 0.3], collapse=10, k=16)    # collapsed before it had learned
+    assert (stable.degraded, drop.degraded, learned_collapse.degraded, early_collapse.degraded) == \
+        (False, True, True, False)
+    met = {0: drop, 1: drop, 2: learned_collapse, 3: stable, 4: early_collapse}
+    assert degrades({"K16-lr0.001": met}, SEEDS).state == MET
+    two = {0: drop, 1: drop, 2: stable, 3: stable, 4: early_collapse}
+    assert degrades({"K16-lr0.001": two}, SEEDS).state == NOT_MET
+    assert degrades({"K16-lr0.001": {0: drop, 1: drop, 2: stable, 3: stable}}, SEEDS).state == INCOMPLETE
+    both = degrades({"K16-lr0.001": two, "K16-lr0.003": met}, SEEDS)    # any one stale cell suffices
+    assert both.state == MET and "K16-lr0.003: 3 of 5 cached seeds degraded" in both.detail
+    assert degrades({}, SEEDS).state == NOT_MET
+
+
+def test_eval_overlap_finds_training_prompts_in_the_evaluation_set():
+    n, overlap = pilot.eval_overlap(config())
+    assert n >= 200 and overlap == 0
+    n1, overlap1 = pilot.eval_overlap(make_config("cpu-tiny").to_dict())   # single-digit sums: 100 prompts in all
+    assert n1 == 32 and overlap1 > 0
+
+
+def test_pilot_criteria_read_the_cache(tmp_path):
+    study = Study("p", "cpu-tiny", HELD_OUT, {"K1-lr0.001": {}, "K16-lr0.001": {}}, {"DAPO": {}}, [0, 1, 2])
+    root = cache.study_dir("p", tmp_path)
+    root.mkdir(parents=True)
+    cache.write_study_json(study, root)
+    for s in (0, 1, 2):
+        cache.write_run(root, "K1-lr0.001", "DAPO", s, {"config": config(k=1), "wall_s": 100.0},
+                        log([0.1, 0.3, 0.35]) + [{"kind": "step", "step": 51, "time/step_s": 2.0}])
+    for s, accs in ((0, [0.1, 0.5, 0.3]), (1, [0.1, 0.5, 0.2]), (2, [0.1, 0.2, 0.2])):
+        cache.write_run(root, "K16-lr0.001", "DAPO", s, {"config": config(k=16), "wall_s": 50.0}, log(accs))
+    c_learn, c_deg = pilot.pilot_criteria("p", tmp_path)
+    assert (c_learn.state, c_deg.state) == (MET, NOT_MET)                # 2 of 3 degraded, none missing
+    assert "K1-lr0.001: 3 of 3 seeds cached" in c_learn.detail and "0 in training" in c_learn.detail
+    table = pilot.criteria_table([c_learn, c_deg])
+    assert table.splitlines()[2].startswith("| learns |") and "**met**" in table and "**not met**" in table
+    prof = pilot.step_profile("p", tmp_path)
+    assert prof["K1-lr0.001"]["time/step_s"] == 2.0 and prof["K1-lr0.001"]["wall_s"] == 100.0
+    with pytest.raises(ValueError, match="no cache"):
+        pilot.pilot_criteria("absent", tmp_path)
