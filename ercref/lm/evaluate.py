@@ -1,0 +1,97 @@
+"""Evaluation of the trainer's policy: avg@k and pass@k on its eval set (``Trainer.evaluate`` calls
+``evaluate_policy``).
+
+Every eval prompt gets train.eval_k samples at train.eval_temperature / train.eval_top_p, of at most
+train.eval_max_new_tokens tokens (0: rollout.max_new_tokens), judged like the training rewards.
+
+Generation:
+    rollout.backend = "hf"    HF generate, under a forked torch RNG seeded by ``eval_seed(train.seed, step)``
+    rollout.backend = "vllm"  the trainer's vLLM engine, the one that samples the rollouts, so it serves the
+                              same weights (synced when the run starts, after a resume and after every
+                              optimizer phase); its max_model_len holds the evaluation's prompt + response
+                              (VLLMGenerator.from_config). The evaluation's requests carry their own seeds
+                              (request i: ``eval_request_seed(train.seed, step) + i``), so their samples do
+                              not depend on the engine's sampling state, and the torch RNG (which vLLM's
+                              samplers also draw from) is forked around the call.
+
+Either way, evaluating never changes the training trajectory: the random numbers the training steps
+draw are the same with or without evaluations.
+"""
+from __future__ import annotations
+
+import torch
+
+from .rollout import rollout
+
+# request seeds of one evaluation: eval_request_seed(seed, step) + row, rows < SEED_STRIDE
+SEED_STRIDE = 1 << 20
+
+
+def eval_seed(seed: int, step: int) -> int:
+    """The torch seed of the HF evaluation after ``step`` training steps of a run seeded ``seed``."""
+    return seed * 100_003 + step
+
+
+def eval_request_seed(seed: int, step: int) -> int:
+    """The vLLM seed of the evaluation's first request (request i gets this + i)."""
+    return eval_seed(seed, step) * SEED_STRIDE
+
+
+def pass_at_k(correct: torch.Tensor) -> tuple[float, float]:
+    """correct (n_prompts, k) bool -> (avg@k, pass@k): mean accuracy over all samples, and the
+    fraction of prompts with at least one correct sample (the unbiased pass@k with n = k)."""
+    c = correct.float()
+    return float(c.mean()), float(c.max(-1).values.mean())
+
+
+def eval_set_metrics(records: list[dict], correct: torch.Tensor) -> dict:
+    """Per named eval set (records tagged ``"eval_set": name`` by data.load_task; eval/avg@k itself
+    pools every record): {"eval/<name>/avg@k", "eval/<name>/pass@k", "eval/<name>/prompts"}.
+    correct (n_prompts, k) bool, rows in the order of records."""
+    k = correct.shape[1]
+    names = [rec.get("eval_set") for rec in records]
+    out = {}
+    for name in dict.fromkeys(n for n in names if n):
+        rows = torch.tensor([i for i, n in enumerate(names) if n == name])
+        avg, pas = pass_at_k(correct[rows])
+        out.update({f"eval/{name}/avg@{k}": avg, f"eval/{name}/pass@{k}": pas, f"eval/{name}/prompts": len(rows)})
+    return out
+
+
+def eval_max_new_tokens(cfg) -> int:
+    """The evaluation's response length limit: train.eval_max_new_tokens, or rollout.max_new_tokens for 0."""
+    return cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens
+
+
+def evaluate_policy(trainer) -> dict:
+    """Evaluate ``trainer``'s policy on ``trainer.eval_set`` (module docstring); logs the record
+    (kind "eval"), calls the callbacks' on_eval and returns the record: eval/avg@k, eval/pass@k,
+    eval/reward_mean, eval/len_mean, eval/prompts, eval/sample, per named set eval/<name>/..., and
+    the judge's counters."""
+    cfg = trainer.cfg
+    t, k = cfg.train, cfg.train.eval_k
+    max_new = eval_max_new_tokens(cfg)
+    gen_fn = None
+    if trainer.vllm is not None:
+        engine = trainer.vllm
+        if engine.syncs == 0:      # never synced (evaluate() before start()): serve the policy, not the folder's weights
+            engine.sync_weights(trainer.model)
+        first_seed = eval_request_seed(t.seed, trainer.step)
+        gen_fn = lambda ids, am: engine(ids, am, max_new, t.eval_temperature, t.eval_top_p, seed=first_seed)  # noqa: E731
+    with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+        torch.manual_seed(eval_seed(t.seed, trainer.step))
+        batch = rollout(trainer.model, trainer.tok, [r["prompt"] for r in trainer.eval_set],
+                        [r["answer"] for r in trainer.eval_set], k, max_new, t.eval_temperature, t.eval_top_p,
+                        cfg.data.max_prompt_tokens, cfg.rollout.generation_batch_size, cfg.model.fused_head,
+                        trainer.autocast, gen_fn, with_logprobs=False,
+                        max_tokens_per_generate=cfg.rollout.max_tokens_per_generate)
+    rewards, correct = trainer.score(batch, max_new)
+    avg, pas = pass_at_k(correct.view(-1, k))
+    rec = {"kind": "eval", "step": trainer.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,
+           "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
+           "eval/prompts": len(trainer.eval_set), "eval/sample": batch.texts[0]}
+    rec.update(eval_set_metrics(trainer.eval_set, correct.view(-1, k)))
+    rec.update(trainer.drain_judge_stats(prefix="eval/"))
+    trainer.log.write(rec)
+    trainer._emit("on_eval", rec)
+    return rec
