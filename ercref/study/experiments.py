@@ -183,19 +183,11 @@ def cuda_report(cfg: Config | None = None) -> dict:
 
 
 def planner_estimate(cfg: Config, device_bytes: int | None = None, device_name: str | None = None) -> dict:
-    """The memory planner's (ercref.lm.memory) peak-memory and step-time estimate for ``cfg`` on a
-    device of ``device_bytes`` (None: the detected one): {"available": True, "message", "total_gb",
-    "fits", "step_s", "table"} (the same keys as cuda_report). Pure arithmetic, so it runs on CPU for a GPU config."""
-    from ercref.lm.memory import estimate_step_seconds, plan_memory
+    """The memory planner's peak-memory and time estimate (steps and evaluations) for ``cfg``:
+    ercref.study.gpu_plan.planner_estimate, the source of the README's GPU table."""
+    from .gpu_plan import planner_estimate as estimate
 
-    plan = plan_memory(cfg, device_bytes=device_bytes, device_name=device_name)
-    step = estimate_step_seconds(cfg, device_bytes=plan.device_bytes)
-    msg = (f"memory planner: peak {plan.total_bytes / 2**30:.1f} GiB of {plan.device_bytes / 2**30:.1f} GiB "
-           f"({plan.device_name}): {'fits' if plan.fits else 'does NOT fit'}; {step.text()}, "
-           f"~{step.total * cfg.train.steps / 3600:.1f} h for {cfg.train.steps} steps without evaluation "
-           "(estimates, not measurements)")
-    return {"available": True, "message": msg, "total_gb": plan.total_bytes / 2**30, "fits": bool(plan.fits),
-            "step_s": float(step.total), "table": plan.table()}
+    return estimate(cfg, device_bytes=device_bytes, device_name=device_name)
 
 
 # The authors' recipe, transcribed value by value from their scripts (Kwai-Klear/ERC) with file:line
