@@ -28,7 +28,7 @@ Two entries, the same numbers:
                                                                       hidden (..., D), LM-head weight (V, D)
 
 Both work on ``chunk_rows`` rows at a time and never hold more than five (chunk_rows, V) fp32
-buffers (old and new tile, p, q, one work buffer): the hidden-state entry computes each tile
+buffers (log p, p, log q, q and one work buffer): the hidden-state entry computes each tile
 z = h W^T itself, so the (..., V) logits are never materialised. bf16 / fp16 inputs are reduced in
 fp32 (the hidden-state entry multiplies in the input dtype, as the model's own head would); fp64
 stays fp64. The measures are diagnostics: they carry no gradient.

@@ -7,6 +7,7 @@ the tiled hidden-state path, the summaries, bad input; and the trainer's drift c
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -343,3 +344,154 @@ def test_bad_input_is_refused_naming_the_argument(case):
 def test_exported_from_the_package():
     assert ercref.token_drift is token_drift and ercref.drift_summary is drift_summary
     assert ercref.token_drift_from_hidden is token_drift_from_hidden and ercref.TokenDrift is TokenDrift
+
+
+# ----------------------------------------------------------------------------- the trainer's drift callback
+# a small cpu-tiny (as tests/test_lm_trainer.py): 8 prompts x 4 samples, K = 4 minibatches of 2 prompts;
+# rollout temperature 0.8, so a measure at the wrong temperature would differ from the direct computation.
+# No warm-up: the random model gets every answer wrong (all advantages 0), and the entropy bonus gives
+# every update a gradient.
+TINY = ["sft.steps=0", "loss.entropy_coef=0.01", "rollout.prompts_per_step=8", "rollout.group_size=4",
+        "train.minibatch_prompts=2", "train.progress=false", "train.plot=false", "data.num_eval=8", "train.eval_k=2",
+        "rollout.temperature=0.8", "train.save_checkpoints=false"]
+DRIFT_SETS = ("trained", "other", "heldout")
+
+
+def _trainer(path, extra=(), callbacks=()):
+    from ercref.lm.config import make_config
+    from ercref.lm.trainer import Trainer
+
+    tr = Trainer(make_config("cpu-tiny", overrides=TINY + list(extra)), path, callbacks=list(callbacks))
+    tr.start()
+    return tr
+
+
+class Spy:
+    """Records, before each minibatch update, the policy's weights and the minibatch (a trainer callback)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_minibatch_start(self, trainer, minibatch, advantages, staleness):
+        self.seen.append(({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, minibatch))
+
+
+def _direct_drift(model, old_state, new_state, batch, temperature):
+    """TokenDrift from the full logits of two copies of ``model`` (no fused head, no shared prompts, no
+    micro-batches), and the response mask: the definition, independent of the callback's path."""
+    from ercref.lm.prompt_sharing import position_ids_from_mask
+
+    logits = []
+    for state in (old_state, new_state):
+        m = copy.deepcopy(model).eval()
+        m.load_state_dict(state)
+        with torch.no_grad():
+            out = m(input_ids=batch.sequences, attention_mask=batch.attention_mask,
+                    position_ids=position_ids_from_mask(batch.attention_mask), use_cache=False).logits
+        logits.append(out[:, batch.prompt_len - 1 : -1])
+    return token_drift(logits[0], logits[1], batch.sequences[:, batch.prompt_len:], temperature), batch.response_mask
+
+
+def _cat(parts):
+    return (TokenDrift(*(torch.cat([d[i].reshape(-1) for d, _ in parts]) for i in range(len(TokenDrift._fields)))),
+            torch.cat([m.reshape(-1) for _, m in parts]))
+
+
+def test_drift_callback_logs_every_set_equal_to_the_direct_computation_and_leaves_training_unchanged(tmp_path):
+    from ercref.lm.drift_callback import DriftCallback, heldout_seed
+    from ercref.lm.metrics_log import read_log, strip_timing
+    from ercref.lm.rollout import rollout
+
+    spy = Spy()
+    tr = _trainer(tmp_path / "drift", callbacks=[spy, DriftCallback(heldout_prompts=4, heldout_samples=2)])
+    tr.train_step()
+    tr.train_step()
+    plain = _trainer(tmp_path / "plain")   # (a Trainer seeds torch's global RNG: built after the first one's steps)
+    plain.train_step()
+    plain.train_step()
+    # the trajectory (two steps: the second rollout would show any random number drawn in the first step):
+    # the same weights, the same logged numbers apart from the drift metrics and timings
+    for (k, v), (k2, v2) in zip(tr.model.state_dict().items(), plain.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    rows, ref_rows = read_log(tr.log.path), read_log(plain.log.path)
+    assert [{k: v for k, v in strip_timing(r).items() if not k.startswith("drift/")} for r in rows] == \
+        [strip_timing(r) for r in ref_rows]
+    assert not any(k.startswith("drift/") for r in ref_rows for k in r)
+    # every set, measure and statistic is in each step's log line
+    steps = read_log(tr.log.path, "step")
+    assert all(r.get("drift/trained/tokens", 0) > 0 for r in steps)
+    logged = steps[0]
+    for s in DRIFT_SETS:
+        assert f"drift/{s}/tokens" in logged
+        for m in SUMMARISED:
+            for stat in ("mean", "p90", "p99", "max"):
+                assert f"drift/{s}/{m}/{stat}" in logged, (s, m, stat)
+        for t in ("0.01", "0.1"):
+            assert f"drift/{s}/kl_old_new/frac_gt_{t}" in logged and f"drift/{s}/kl_new_old/frac_gt_{t}" in logged
+        assert logged[f"drift/{s}/kl_old_new/mean"] > 0 and logged[f"drift/{s}/tv_unsampled/max"] > 0, s
+
+    # each set of the first step equals the definition computed directly from the weights the spy saw:
+    # the first step's K = 4 minibatches; the weights after its updates are those the second step starts from
+    first, new_state = spy.seen[:4], spy.seen[4][0]
+    old_state, mbs = first[0][0], [mb for _, mb in first]
+    tau = tr.cfg.rollout.temperature
+    trained = _cat([_direct_drift(tr.model, old_state, new_state, mb, tau) for mb in mbs])
+    other = _cat([_direct_drift(tr.model, old_state, state_k, mb, tau) for state_k, mb in first[1:]])
+    old_model = copy.deepcopy(tr.model).eval()
+    old_model.load_state_dict(old_state)
+    with torch.random.fork_rng():
+        torch.manual_seed(heldout_seed(tr.cfg.train.seed, 1))
+        held = rollout(old_model, tr.tok, [r["prompt"] for r in tr.eval_set[:4]], [r["answer"] for r in tr.eval_set[:4]],
+                       2, tr.cfg.rollout.max_new_tokens, tau, tr.cfg.rollout.top_p, tr.cfg.data.max_prompt_tokens,
+                       with_logprobs=False)
+    heldout = _direct_drift(tr.model, old_state, new_state, held, tau)
+    assert logged["drift/heldout/tokens"] == float(held.response_mask.sum())
+    for name, (drift, mask) in (("trained", trained), ("other", other), ("heldout", heldout)):
+        direct = drift_summary(drift, mask, prefix=f"drift/{name}")
+        for k, v in direct.items():
+            assert logged[k] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
+    assert logged["drift/trained/tokens"] == float(sum(mb.response_mask.sum() for mb in mbs))
+
+
+def test_drift_is_exactly_zero_when_the_update_leaves_the_weights_unchanged(tmp_path):
+    """optim.lr must be > 0, but a warm-up from zero makes the first step's learning rate exactly 0."""
+    from ercref.lm.drift_callback import DriftCallback
+
+    tr = _trainer(tmp_path, ["optim.warmup_steps=4", "optim.warmup_from_zero=true"],
+                  [DriftCallback(heldout_prompts=4, heldout_samples=1)])
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    rec = tr.train_step()
+    assert rec["lr"] == 0.0 and rec["grad/norm"] > 0   # a real gradient, and a step of size 0
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+    for s in DRIFT_SETS:
+        assert rec[f"drift/{s}/tokens"] > 0
+        for m in ("kl_old_new", "kl_new_old", "tv", "tv_sampled", "tv_unsampled", "entropy_abs_diff"):
+            assert rec[f"drift/{s}/{m}/max"] == 0.0, (s, m)
+        assert rec[f"drift/{s}/entropy_ratio/mean"] == 1.0 and rec[f"drift/{s}/entropy_ratio/max"] == 1.0
+        assert rec[f"drift/{s}/kl_old_new/frac_gt_0.01"] == 0.0
+    rec = tr.train_step()                               # the second step's learning rate is > 0
+    assert rec["lr"] > 0 and rec["drift/trained/kl_old_new/max"] > 0 and rec["drift/heldout/tv/max"] > 0
+
+
+def test_drift_callback_every_n_steps_one_minibatch_and_no_heldout(tmp_path):
+    from ercref.lm.drift_callback import DriftCallback
+
+    tr = _trainer(tmp_path, ["train.minibatch_prompts=8"], [DriftCallback(heldout_prompts=0, every=2)])
+    first, second = tr.train_step(), tr.train_step()
+    assert not any(k.startswith("drift/") for k in first)
+    assert "drift/trained/kl_old_new/p99" in second and second["drift/trained/tokens"] > 0
+    # K = 1: no minibatch waits for its update, so there is no "other" set; no held-out prompts asked for
+    assert not any(k.startswith(("drift/other/", "drift/heldout/")) for k in second)
+
+
+def test_drift_callback_refuses_bad_settings_naming_them(tmp_path):
+    from ercref.lm.drift_callback import DriftCallback
+
+    for kwargs, name in (({"heldout_prompts": -1}, "heldout_prompts"), ({"heldout_samples": 0}, "heldout_samples"),
+                         ({"every": 0}, "every"), ({"every": True}, "every"), ({"heldout_prompts": 2.0}, "heldout_prompts")):
+        with pytest.raises(ValueError, match=rf"DriftCallback\({name}=...\) must be an int"):
+            DriftCallback(**kwargs)
+    tr = _trainer(tmp_path, callbacks=[DriftCallback(heldout_prompts=2)])
+    tr.eval_set = []
+    with pytest.raises(ValueError, match=r"heldout_prompts.*eval set is empty.*heldout_prompts=0"):
+        tr.train_step()

@@ -67,6 +67,8 @@ class Callback:
                            staleness: int) -> None: ...     # before each optimizer step
     def on_minibatch(self, trainer: Trainer, record: dict) -> None: ...  # after each optimizer step; record
     #   ["staleness"] = k, metric values are 0-d tensors (no host sync until the step ends)
+    def on_step_metrics(self, trainer: Trainer, record: dict) -> None: ...  # before the step's record is logged:
+    #   a callback may add 0-d tensor metrics to it (converted in the step's one host sync)
     def on_step(self, trainer: Trainer, record: dict) -> None: ...  # after each training step, logged numbers
     def on_eval(self, trainer: Trainer, record: dict) -> None: ...  # after each evaluation
     def on_save(self, trainer: Trainer, path: Path) -> None: ...    # after each checkpoint is written
@@ -420,6 +422,7 @@ class Trainer:
                     vals = [m[key] for m in mb_metrics if key in m]   # (staleness-0 metrics: the first only)
                     out[key] = sum(vals) / len(vals)
             out["lr"] = mb_metrics[-1]["lr"]
+        self._emit("on_step_metrics", out)
         # the one host sync of the step: every minibatch record and the step record at once
         flat = metrics_to_floats({(j, k): v for j, m in enumerate(mb_metrics + [out]) for k, v in m.items() if k not in ("kind", "step")})
         rows: list[dict] = [{} for _ in range(len(mb_metrics) + 1)]
