@@ -107,3 +107,62 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# ----------------------------------------------------------------------------- GPU
+# The GPU environment, its own locked set (CUDA only: it cannot be built or run on a machine without
+# an NVIDIA GPU): vLLM 0.32.0 with the torch (2.13.0, PyPI's CUDA build) and transformers (<5.20) it
+# pins, and the `lm` extra, in .venv-gpu. requirements-gpu.lock is made by `make lock-gpu` from
+# requirements-gpu.in and pyproject.toml; the last line fails without CUDA or with another torch.
+GVENV     := .venv-gpu
+GBIN      := $(GVENV)/bin
+GSTAMP    := $(GVENV)/.installed
+GLOCK     := requirements-gpu.lock
+GLOCK_CMD := uv pip compile pyproject.toml --extra lm requirements-gpu.in --python-platform x86_64-manylinux_2_28 \
+             --python-version 3.11 --no-header $(UPGRADE) -o $(GLOCK)
+
+.PHONY: setup-gpu lock-gpu gpu-check gpu-check-wheels test-gpu-versions
+
+setup-gpu: $(GSTAMP)
+
+$(GSTAMP): $(GLOCK) pyproject.toml
+	test -x $(GBIN)/python || $(PY) -m venv $(GVENV)
+	$(GBIN)/pip install -q -r $(GLOCK)
+	$(GBIN)/pip install -q --no-deps -e .
+	$(GBIN)/python -c "import torch, vllm; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; assert torch.cuda.is_available(), 'no CUDA GPU'"
+	touch $(GSTAMP)
+
+lock-gpu:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(UV)
+	$(BIN)/$(strip $(GLOCK_CMD))
+	sed -i '1i # Made by `make lock-gpu` (Makefile) with $(UV): $(strip $(GLOCK_CMD))\
+	# Installed by `make setup-gpu` into $(GVENV) (CUDA machines only).' $(GLOCK)
+
+# scripts/gpu_check.py on a CUDA machine (the repository root; OUT: where gpu_check.json / .txt go)
+gpu-check:
+	PYTHONPATH=. $(PY) scripts/gpu_check.py --out $(or $(OUT),.)
+
+# ercref's import-time dependencies that a plain torch + transformers install lacks, as wheels for the
+# borrowed GPU machine (Python 3.12, no network), at the versions of requirements.lock, into .gpu-wheels/
+# (git-ignored; carry it along with the working tree; scripts/gpu_check.py puts them on sys.path).
+GPU_WHEELS  := .gpu-wheels
+GPU_CARRIED := tyro docstring-parser typeguard
+
+gpu-check-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+	    -d $(GPU_WHEELS) $$(for p in $(GPU_CARRIED); do grep -E "^$$p==" $(LOCK); done)
+
+# The CPU smoke mode of scripts/gpu_check.py with the borrowed GPU machine's versions: torch 2.11.0
+# (PyPI has only its CUDA 13.0 build, which runs on CPU; its CUDA libraries, ~4 GB, come along) and
+# transformers 5.17.0, nothing else installed (the carried wheels as on that machine), in .venv-gpuver.
+XVENV  := .venv-gpuver
+XSTAMP := $(XVENV)/.installed
+
+$(XSTAMP):
+	test -x $(XVENV)/bin/python || $(PY) -m venv $(XVENV)
+	$(XVENV)/bin/pip install -q torch==2.11.0 transformers==5.17.0
+	$(XVENV)/bin/python -c "import torch, transformers as t; assert torch.__version__.startswith('2.11.0') and t.__version__ == '5.17.0'"
+	touch $(XSTAMP)
+
+test-gpu-versions: $(STAMP) $(XSTAMP) gpu-check-wheels
+	$(BIN)/python -m pytest -q tests/test_gpu_check.py -k gpu_machines_versions
