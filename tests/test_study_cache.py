@@ -137,6 +137,45 @@ def test_unhashed_meta_with_a_damaged_log_is_not_trusted(tmp_path):
     assert "unknown keys" in cache.check_run(tmp_path, "c", "A", 0).problem
 
 
+@pytest.mark.parametrize("log_bytes, phrase", [
+    (b"", "not gzip data"),                                               # emptied
+    (b'{"kind": "step", "step": 1}\n', "not gzip data"),                 # overwritten with plain text
+    (gzip.compress(b""), "holds no rows"),                                # a log with no rows
+])
+def test_unhashed_meta_with_an_empty_or_plain_log_is_not_finished(tmp_path, log_bytes, phrase):
+    log, meta = cache.run_paths(tmp_path, "c", "A", 0)
+    log.parent.mkdir(parents=True)
+    meta.write_text(json.dumps(META))
+    log.write_bytes(log_bytes)
+    state = cache.check_run(tmp_path, "c", "A", 0)
+    assert state.state == "damaged" and "seed0.jsonl.gz" in state.problem and phrase in state.problem
+    assert cache.finished_runs(tmp_path, warn=False)[0] == []
+
+
+def test_a_run_like_file_with_a_leading_zero_seed_is_stray(tmp_path):
+    log, meta = _run(tmp_path)
+    (log.parent / "seed01.jsonl.gz").write_bytes(log.read_bytes())
+    runs, problems = cache.finished_runs(tmp_path, warn=False)
+    assert [r.seed for r in runs] == [0] and len(problems) == 1 and "seed01.jsonl.gz: stray file" in problems[0]
+
+
+@pytest.mark.parametrize("wall", ["missing", None, "12 s", -1.0])
+def test_a_run_whose_meta_has_no_usable_wall_time_counts_as_cached_with_no_time(tmp_path, wall):
+    s = Study("t", "cpu-tiny", {}, {"c": {}}, {"A": {}}, [0, 1], est_run_s=30.0)
+    root = cache.study_dir("t", tmp_path)
+    log, meta = cache.run_paths(root, "c", "A", 0)
+    log.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({k: v for k, v in META.items() if k != "wall_s"}
+                               | ({} if wall == "missing" else {"wall_s": wall})))
+    log.write_bytes(cache.jsonl_gz_bytes(ROWS))
+    _run(root, seed=1)
+    times = runner.cached_wall_times(root)
+    assert sorted((t["seed"], t["wall_s"]) for t in times) == [(0, None), (1, 12.5)]
+    assert runner.estimate_run_s(times, "c", "A", 99.0) == 12.5
+    st_ = runner.status(s, tmp_path)
+    assert st_["cached"].sum() == 2 and st_["damaged"].sum() == 0 and st_["left_cpu_h"].sum() == 0
+
+
 # ----------------------------------------------------------------------------- any damage is detected
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -49,7 +50,7 @@ LOG_SUFFIX = ".jsonl.gz"
 TOKENS_SUFFIX = ".tokens.gz"
 META_SUFFIX = ".meta.json"
 SET_ASIDE = "set-aside"
-RUN_FILE = re.compile(r"^seed(?P<seed>\d+)(?P<suffix>\.jsonl\.gz|\.tokens\.gz|\.meta\.json)$")
+RUN_FILE = re.compile(r"^seed(?P<seed>0|[1-9]\d*)(?P<suffix>\.jsonl\.gz|\.tokens\.gz|\.meta\.json)$")
 # the keys of a run's meta before metas carried an integrity field (accepted after a full read)
 LEGACY_META_KEYS = frozenset({"study", "cell", "arm", "seed", "config", "overrides", "matched", "git_commit",
                               "ercref_version", "machine", "wall_s", "finished"})
@@ -196,10 +197,13 @@ def read_study_json(path: Path) -> dict:
 # ----------------------------------------------------------------------------- reading
 def read_run_log(path: str | os.PathLike) -> list[dict]:
     """The rows of one gzip JSON Lines file of the cache (a plain .jsonl also reads). DamagedRunError
-    naming the file (and line) for a truncated or corrupt gzip stream, bytes that are not UTF-8, a
-    line that is not a JSON object."""
+    naming the file (and line) for a file named .gz that is not gzip data (an empty file included),
+    a truncated or corrupt gzip stream, bytes that are not UTF-8, a line that is not a JSON object."""
     path = Path(path)
     raw = path.read_bytes()
+    if path.name.endswith(".gz") and raw[:2] != b"\x1f\x8b":
+        raise DamagedRunError(f"{path}: not gzip data ({len(raw):,} bytes{', empty' if not raw else ''}): damaged or "
+                              "overwritten")
     try:
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
         text = data.decode()
@@ -289,11 +293,22 @@ def read_run(root: Path, cell: str, arm: str, seed: int, rows: bool = True, toke
     if tok.exists() and tok.name not in listed:
         raise DamagedRunError(f"{tok}: not listed in its meta {meta_path.name}")
     log_rows = read_run_log(log) if rows or not hashed else []
+    if not hashed and not log_rows:
+        raise DamagedRunError(f"{log}: holds no rows, and its meta {meta_path.name} has no integrity data to say that "
+                              "is what was written: unfinished")
     token_rows = read_run_log(tok) if tok.name in listed and (tokens or not hashed) else None
     for key, want in (("cell", cell), ("arm", arm), ("seed", seed)):
         if key in meta and meta[key] != want:
             raise DamagedRunError(f"{meta_path}: its {key} is {meta[key]!r}, but the file is at {key} {want!r}")
     return Run(cell, arm, seed, meta, log_rows if rows else [], token_rows if tokens else None, hashed)
+
+
+def wall_seconds(meta: dict) -> float | None:
+    """A run's recorded wall time (its meta's wall_s) in seconds; None when the meta records no finite,
+    non-negative number (an older meta without it)."""
+    v = meta.get("wall_s")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return float(v) if ok else None
 
 
 @dataclass(frozen=True)

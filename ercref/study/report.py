@@ -40,7 +40,7 @@ import pandas as pd
 from ercref.paths import REPO_ROOT
 
 from . import claims, stability
-from .cache import finished_runs, load_tokens, read_study_json, study_dir
+from .cache import finished_runs, load_tokens, read_study_json, study_dir, wall_seconds
 from .plots import MIN_BAND_SEEDS
 from .token_view import token_table
 
@@ -91,7 +91,7 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
         meta = run.meta
         clip = [r["erc/clip_frac"] for r in run.rows if r.get("kind") == "minibatch" and "erc/clip_frac" in r]
         collapse = summary["collapse_step"]
-        rows.append({"cell": run.cell, "arm": run.arm, "seed": run.seed, "wall_s": float(meta["wall_s"]),
+        rows.append({"cell": run.cell, "arm": run.arm, "seed": run.seed, "wall_s": wall_seconds(meta),
                      "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
                      "finished": meta.get("finished"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,

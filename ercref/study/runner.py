@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import check_run, compact, finished_runs, read_run, study_dir, write_run, write_study_json
+from .cache import check_run, compact, finished_runs, read_run, study_dir, wall_seconds, write_run, write_study_json
 from .studies import Study
 
 DEFAULT_WORKERS = 2
@@ -147,15 +147,18 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
 # ----------------------------------------------------------------------------- time estimates
 def cached_wall_times(root: Path) -> list[dict]:
     """[{"cell", "arm", "seed", "wall_s"}] of every finished run in the cache whose files check out
-    (cache.finished_runs; a damaged one is warned about and left out)."""
+    (cache.finished_runs; a damaged one is warned about and left out). ``wall_s`` is None for a run
+    whose meta records no finite, non-negative wall time (an older meta): it counts as cached, with
+    no time."""
     runs, _ = finished_runs(root, rows=False, tokens=False)
-    return [{"cell": r.cell, "arm": r.arm, "seed": r.seed, "wall_s": float(r.meta["wall_s"])} for r in runs]
+    return [{"cell": r.cell, "arm": r.arm, "seed": r.seed, "wall_s": wall_seconds(r.meta)} for r in runs]
 
 
 def estimate_run_s(times: list[dict], cell: str, arm: str, prior: float) -> float:
-    """Median wall time of cached runs of (cell, arm), else of the arm, else of all, else ``prior``."""
+    """Median wall time of cached runs of (cell, arm), else of the arm, else of all, else ``prior``
+    (runs with no recorded time are left out)."""
     for keep in (lambda t: t["cell"] == cell and t["arm"] == arm, lambda t: t["arm"] == arm, lambda t: True):
-        xs = [t["wall_s"] for t in times if keep(t)]
+        xs = [t["wall_s"] for t in times if keep(t) and t["wall_s"] is not None]
         if xs:
             return float(statistics.median(xs))
     return float(prior)
@@ -258,7 +261,7 @@ def status(study: Study, results_dir=None, cells=None, arms=None, seeds=None) ->
         r["runs"] += 1
         if (cell, arm, seed) in done:
             r["cached"] += 1
-            r["spent_s"] += done[cell, arm, seed]
+            r["spent_s"] += done[cell, arm, seed] or 0.0
             continue
         st = check_run(root, cell, arm, seed)
         if st.state == "damaged":
