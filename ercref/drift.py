@@ -58,7 +58,7 @@ from ._checks import (
     require,
     upcast,
 )
-from .entropy import acc_dtype, default_chunk_rows
+from .entropy import acc_dtype
 from .erc import _ratio
 from .fused_head import tile_rows
 
@@ -150,6 +150,12 @@ def _shaped(flat: TokenDrift, lead: tuple[int, ...]) -> TokenDrift:
 
 
 # ----------------------------------------------------------------------------- checks
+def default_rows(vocab_size: int, device_type: str) -> int:
+    """Rows per tile by default: a quarter of ``ercref.fused_head.tile_rows`` on the device, so the five
+    buffers together hold ~1.25 fused-head tiles (on a CPU ~4 MB each, near the cache)."""
+    return max(1, tile_rows(vocab_size, device_type) // 4)
+
+
 def _check_chunk_rows(chunk_rows) -> None:
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"chunk_rows must be a positive int (rows of logits per tile) or None, got {chunk_rows!r}")
@@ -186,8 +192,8 @@ def token_drift(old_logits: Tensor, new_logits: Tensor, labels: Tensor, temperat
 
     old_logits, new_logits (..., V) on one device; labels (...) the sampled tokens a_t. -inf logits
     are masked-out tokens (probability 0); NaN, +inf and a row that is entirely -inf are refused,
-    naming the argument and the row. ``chunk_rows`` (default ~4M elements per fp32 buffer): rows per
-    tile. Returns a TokenDrift of (...) tensors without gradient (module docstring).
+    naming the argument and the row. ``chunk_rows`` (default ``default_rows``): rows per tile.
+    Returns a TokenDrift of (...) tensors without gradient (module docstring).
     """
     check_float("old_logits", old_logits)
     check_float("new_logits", new_logits)
@@ -199,7 +205,7 @@ def token_drift(old_logits: Tensor, new_logits: Tensor, labels: Tensor, temperat
     V = old_logits.shape[-1]
     lead = tuple(old_logits.shape[:-1])
     lab = _check_labels(labels, lead, V, "old_logits", old_logits)
-    rows = chunk_rows or default_chunk_rows(V)
+    rows = chunk_rows or default_rows(V, old_logits.device.type)
     acc = acc_dtype(torch.promote_types(old_logits.dtype, new_logits.dtype))
     flat_o = old_logits.detach().reshape(-1, V)
     flat_n = new_logits.detach().reshape(-1, V)
@@ -225,8 +231,8 @@ def token_drift_from_hidden(old_hidden: Tensor, old_weight: Tensor, new_hidden: 
     old_hidden, new_hidden (..., D): the last hidden states of the two policies at the same positions;
     old_weight, new_weight (V, D): their LM-head weights (no bias); labels (...) the sampled tokens.
     Each side's hidden and weight share a dtype (matmuls in it, reduced in fp32; fp64 stays fp64).
-    ``chunk_rows`` (default a quarter of ``ercref.fused_head.tile_rows`` on the device: five buffers
-    of up to that many rows are alive at once). Returns a TokenDrift of (...) tensors without gradient.
+    ``chunk_rows`` (default ``default_rows``): rows per tile (five such buffers are alive at once).
+    Returns a TokenDrift of (...) tensors without gradient.
     """
     for name, x in (("old_hidden", old_hidden), ("old_weight", old_weight), ("new_hidden", new_hidden),
                     ("new_weight", new_weight)):
@@ -254,7 +260,7 @@ def token_drift_from_hidden(old_hidden: Tensor, old_weight: Tensor, new_hidden: 
     for name, x in (("old_hidden", old_hidden), ("old_weight", old_weight), ("new_hidden", new_hidden),
                     ("new_weight", new_weight)):
         check_finite(name, x)
-    rows = chunk_rows or max(1, tile_rows(V, old_hidden.device.type) // 4)
+    rows = chunk_rows or default_rows(V, old_hidden.device.type)
     acc = acc_dtype(torch.promote_types(old_hidden.dtype, new_hidden.dtype))
     ho, hn = old_hidden.detach().reshape(-1, D), new_hidden.detach().reshape(-1, D)
     wo, wn = old_weight.detach(), new_weight.detach()

@@ -127,6 +127,17 @@ def test_chunking_does_not_change_the_result():
             torch.testing.assert_close(getattr(d, k), getattr(ref, k), rtol=1e-6, atol=1e-8)
 
 
+def test_default_tiles_at_a_real_vocabulary_size_equal_one_tile():
+    from ercref.drift import default_rows
+
+    V = 151_936                                     # Qwen2's vocabulary
+    assert default_rows(V, "cpu") == 6 and default_rows(V, "cuda") > 100
+    old, new, labels = _pair((2, 7), V, step=0.05)  # 14 rows: three default tiles on a CPU
+    d, one = token_drift(old, new, labels), token_drift(old, new, labels, chunk_rows=14)
+    for k in TokenDrift._fields:
+        torch.testing.assert_close(getattr(d, k), getattr(one, k), rtol=1e-6, atol=1e-8)
+
+
 # ----------------------------------------------------------------------------- the tiled hidden-state path
 def _hidden_pair(shape, D, V, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
