@@ -364,8 +364,8 @@ def _spy(trainer) -> list[dict]:
     seen: list[dict] = []
     gen, make = trainer.vllm.generate_tokens, trainer.make_rollout
 
-    def generate_tokens(prompts, max_new_tokens, temperature, top_p=1.0, logprobs=False):
-        toks, lps = gen(prompts, max_new_tokens, temperature, top_p, logprobs=True)
+    def generate_tokens(prompts, max_new_tokens, temperature, top_p=1.0, logprobs=False, seed=None):
+        toks, lps = gen(prompts, max_new_tokens, temperature, top_p, logprobs=True, seed=seed)
         seen.append({"prompts": prompts, "toks": toks, "lps": lps})
         return toks, lps
 
