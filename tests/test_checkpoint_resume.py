@@ -2,11 +2,13 @@
 checkpoints are detected by their manifests and skipped for the previous complete one; at most
 keep_last + 1 checkpoints on disk; free disk checked before anything is written."""
 import hashlib
+import json
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -132,6 +134,36 @@ def test_fresh_run_refuses_a_folder_with_a_log_unless_overwrite(tmp_path, cfg):
     assert log.read_text() == '{"kind": "step", "step": 1}\n'
     Trainer(cfg, tmp_path, overwrite=True).start()
     assert not log.exists()
+
+
+@pytest.mark.parametrize("text", ['{"model_type": "llama", "hidden_size": 576}', "not json", "{}"])
+def test_a_fresh_run_refuses_a_folder_whose_config_json_is_another(tmp_path, cfg, text):
+    """A config.json that is not the one this run would write (a model folder's, another run's, or
+    damaged) is a run file: a fresh run never replaces it without overwrite."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(FileExistsError, match=r"(?s)config\.json.*--overwrite"):
+        Trainer(cfg, tmp_path)
+    with pytest.raises(FileExistsError, match=r"(?s)config\.json.*--overwrite"):
+        Trainer(cfg, tmp_path, resume=True)
+    assert (tmp_path / "config.json").read_text() == text
+    Trainer(cfg, tmp_path, overwrite=True).start()
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def test_a_fresh_run_may_reuse_a_folder_holding_only_its_own_config_json(tmp_path, cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))   # a run stopped before its first log line
+    tr = Trainer(cfg, tmp_path)
+    assert tr.step == 0 and tr.resumed_from is None
+
+
+def test_resume_from_another_models_checkpoint_names_the_models(run_dir, cfg):
+    ck = run_dir / "checkpoints"
+    ckpt.save_checkpoint(ck, 3, {"model": {"embed.weight": torch.zeros(2, 2)}, "optimizer": {}, "scheduler": {},
+                                 "cursor": 0, "config": {"model": {"name": "smollm2-135m-instruct"}}}, keep_last=5)
+    before = snapshot(run_dir)
+    with pytest.raises(ValueError, match=r"(?s)ckpt-00000003\.pt.*another model.*'smollm2-135m-instruct'.*'tiny'"):
+        Trainer(cfg, run_dir, resume=True)
+    assert snapshot(run_dir) == before
 
 
 def test_overwrite_deletes_checkpoints_with_their_manifests(run_dir, cfg):
@@ -356,6 +388,17 @@ def test_expected_checkpoint_bytes_match_a_real_trainer_checkpoint(tmp_path, cfg
     for bad in ((0, 4, 1), (10, True, 1), (10, 4, -1), (10.0, 4, 1)):
         with pytest.raises(ValueError, match=r"expected_checkpoint_bytes: \w+ must be an int >= [01], got"):
             ckpt.expected_checkpoint_bytes(*bad)
+    assert ckpt.expected_checkpoint_bytes(np.int64(1000), np.int32(4)) == ckpt.expected_checkpoint_bytes(1000, 4)
+    for bad, name in (((planned, -3), "keep_last"), ((planned, 0), "keep_last"), ((float("nan"), 2), "checkpoint_bytes"),
+                      ((-1, 2), "checkpoint_bytes"), ((planned, True), "keep_last")):
+        with pytest.raises(ValueError, match=f"peak_checkpoint_disk_bytes: {name} must be an int"):
+            ckpt.peak_checkpoint_disk_bytes(*bad)
+
+
+def test_save_checkpoint_refuses_a_state_that_is_not_a_dict(tmp_path):
+    with pytest.raises(TypeError, match="state must be a dict"):
+        ckpt.save_checkpoint(tmp_path, 1, [("x", torch.ones(2))])
+    assert not list(tmp_path.iterdir())
 
 
 def test_state_bytes_counts_shared_storage_once():

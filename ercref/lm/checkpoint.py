@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import random
 import re
@@ -159,8 +160,9 @@ def expected_checkpoint_bytes(params: int, dtype_bytes: int, tensors: int = 0, r
     step count, the frozen reference model (P, with loss.kl_coef > 0), the RNG states and the
     config. The same estimate ``state_bytes`` makes from a real state (within FIXED_BYTES)."""
     for name, v, low in (("params", params, 1), ("dtype_bytes", dtype_bytes, 1), ("tensors", tensors, 0)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
             raise ValueError(f"expected_checkpoint_bytes: {name} must be an int >= {low}, got {v!r}")
+    params, dtype_bytes, tensors = int(params), int(dtype_bytes), int(tensors)
     copies = 4 if reference_model else 3                          # weights, two moments (+ reference)
     storages = tensors * (copies + 1) + 3                         # + AdamW step counts; + 3 RNG states
     rng = 5056 + 625 * 8 + 624 * 8                                # torch, Python, NumPy generators
@@ -169,7 +171,10 @@ def expected_checkpoint_bytes(params: int, dtype_bytes: int, tensors: int = 0, r
 
 def peak_checkpoint_disk_bytes(checkpoint_bytes: int, keep_last: int) -> int:
     """The most disk a run's checkpoints take: ``keep_last`` kept plus the one being written."""
-    return (keep_last + 1) * checkpoint_bytes
+    for name, v, low in (("checkpoint_bytes", checkpoint_bytes, 0), ("keep_last", keep_last, 1)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+            raise ValueError(f"peak_checkpoint_disk_bytes: {name} must be an int >= {low}, got {v!r}")
+    return (int(keep_last) + 1) * int(checkpoint_bytes)
 
 
 def check_free_space(folder: str | os.PathLike, need: int, what: str, freed: int = 0) -> None:
@@ -295,6 +300,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict, keep_la
     """Write ``state`` (plus the RNG states) as ckpt-<step>.pt and its manifest, keeping at most
     keep_last + 1 checkpoints on disk at any moment and keep_last afterwards. InsufficientDiskSpace
     (nothing written, nothing pruned) when the folder's disk cannot hold it."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of the states to save, got {type(state).__name__}")
     if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
         raise ValueError(f"keep_last must be a positive int, got {keep_last!r}")
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
@@ -399,9 +406,24 @@ def load_latest_valid(ckpt_dir: str | os.PathLike,
     return None
 
 
-def run_files(out_dir: str | os.PathLike) -> list[Path]:
+def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLike, model_name: str) -> None:
+    """``model.load_state_dict(state["model"])``; a ValueError naming checkpoint ``path`` and both model
+    names when the checkpoint holds another model's weights (other keys or shapes)."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        saved = ((state.get("config") or {}).get("model") or {}).get("name")
+        raise ValueError(
+            f"{path} holds the weights of another model (saved with model.name={saved!r}) than model.name="
+            f"{model_name!r} builds: resume with the run's own config (--out DIR --resume without --preset / "
+            f"--config); nothing was changed ({str(e).splitlines()[0]})") from None
+
+
+def run_files(out_dir: str | os.PathLike, config: dict | None = None) -> list[Path]:
     """The files of a run in ``out_dir`` that only an explicit overwrite may delete or replace:
-    checkpoint files, a non-empty metrics.jsonl, the policy folder."""
+    checkpoint files, a non-empty metrics.jsonl, the policy folder, and, given the ``config`` (a
+    Config.to_dict()) a run there would write, a config.json that holds anything else (another
+    run's config, or a file that is not ercref's: a model folder's config.json)."""
     out = Path(out_dir)
     found = [p for _, p in list_checkpoints(out / "checkpoints")]
     log = out / "metrics.jsonl"
@@ -409,7 +431,18 @@ def run_files(out_dir: str | os.PathLike) -> list[Path]:
         found.append(log)
     if (out / "policy").exists():
         found.append(out / "policy")
+    saved = out / "config.json"
+    if config is not None and saved.exists() and not _holds_config(saved, config):
+        found.append(saved)
     return found
+
+
+def _holds_config(path: Path, config: dict) -> bool:
+    """Does the JSON file ``path`` hold exactly ``config`` (compared as JSON values)?"""
+    try:
+        return json.loads(path.read_bytes()) == json.loads(json.dumps(config))
+    except (OSError, ValueError):
+        return False
 
 
 def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:

@@ -142,7 +142,7 @@ class Trainer:
             loaded = ckpt.load_latest_valid(self.ckpt_dir, required=("step", "rng", "model", "optimizer",
                                                                      "scheduler", "cursor"))
             if loaded is None:
-                if files := ckpt.run_files(self.out):
+                if files := ckpt.run_files(self.out, cfg.to_dict()):
                     raise FileExistsError(
                         f"--resume: {self.ckpt_dir} holds no checkpoint to continue from, but {self.out} holds a "
                         f"run's files ({', '.join(p.name for p in files)}): a run stopped before its first "
@@ -154,7 +154,7 @@ class Trainer:
                 self._restore(loaded[1])
                 if self.vllm is not None:  # the engine loaded the model folder: serve the resumed weights
                     self.vllm.sync_weights(self.model)
-        elif not overwrite and (files := ckpt.run_files(self.out)):  # a log or policy without checkpoints
+        elif not overwrite and (files := ckpt.run_files(self.out, cfg.to_dict())):  # a log, policy or other config.json
             raise FileExistsError(
                 f"{self.out} already holds a run's files ({', '.join(p.name for p in files)}). Continue it with "
                 "--resume, start over with --overwrite (deletes them), or pick another --out.")
@@ -463,7 +463,7 @@ class Trainer:
         return path
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        ckpt.load_model_state(self.model, state, self.resumed_from, self.cfg.model.name)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.cursor = state["cursor"]
