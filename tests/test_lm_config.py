@@ -293,6 +293,45 @@ def test_bad_yaml_files_name_the_file_and_line(tmp_path, content, match):
         make_config("cpu-tiny", f)
 
 
+@pytest.mark.parametrize("name, content, match", [
+    ("c.json", b'{"train": {"steps": 2},\n "loss": {},\n "train": {"steps": 3}}', r"c\.json', line 3: 'train' appears twice"),
+    ("c.json", b'{"train": {"steps": 2, "steps": 3}}', r"c\.json', line 1: 'steps' appears twice"),
+    ("c.yaml", b"train:\n  steps: 2\nloss: {}\ntrain:\n  seed: 1\n", r"c\.yaml', line 4: 'train' appears twice"),
+    ("c.yaml", b"train: {steps: 2, steps: 3}\n", r"c\.yaml', line 1: 'steps' appears twice"),
+])
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_the_line(tmp_path, name, content, match):
+    """JSON and YAML parsers keep the last of two equal keys: the first section or value would be lost."""
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml")
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        make_config("cpu-tiny", f)
+
+
+def test_numpy_scalars_are_taken_as_python_values():
+    """Values from a NumPy sweep (np.logspace, np.arange) are numbers: taken, stored as Python types."""
+    np = pytest.importorskip("numpy")
+    cfg = make_config("cpu-tiny", overrides={"train.steps": np.int64(3), "optim.lr": np.float32(0.5),
+                                             "loss.erc": np.bool_(False), "loss.beta_low": np.float64(0.1)})
+    assert (cfg.train.steps, cfg.optim.lr, cfg.loss.erc, cfg.loss.beta_low) == (3, 0.5, False, 0.1)
+    assert [type(v) for v in (cfg.train.steps, cfg.optim.lr, cfg.loss.erc)] == [int, float, bool]
+    for dotted, bad in (("train.steps", np.int64(0)), ("optim.lr", np.float64("nan")), ("train.steps", np.float64(3.0)),
+                        ("loss.erc", np.int64(1)), ("train.steps", torch.tensor(3)), ("train.steps", np.bool_(True))):
+        with pytest.raises(ValueError, match=re.escape(dotted) + " must be"):
+            make_config("cpu-tiny", overrides={dotted: bad})
+
+
+def test_the_judge_time_budget_is_refused_where_the_judge_would_refuse_it():
+    from ercref.lm import judge_pool
+    from ercref.lm.config import RewardConfig
+
+    assert field_types(RewardConfig)["judge_timeout_s"].__metadata__[0].high == judge_pool.MAX_TIMEOUT_S
+    for bad in (judge_pool.MAX_TIMEOUT_S * 1.0001, 1e308):
+        with pytest.raises(ValueError, match=r"reward\.judge_timeout_s must be a finite number in \(0, 86400\]"):
+            make_config("cpu-tiny", overrides={"reward.judge_timeout_s": bad})
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ValueError, match="nope.json"):
         make_config("cpu-tiny", tmp_path / "nope.json")

@@ -32,6 +32,7 @@ from .config_tools import (  # noqa: F401 (parse_bool, parse_text: re-exported)
     Decay,
     NonNegative,
     Positive,
+    Seconds,
     Section,
     Seed,
     Share,
@@ -70,7 +71,7 @@ class ModelConfig(Section):
                              "model.dtype=float32 (with model.bf16_autocast=true on CUDA for speed) or bfloat16.")
 
 
-Task = Literal["arith", "mc-arith", "word", "gsm8k", "math500", "verl"]  # ercref.lm.data SYNTHETIC_TASKS + REAL_TASKS
+Task = Literal["arith", "mc-arith", "word", "max", "gsm8k", "math500", "verl"]  # ercref.lm.data SYNTHETIC_TASKS + REAL_TASKS
 REAL_TASKS = ("gsm8k", "math500", "verl")
 
 
@@ -141,7 +142,7 @@ class RewardConfig(Section):
     overlong_shaping: bool = False      # DAPO soft overlong punishment (added)
     overlong_max_length: Size = 0       # L_max in tokens (0: rollout.max_new_tokens)
     overlong_buffer: Count = 4          # L_buf in tokens, at most L_max
-    judge_timeout_s: Positive = 2.0     # math judge: wall-clock budget per response (s); over it scores as wrong (judge/timeouts)
+    judge_timeout_s: Seconds = 2.0      # math judge: wall-clock budget per response (s, up to a day); over it scores as wrong
     judge_max_chars: Count = 16384      # math judge: judge only the last N characters of a response (after </think>)
     judge_workers: Size = 0             # math judge: worker processes (0: one per CPU core, at most 8)
 

@@ -13,7 +13,9 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
+import re
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ Positive = Annotated[float, Range(0, low_open=True)]
 NonNegative = Annotated[float, Range(0)]
 Share = Annotated[float, Range(0, 1, low_open=True)]    # (0, 1]
 Decay = Annotated[float, Range(0, 1, high_open=True)]   # [0, 1)
+Seconds = Annotated[float, Range(0, 86_400, low_open=True)]  # a wall-clock budget: (0, a day]
 
 
 def parse_bool(text: str) -> bool:
@@ -108,12 +111,17 @@ def parse_text(name: str, tp: Any, text: str) -> Any:
 
 
 def typed(name: str, tp: Any, value: Any) -> Any:
-    """value if it is a tp within its Range (an int is taken as a float); ValueError naming ``name``."""
+    """value if it is a tp within its Range (an int is taken as a float; NumPy scalars as the Python
+    number or bool); ValueError naming ``name``."""
     base, optional, ranges = _split(tp)
     if value is None and optional:
         return None
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if base is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)            # an int, a NumPy float or int (a value from a sweep)
+    elif base is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)              # a NumPy int
+    elif base is bool and getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", 1) == ():
+        value = bool(value)             # a NumPy bool
     if get_origin(base) is Literal:
         ok = isinstance(value, str) and value in get_args(base)
     elif base is float:
@@ -238,17 +246,67 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         except ImportError:
             raise ValueError(f"config file {name} is YAML but PyYAML is not installed; use JSON") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader(yaml))
+        except _DuplicateKey as e:
+            raise ValueError(f"config file {name}, line {e.line}: {e.key!r} appears twice in one mapping (the "
+                             "second would silently replace the first); keep one") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
             where = f", line {mark.line + 1}" if mark else ""
             raise ValueError(f"config file {name}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            line = _line_of_second(text, json.dumps(e.key))
+            raise ValueError(f"config file {name}{f', line {line}' if line else ''}: {e.key!r} appears twice in one "
+                             "object (the second would silently replace the first); keep one") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {name}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {name} must hold a mapping of sections, e.g. "
                          f"{{\"loss\": {{\"beta_low\": 0.1}}}}, got {type(data).__name__}")
     return data
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a dict, or _DuplicateKey for a key given twice."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _line_of_second(text: str, quoted: str) -> int | None:
+    """The line of the second place the JSON string ``quoted`` is used as a key in ``text``."""
+    spots = [m.start() for m in re.finditer(re.escape(quoted) + r"\s*:", text)]
+    return text.count("\n", 0, spots[1]) + 1 if len(spots) > 1 else None
+
+
+def _unique_key_loader(yaml):
+    """A yaml SafeLoader whose mappings refuse a key given twice (_DuplicateKey with its line)."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:   # an unhashable (complex) key: the mapping constructor reports it
+                pass
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
