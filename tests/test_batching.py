@@ -69,6 +69,20 @@ def test_token_budget_batches_bad_input():
     assert [b.tolist() for b in got] == [[1], [0]]
 
 
+@pytest.mark.parametrize("prompt_lens, phrase", [
+    (torch.ones(2, 3, dtype=torch.long), r"1-D.*\(2, 3\)"),                 # would pass as 6 rows
+    (torch.ones(3, dtype=torch.long, device="meta"), "meta"),
+    ([2 ** 70, 1, 1, 1, 1, 1], "one per row; got"),
+    (["3", "1", "1", "1", "1", "1"], "one per row; got"),
+    ([[1, 2], [3]], "one per row; got"),
+])
+def test_token_counts_that_are_not_one_integer_per_row_are_refused_naming_them(prompt_lens, phrase):
+    """A 2-D tensor is not flattened into rows (its shape would silently decide the rows); text, ragged
+    lists, integers beyond int64 and meta tensors are refused naming the argument."""
+    with pytest.raises(ValueError, match=r"^prompt_lens must hold integer token counts.*" + phrase):
+        B.token_budget_batches(prompt_lens, torch.ones(6, dtype=torch.long), 4)
+
+
 _any_number = st.one_of(st.integers(-10, 400), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none())
 
 
@@ -109,6 +123,12 @@ def test_trim_rows_keeps_every_real_token():
             B.trim_rows(seq, am, bad, torch.tensor([0]), rlen)
     with pytest.raises(ValueError, match="at least one row"):
         B.trim_rows(seq, am, 5, torch.tensor([], dtype=torch.long), rlen)
+    for bad in ([0], torch.tensor([[0]]), torch.tensor([0.0]), torch.tensor([True])):
+        with pytest.raises(ValueError, match=r"^rows must be a 1-D int64 tensor of row indices"):
+            B.trim_rows(seq, am, 5, bad, rlen)
+    for bad in (torch.tensor([3]), torch.tensor([0, -1])):
+        with pytest.raises(ValueError, match=r"^rows must be row indices in \[0, 3\)"):
+            B.trim_rows(seq, am, 5, bad, rlen)
 
 
 # ============================================================================= rollout passes

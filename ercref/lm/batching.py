@@ -38,7 +38,13 @@ def _count(name: str, value) -> int:
 def _lengths(name: str, values) -> Tensor:
     """Per-row token counts as a 1-D CPU long tensor; ValueError naming ``name`` for anything but
     integers >= 0 (floats, NaN, booleans, negative counts)."""
-    t = torch.as_tensor(values)
+    try:
+        t = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as e:   # text, ragged lists, integers beyond int64
+        raise ValueError(f"{name} must hold integer token counts >= 0, one per row; got {values!r:.80} ({e})") from None
+    if t.device.type == "meta" or t.dim() > 1:
+        raise ValueError(f"{name} must hold integer token counts >= 0, one per row (1-D, with values); got a "
+                         f"{tuple(t.shape)} tensor on {t.device}")
     if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
         raise ValueError(f"{name} must hold integer token counts >= 0, one per row; got dtype {t.dtype}")
     t = t.flatten().cpu().long()
@@ -89,8 +95,14 @@ def trim_rows(sequences: Tensor, attention_mask: Tensor, prompt_len: int, rows: 
             or not 0 <= prompt_len <= sequences.shape[-1]:
         raise ValueError(f"prompt_len must be an int in [0, {sequences.shape[-1]}] (the batch's prompt columns), "
                          f"got {prompt_len!r}")
+    if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"rows must be a 1-D int64 tensor of row indices (token_budget_batches gives them), "
+                         f"got {rows!r:.80}")
     if rows.numel() == 0:
         raise ValueError("rows must select at least one row")
+    if not 0 <= int(rows.min()) <= int(rows.max()) < sequences.shape[0]:
+        raise ValueError(f"rows must be row indices in [0, {sequences.shape[0]}) (the batch's rows), got "
+                         f"{int(rows.min())}..{int(rows.max())}")
     idx = rows.to(sequences.device)
     am = attention_mask[idx]
     real_prompt = int(am[:, :prompt_len].sum(-1).max())
