@@ -21,9 +21,9 @@ so a writer killed at any moment leaves a run that ``check_run`` reports as unfi
 
 A run counts as finished only when ``check_run`` finds its meta intact (its own hash), each data file
 the meta lists with that size and hash, and both the log and, when listed, the tokens readable as
-gzip JSON Lines. A meta written before metas carried hashes (no "integrity" field, only the keys
-those metas had) is accepted after its log (and tokens, when present) read fully: gzip's CRC and
-length checks and a JSON parse of every line. Anything else (a log without its meta, a meta without
+gzip JSON Lines. A meta without an "integrity" field (most runs of the committed caches; only the
+keys of LEGACY_META_KEYS) is accepted after its log (and tokens, when present) read fully: gzip's CRC
+and length checks and a JSON parse of every line. Anything else (a log without its meta, a meta without
 its log, a truncated or bit-flipped file, invalid JSON) is reported with the file it concerns and
 is rerun by the runner; ``scan_runs`` also lists stray files under runs/ that belong to no run.
 """
@@ -51,7 +51,7 @@ TOKENS_SUFFIX = ".tokens.gz"
 META_SUFFIX = ".meta.json"
 SET_ASIDE = "set-aside"
 RUN_FILE = re.compile(r"^seed(?P<seed>0|[1-9]\d*)(?P<suffix>\.jsonl\.gz|\.tokens\.gz|\.meta\.json)$")
-# the keys of a run's meta before metas carried an integrity field (accepted after a full read)
+# the keys a meta without an integrity field may hold (accepted after a full read of its run)
 LEGACY_META_KEYS = frozenset({"study", "cell", "arm", "seed", "config", "overrides", "matched", "git_commit",
                               "ercref_version", "machine", "wall_s", "finished"})
 _ZEROS = "0" * 64

@@ -318,7 +318,7 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     without ERC).
 
     steps / minibatches / evals: the engine's log records with label and seed; tokens: one row
-    per captured response token (experiments.token_table) with old_entropy, clipped, label, seed;
+    per captured response token (token_view.token_table) with old_entropy, clipped, label, seed;
     None when the runs captured no tokens (claim 2's row then reads NOT_MEASURED, without a Verdict).
     Claim 3's entropy curve is ENTROPY_KEY of the step rows.
     Returns (table with columns claim, measure, ERC, baseline, verdict (the label), detail
@@ -399,7 +399,7 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
 
 def low_entropy_shares(tokens: pd.DataFrame, label: str) -> dict[int, float]:
     """Claim 2's per-seed number: {seed: share of the ERC-clipped tokens whose old entropy is below the
-    median old entropy of all captured tokens of that seed} for the token rows (experiments.token_table:
+    median old entropy of all captured tokens of that seed} for the token rows (token_view.token_table:
     old_entropy, clipped, label, seed) of ``label``; seeds without a clipped token are left out."""
     def low_share(g):
         med = g["old_entropy"].median()

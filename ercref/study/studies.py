@@ -139,8 +139,8 @@ class Study:
 
 # ----------------------------------------------------------------------------- tiny LM
 MAP_KS = (1, 2, 4, 8, 16)          # optimizer steps per rollout batch of 16 prompts
-# Learning rates chosen from probe runs at K = 16: at 3e-4 DAPO is stable, at 1e-3 its entropy collapses
-# within the 100 steps, at 3e-3 within a few steps (the map's cache measures each cell).
+# Learning rates spanning DAPO's behaviour at K = 16: stable (3e-4), an entropy collapse within the
+# 100 steps (1e-3), a collapse within a few steps (3e-3); the map's cache measures each cell.
 MAP_LRS = (3e-4, 1e-3, 3e-3)
 GPPO_KS = (4, 16)                  # the subset of K where GPPO +- ERC also runs (every lr)
 TINY_STUDY_BASE = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": 100,
@@ -179,10 +179,9 @@ def tiny_stability_map(ks=MAP_KS, lrs=MAP_LRS, seeds=SEEDS, steps: int = 100) ->
                              "at some K), 5 seeds.")
 
 
-# Cells for the controls, chosen from the map (--cells takes any map cell): K16-lr0.001, where DAPO
-# collapsed in 4 of 5 seeds and DAPO+ERC collapsed later (the map's one reproduced stability effect of
-# ERC on DAPO). K8-lr0.001 (ERC's clip rate inside the paper's band) is the next cell to add, not yet
-# in the cache: python -m ercref.study tiny-controls --cells K8-lr0.001 (55 runs, ~1 run-hour).
+# Cells for the controls, chosen from the map (--cells takes any map cell): K16-lr0.001, the cell where
+# the map shows ERC delaying DAPO's collapse (README, "What we found"). K8-lr0.001 (ERC's clip rate
+# inside the paper's band) is another: python -m ercref.study tiny-controls --cells K8-lr0.001.
 CONTROL_CELLS = ("K16-lr0.001",)
 TOKEN_CAPTURE_CELLS = ("K8-lr0.001", "K16-lr0.001")
 ENTROPY_COEF = 0.001   # entropy bonus of the control arm (loss.entropy_coef)
@@ -269,11 +268,11 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
 
 
 def smollm2_collapse(seeds=SEEDS, steps: int = 24, lr: float = 1e-5) -> Study:
-    """The known instability of the cpu-smollm2 preset, measured: on its multiple-choice task (reward 1
-    for the right letter, 0.2 for a wrong bare letter) the policy learns the bare-letter format and then
-    collapses onto one letter (one DAPO run: entropy 1.5 -> 0.02 by step 18 at lr 1e-5). The preset as
-    it is (8 prompts x 4 answers, K = 2) for ``steps`` RL steps: DAPO, DAPO+ERC and the random-mask
-    control, 5 seeds; the time to collapse (stability.collapse_step) per seed and arm."""
+    """The known instability of the cpu-smollm2 preset: on its multiple-choice task (reward 1 for the
+    right letter, 0.2 for a wrong bare letter) the policy learns the bare-letter format and then
+    collapses onto one letter. The preset as it is (8 prompts x 4 answers, K = 2) for ``steps`` RL
+    steps: DAPO, DAPO+ERC and the random-mask control, 5 seeds; the time to collapse
+    (stability.collapse_step) per seed and arm."""
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
             "optim.lr": float(lr), "train.eval_every": max(1, steps // 4), "train.save_checkpoints": False,
             "train.save_policy": False}
@@ -285,7 +284,7 @@ def smollm2_collapse(seeds=SEEDS, steps: int = 24, lr: float = 1e-5) -> Study:
 
 def smollm2_dapo_vs_erc(seeds=(0, 1, 2), steps: int = 10, capture_steps=(3, 6, 9)) -> Study:
     """Notebook 04's first SmolLM2 run: the cpu-smollm2 preset's multiple-choice task, 10 RL steps of
-    8 prompts x 4 answers at K = 4 (experiments.SMOL_BASE), DAPO against DAPO+ERC (beta 0.05), 3 seeds,
+    8 prompts x 4 answers at K = 4 (SMOL_BASE), DAPO against DAPO+ERC (beta 0.05), 3 seeds,
     with per-token captures at steps 3, 6 and 9. Its held-out accuracy did not rise, so it tests no
     accuracy claim (notebook 04 computes why); it shows which tokens ERC clips on a real model."""
     arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", 0.05)}
