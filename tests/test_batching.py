@@ -59,7 +59,7 @@ def test_token_budget_batches_bad_input():
             B.token_budget_batches([1], [1], bad)
         with pytest.raises(ValueError, match=r"^max_rows must be an int >= 0"):
             B.token_budget_batches([1], [1], 10, bad)
-    with pytest.raises(ValueError, match=r"^prompt_lens must hold integer token counts >= 0.*got -3"):
+    with pytest.raises(ValueError, match=r"^prompt_lens .*integer token counts.*-3"):
         B.token_budget_batches([2, -3], [1, 1], 10)
     with pytest.raises(ValueError, match=r"^resp_lens must hold integer token counts.*float32"):
         B.token_budget_batches([2, 3], torch.tensor([1.0, float("nan")]), 10)
@@ -155,6 +155,7 @@ def _spy_generate(model, calls):
     return spy
 
 
+@pytest.mark.slow
 def test_generate_within_budget_is_deterministic_and_matches_one_call(tiny, monkeypatch):
     """Greedy decoding gives the same responses in budgeted calls (sorted, trimmed, scattered back)
     as in one call; every call holds rows x (its prompt width + max_new_tokens) <= the budget;
@@ -179,6 +180,7 @@ def test_generate_within_budget_is_deterministic_and_matches_one_call(tiny, monk
     assert torch.equal(samples[0], samples[1])
 
 
+@pytest.mark.slow
 def test_old_logprobs_in_budgeted_micro_batches_match_one_forward(tiny):
     """Old log-probs, entropies and the reference model's log-probs from micro-batches of <= budget
     tokens (each at its own width) equal one forward over everything, in the original row order."""
@@ -192,7 +194,7 @@ def test_old_logprobs_in_budgeted_micro_batches_match_one_forward(tiny):
                           3 * b.sequences.shape[1], True, None, ref)
     for x, y in zip(full, small):
         torch.testing.assert_close(x, y, atol=2e-5, rtol=0)
-    torch.testing.assert_close(full[0], b.old_logp * 0 + full[0])   # shapes (N, R)
+    assert all(x.shape == b.old_logp.shape for x in full)           # (N, R), rows in the original order
 
 
 # ============================================================================= update: exact accumulation
@@ -304,6 +306,7 @@ class _StandIn(torch.nn.Module):
         return torch.cat([input_ids, out], 1)
 
 
+@pytest.mark.slow
 def test_paper_preset_calls_stay_within_their_token_budgets(tmp_path, monkeypatch):
     """gpu-paper-1.5b's shapes (256 prompts x 8 generated, 128 x 8 trained in minibatches of 16
     prompts, 16K new tokens; evaluation 60 AIME prompts x 32 samples x 32K new tokens) through the

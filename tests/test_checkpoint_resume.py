@@ -186,6 +186,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_naming_it(run_dir, cfg):
     assert (run_dir / "checkpoints" / "ckpt-00000002.pt").exists()  # kept for the user to inspect
 
 
+@pytest.mark.slow
 def test_cli_resume_with_damaged_checkpoints_fails_cleanly_and_keeps_the_run(tmp_path):
     out = tmp_path / "run"
     cfg = make_config("cpu-tiny", overrides=TINY)

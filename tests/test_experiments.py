@@ -47,6 +47,7 @@ def two_arms(tmp_path_factory):
     return results_from_records("two-arms", logs, toks)
 
 
+@pytest.mark.slow
 def test_run_arm_rows_are_tagged_and_complete(two_arms):
     res = two_arms
     assert res.labels == ["DAPO", ERC] and res.seeds == [0]
@@ -59,11 +60,13 @@ def test_run_arm_rows_are_tagged_and_complete(two_arms):
     assert "erc/clip_frac" not in res.minibatches[res.minibatches["label"] == "DAPO"].dropna(axis=1, how="all")
 
 
+@pytest.mark.slow
 def test_shared_warmup_gives_identical_start(two_arms):
     ev0 = two_arms.evals[two_arms.evals["step"] == 0].set_index("label")["eval/avg@4"]
     assert ev0["DAPO"] == ev0[ERC]   # same seed, same reused SFT weights, same eval RNG
 
 
+@pytest.mark.slow
 def test_token_capture_matches_logged_metrics(two_arms):
     res = two_arms
     tt = token_table(res.tokens)

@@ -200,6 +200,7 @@ def test_cli_reports_what_the_trainer_refuses(monkeypatch, capsys, tmp_path):
     assert "needs a CUDA GPU" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_full_disk_at_a_save_is_a_clean_error(capsys, tmp_path, monkeypatch):
     """A checkpoint that would not fit the disk stops the run before anything is written, with an
     error naming the folder and the way on, not a traceback."""

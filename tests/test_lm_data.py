@@ -277,7 +277,7 @@ def test_json_lines_with_line_separator_characters_and_a_bom_inside(tmp_path):
 def test_directory_and_fifo_are_not_data_files(tmp_path):
     d = tmp_path / "train.jsonl"
     d.mkdir()
-    with pytest.raises(ValueError, match=re.escape(str(d)) + r".* is a directory, not a data file"):
+    with pytest.raises(ValueError, match=re.escape(str(d)) + r".*is a directory"):
         D.load_dataset_records("gsm8k", str(d))
     rel = tmp_path / "plain_dir"
     rel.mkdir()
@@ -286,7 +286,7 @@ def test_directory_and_fifo_are_not_data_files(tmp_path):
     if hasattr(os, "mkfifo"):
         f = tmp_path / "pipe.jsonl"
         os.mkfifo(f)
-        with pytest.raises(ValueError, match=re.escape(str(f)) + r".* is a FIFO \(named pipe\), not a data file"):
+        with pytest.raises(ValueError, match=re.escape(str(f)) + r".*FIFO"):
             D.load_dataset_records("gsm8k", str(f))  # and does not block waiting for a writer
 
 

@@ -139,7 +139,7 @@ def test_a_worker_that_never_answers_is_killed_and_replaced(pool):
 def test_score_responses_counts_and_warns_about_responses_over_budget():
     cfg = RewardConfig(judge="math", scheme="paper", correct=1.0, wrong=-1.0, judge_timeout_s=0.3)
     stats = {}
-    with pytest.warns(RuntimeWarning, match=r"1 of 2 responses went over the 0.3 s budget.*reward.judge_timeout_s"):
+    with pytest.warns(RuntimeWarning, match=r"1 of 2 responses .*0\.3 s.*reward\.judge_timeout_s"):
         r, ok = score_responses([ADVERSARIAL["power tower"], "\\boxed{72}"], ["72", "72"], cfg, stats=stats)
     assert r.tolist() == [-1.0, 1.0] and ok.tolist() == [False, True]
     assert stats["judge/timeouts"] == 1 and stats["judge/judged"] == 2 and stats["judge/seconds"] > 0
@@ -295,7 +295,7 @@ def test_a_missing_response_or_answer_is_an_error_not_a_wrong_answer():
 def test_judge_time_budget_must_be_a_finite_number_of_seconds(timeout_s):
     """inf (would overflow the worker's timer and the queue wait), a bool (True is not 1 s), and
     anything else outside (0, MAX_TIMEOUT_S] are refused before any worker is used."""
-    with pytest.raises(ValueError, match=r"^timeout_s must be a finite number of seconds in \(0, 86400\]"):
+    with pytest.raises(ValueError, match=r"^timeout_s .*\(0, 86400\]"):
         judge_pool(2).judge(["\\boxed{1}"], ["1"], timeout_s=timeout_s)
     with pytest.raises(ValueError, match=r"^timeout_s"):
         math_judge("\\boxed{1}", "1", timeout_s=timeout_s)

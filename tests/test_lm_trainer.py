@@ -26,6 +26,7 @@ def test_pass_at_k():
     assert avg == pytest.approx(4 / 9) and pas == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_trainer_logprobs_match_rollout_on_first_minibatch(tmp_path):
     """Staleness 0: the update's forward is the old policy's (ratio exactly 1), and the rollout pass's
     log-probs equal it within 1e-5 (fp32, CPU). Later minibatches follow optimizer steps, so the
@@ -208,6 +209,7 @@ def _weights(tr):
     return torch.cat([p.detach().flatten() for p in tr.model.parameters()])
 
 
+@pytest.mark.slow
 def test_kl_and_entropy_bonus_reach_the_update(tmp_path):
     """kl_coef > 0 (frozen reference from the same no-grad pass as the old log-probs) and
     entropy_coef > 0 (gradient through the fused head's entropy) each change the trained weights
@@ -228,6 +230,7 @@ def test_kl_and_entropy_bonus_reach_the_update(tmp_path):
     assert "kl/ref" not in read_log(runs["plain"].log.path, "minibatch")[0]
 
 
+@pytest.mark.slow
 def test_agg_norm_reaches_the_loss(tmp_path, monkeypatch):
     """The loss section is the PolicyLossConfig the core receives (same object, agg_norm included):
     Dr.GRPO's fixed normaliser halves the first minibatch's policy loss when doubled."""

@@ -109,7 +109,7 @@ def test_shrink_outputs_drops_widgets_keeps_png_and_text():
 def test_shrink_outputs_refuses_a_huge_or_empty_output_naming_the_cell():
     nb = make_nb("x = 1", "print('x' * 2_000_000)")
     nb.cells[2].outputs = [new_output("stream", name="stdout", text="x" * 1_100_000)]
-    with pytest.raises(ValueError, match=r"cell 2 \(code cell 2, first line \"print\('x' \* 2_000_000\)\"\).*1\.10 MB"):
+    with pytest.raises(ValueError, match=r"cell 2 .*print\('x' \* 2_000_000\).*1\.10 MB"):
         shrink_outputs(nb)
     nb = make_nb("Javascript('...')")
     nb.cells[1].outputs = [new_output("display_data", data={"application/javascript": "alert(1)"})]
@@ -174,8 +174,7 @@ def test_execute_notebook_full_mode_drops_quick_and_captures_figures(tmp_path, m
 
 def test_cell_error_names_the_notebook_and_cell(tmp_path):
     path = write(make_nb("x = 1", "y = x / 0\nprint(y)", "print('never')"), tmp_path / "broken.ipynb")
-    with pytest.raises(CellExecutionError, match=r"broken\.ipynb: cell 2 \(code cell 2, first line 'y = x / 0'\) "
-                                                 r"raised ZeroDivisionError") as info:
+    with pytest.raises(CellExecutionError, match=r"broken\.ipynb: cell 2 .*'y = x / 0'.*ZeroDivisionError") as info:
         execute_notebook(path, quick=True, retries=2)
     assert info.value.ename == "ZeroDivisionError"
 

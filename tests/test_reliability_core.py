@@ -164,9 +164,10 @@ def _reference_entropy(z):
     return -(logp.exp() * torch.where(torch.isinf(z), 0.0, logp)).sum(-1)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch.compile's own
 def test_compiled_entropy_accepts_masked_vocabularies_and_names_an_all_masked_row():
-    """The one test of the compiled path (torch.compile takes ~15 s on this CPU)."""
+    """The one test of the compiled path (slow: the first call compiles)."""
     z = _masked_logits()
     got = ercref.compiled_entropy_from_logits(z, chunk_rows=5)
     torch.testing.assert_close(got, ercref.entropy_from_logits(z), rtol=1e-5, atol=1e-6)
@@ -189,7 +190,7 @@ def _call(fn, logits, labels):
 def test_an_all_minus_inf_row_gets_its_own_message(fn):
     z = _masked_logits()
     z[1, 2] = -INF
-    with pytest.raises(ValueError, match=r"^logits\[1, 2\] is entirely -inf: every token of that position is masked"):
+    with pytest.raises(ValueError, match=r"^logits\[1, 2\] is entirely -inf"):
         _call(fn, z, torch.zeros(3, 4, dtype=torch.int64))
 
 
@@ -198,8 +199,7 @@ def test_a_label_at_a_minus_inf_logit_gets_its_own_message(fn):
     z = _masked_logits()
     labels = torch.full((3, 4), 4)
     labels[0, 1] = 2  # z[0, 1, :4] = -inf
-    with pytest.raises(ValueError, match=r"^labels\[0, 1\] = 2 points at a -inf logit \(logits\[0, 1, 2\]\).*"
-                                         r"same vocabulary mask"):
+    with pytest.raises(ValueError, match=r"^labels\[0, 1\] = 2 .*-inf logit.*vocabulary mask"):
         _call(fn, z, labels)
 
 
@@ -238,7 +238,7 @@ def test_masked_logits_give_the_reference_or_a_message_naming_the_first_bad_row(
             call()
     elif at_label.any() and fn != "entropy_from_logits":
         b, t = np.unravel_index(int(torch.nonzero(at_label.reshape(-1))[0]), lead)
-        with pytest.raises(ValueError, match=rf"^labels\[{b}, {t}\] = {int(labels[b, t])} points at a -inf logit"):
+        with pytest.raises(ValueError, match=rf"^labels\[{b}, {t}\] = {int(labels[b, t])} .*-inf logit"):
             call()
     else:
         out = call()
@@ -315,7 +315,7 @@ def test_a_constant_input_carrying_a_graph_is_refused_in_every_entry(entry, data
     d = _batch()
     src = d["logp"] if arg != "old_entropy" else (d["logp"] * 0 + 1.0)  # a current quantity with a graph
     d[arg] = GRAPH_CARRIERS[how](d[arg], src)
-    with pytest.raises(ValueError, match=rf"^{arg} requires grad, but it must be a constant.*Pass {arg}\.detach\(\)"):
+    with pytest.raises(ValueError, match=rf"^{arg} requires grad.*{arg}\.detach\(\)"):
         fn(d)
     d[arg] = d[arg].detach()
     fn(d)
@@ -351,8 +351,7 @@ def test_an_overflowing_loss_is_an_error_not_inf():
     d["old_logp"] = d["old_logp"] - 1.0
     for call in (lambda: ercref.LOSSES["pg"](d["logp"], d["old_logp"], d["advantages"], d["response_mask"]),
                  lambda: _objective(d, loss="pg")):
-        with pytest.raises(ValueError, match=r"^the per-token loss of 'pg' contains NaN or inf values at a response "
-                                             r"position although every input is finite"):
+        with pytest.raises(ValueError, match=r"^the per-token loss of 'pg' contains NaN or inf.*every input is finite"):
             call()
 
 
@@ -384,7 +383,7 @@ def test_a_non_finite_entry_is_named_with_its_position_in_every_entry(entry, dat
     x[pos] = value
     d[arg] = x.requires_grad_(d[arg].requires_grad)
     where = "[" + ", ".join(map(str, pos)) + "]"
-    with pytest.raises(ValueError, match=rf"^{arg} contains NaN or inf values.*first at index {re.escape(where)}"):
+    with pytest.raises(ValueError, match=rf"^{arg} contains NaN or inf.*index {re.escape(where)}"):
         fn(d)
 
 

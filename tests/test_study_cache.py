@@ -114,6 +114,7 @@ def test_stray_files_are_reported_by_name_and_not_loaded(tmp_path):
     assert (root / "runs" / "c" / "A" / "notes.txt").read_text() == "mine"      # reported, never removed
 
 
+@pytest.mark.slow
 def test_committed_caches_load_without_a_problem():
     """Caches written before metas carried hashes are accepted after a full read of every log."""
     for study in sorted(p.name for p in (ROOT / "data" / "results").iterdir() if (p / "study.json").is_file()):

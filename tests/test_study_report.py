@@ -166,6 +166,7 @@ def test_empty_cache_and_a_broken_log(tmp_path):
         report.run_table("toy", tmp_path)
 
 
+@pytest.mark.slow
 def test_readme_blocks_are_the_reports_of_the_committed_cache(tmp_path):
     readme = (ROOT / "README.md").read_text()
     blocks = list(report.README_BLOCK.finditer(readme))

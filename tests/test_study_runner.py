@@ -59,6 +59,7 @@ def _fit(tmp_path, lr_zero: bool):
     return tr.fit(), mbs
 
 
+@pytest.mark.slow
 def test_update_norm_and_distinct_frac_are_logged_and_sane(tmp_path):
     steps0, mb0 = _fit(tmp_path, lr_zero=True)
     steps1, mb1 = _fit(tmp_path, lr_zero=False)
@@ -176,6 +177,7 @@ def test_changed_capture_steps_are_refused(tmp_path):
         cache.write_study_json(s, tmp_path)
 
 
+@pytest.mark.slow
 def test_token_captures_are_cached_next_to_the_run_and_loaded(tmp_path):
     s = small_study(name="cap", steps=2)
     s.arms = {"DAPO+ERC": {"loss.erc": True}}
@@ -219,6 +221,7 @@ def two_runs(tmp_path_factory):
     return d, res
 
 
+@pytest.mark.slow
 def test_runs_are_cached_and_skipped(two_runs):
     d, res = two_runs
     assert sorted((r["arm"], r["seed"]) for r in res["done"]) == [("DAPO", 0), ("DAPO+ERC", 0)]
@@ -241,6 +244,7 @@ def test_runs_are_cached_and_skipped(two_runs):
     assert not list(root.rglob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_loader_returns_tidy_frames(two_runs):
     d, _ = two_runs
     res = cache.load_study("t", d)
@@ -264,6 +268,7 @@ main(["t", "--workers", "1", "--results-dir", sys.argv[1]], studies={{"t": lambd
 """
 
 
+@pytest.mark.slow
 def test_a_killed_study_leaves_no_partial_run(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
     (tmp_path / "tmp").mkdir()
@@ -288,6 +293,7 @@ def test_a_killed_study_leaves_no_partial_run(tmp_path):
     assert cache.load_study("t", tmp_path / "res").steps.empty
 
 
+@pytest.mark.slow
 def test_cli_list_and_status(two_runs, capsys):
     d, _ = two_runs
     assert study_main(["--list"]) == 0
