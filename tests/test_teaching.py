@@ -126,6 +126,8 @@ def test_a_bool_result_against_a_float_reference_and_the_reverse():
     (lambda entropy, old_entropy: {"rho": entropy}, "not_a_result", "returned a dict"),
     (lambda entropy, old_entropy: entropy @ old_entropy, "raised", "your function raised RuntimeError"),
     (lambda entropy, old_entropy: entropy.foo, "raised", "your function raised AttributeError"),
+    (lambda entropy, old_entropy: exit(3), "raised", "your function raised SystemExit"),
+    (lambda entropy, old_entropy: torch.empty(3, 7, device="meta"), "not_a_result", "meta device"),
 ])
 def test_what_the_learners_code_did_comes_back_as_a_result(body, problem, phrase, capsys):
     res = T.check_exercise(body, _ref_ratio, _erc_inputs, name="ratio")
@@ -139,3 +141,20 @@ def test_a_generator_function_is_reported_not_raised():
         yield _ref_ratio(entropy, old_entropy)
     res = T.check_exercise(gen_fn, _ref_ratio, _erc_inputs, verbose=False)
     assert not res.passed and "`yield`" in res.message
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"atol": float("inf")}, "atol must be a finite number >= 0"),      # would pass any function
+    ({"rtol": float("nan")}, "rtol must be a finite number >= 0"),
+    ({"atol": -1e-5}, "atol must be a finite number >= 0"),
+    ({"trials": True}, "trials must be an int >= 1"),
+    ({"trials": 2.5}, "trials must be an int >= 1"),
+])
+def test_check_exercise_refuses_tolerances_and_trials_that_check_nothing(kwargs, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        T.check_exercise(lambda entropy, old_entropy: entropy * 0, _ref_ratio, _erc_inputs, verbose=False, **kwargs)
+
+
+def test_make_inputs_must_return_keyword_arguments():
+    with pytest.raises(TypeError, match="make_inputs must return a dict of keyword arguments, got list"):
+        T.check_exercise(_ref_ratio, _ref_ratio, lambda gen: [torch.ones(2), torch.ones(2)], verbose=False)

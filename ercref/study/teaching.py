@@ -15,6 +15,8 @@ No math here: the notebooks' numbers come from ercref and ercref.study.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import os
 import textwrap
 from collections.abc import Callable
@@ -141,6 +143,8 @@ def _not_a_result(out) -> str | None:
                     "return the tensor itself, e.g. torch.stack([...]) or torch.tensor([...])")
         if not isinstance(x, (torch.Tensor, int, float, bool, list, tuple)) and not hasattr(x, "__array__"):
             return f"returned a {type(x).__name__}, not a tensor or a number"
+        if isinstance(x, torch.Tensor) and x.is_meta:
+            return "returned a tensor on the meta device, which holds no values (e.g. from torch.empty(..., device='meta'))"
     return None
 
 
@@ -198,8 +202,11 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
     Prints the message when ``verbose``; returns an ExerciseResult."""
     if not callable(mine) or not callable(reference):
         raise TypeError("mine and reference must be callables")
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
+    if not isinstance(trials, numbers.Integral) or isinstance(trials, bool) or trials < 1:
+        raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+    for arg, tol in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(tol, numbers.Real) or isinstance(tol, bool) or not 0 <= tol < math.inf:
+            raise ValueError(f"{arg} must be a finite number >= 0 (a tolerance), got {tol!r}")
     gen = torch.Generator().manual_seed(seed)
     result = None
 
@@ -208,6 +215,8 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
 
     for t in range(trials):
         inputs = make_inputs(gen)
+        if not isinstance(inputs, dict):
+            raise TypeError(f"make_inputs must return a dict of keyword arguments, got {type(inputs).__name__}")
         before = _pristine(inputs)             # what the learner's function was given
         ref_inputs = _pristine(inputs)         # what the reference is given
         shapes = {k: tuple(v.shape) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
@@ -218,7 +227,7 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
             result = fail(t, "not_implemented", "not implemented yet: write your version above, "
                           "or open the reference solution below.", inputs)
             break
-        except Exception as e:  # noqa: BLE001 - the learner's bug, reported with the inputs that raised it
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the learner's bug (exit() too), with the inputs
             result = fail(t, "raised", f"your function raised {type(e).__name__}: {e} {where}", before)
             break
         changed = [k for k in inputs if not _unchanged(inputs[k], before[k])]
