@@ -251,9 +251,9 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
     reward. DAPO, DAPO+ERC (beta 0.05) and the random-mask control; K = prompts_per_step /
     minibatch_prompts = 4 optimizer steps per rollout batch.
 
-    Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy did not rise (notebook
-    04, part 1), so no accuracy claim was testable; on this task a DAPO probe run's held-out accuracy
-    rose within a few steps, and the runs of this study measure it per seed (notebook 04, part 2)."""
+    Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy does not rise (notebook
+    04, part 1), so it tests no accuracy claim; on this task DAPO's held-out accuracy rises within a few
+    steps, and the runs of this study measure it per seed (notebook 04, part 2)."""
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
             "data.task": "arith", "data.level": 1, "data.style": "instruct",
             "reward.judge": "math", "reward.scheme": "binary", "reward.judge_workers": 1,
