@@ -100,3 +100,25 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     assert prof["K1-lr0.001"]["time/step_s"] == 2.0 and prof["K1-lr0.001"]["wall_s"] == 100.0
     with pytest.raises(ValueError, match="no cache"):
         pilot.pilot_criteria("absent", tmp_path)
+
+
+def test_the_candidate_testbed_task_model_and_study():
+    from ercref.lm.data import make_synthetic, train_eval_split
+    from ercref.lm.models import TINY_MODELS, load_model
+    from ercref.study.studies import get_study
+
+    recs = make_synthetic("max", 500, seed=3)
+    assert all(r["answer"] == str(max(int(x) for x in r["prompt"][4:-2].split(","))) for r in recs)
+    assert all(len(r["answer"]) == 2 and r["prompt"][4:6] != r["prompt"][7:9] for r in recs)   # two different numbers
+    assert make_synthetic("max", 1, style="instruct")[0]["prompt"].endswith("Answer with just the number.")
+    train, held_out = train_eval_split("max", 2000, 300)
+    assert len(held_out) >= 200 and not {r["prompt"] for r in held_out} & {r["prompt"] for r in train}
+    assert TINY_MODELS["tiny"] == {}                                  # the committed caches' model is unchanged
+    model, _ = load_model("tiny-6m", seed=1)
+    assert 5e6 < sum(p.numel() for p in model.parameters()) < 2e7 and model.config.num_hidden_layers == 6
+    s = get_study("tiny6m-pilot")
+    assert list(s.arms) == ["DAPO"] and s.seeds == [0, 1, 2, 3, 4]
+    cfg = s.config("K1-lr0.001", "DAPO", 0)
+    assert (cfg.model.name, cfg.data.task, cfg.loss.erc, pilot.staleness_k(cfg.to_dict())) == ("tiny-6m", "max", False, 1)
+    assert pilot.staleness_k(s.config("K16-lr0.003", "DAPO", 0).to_dict()) == 16
+    assert pilot.eval_overlap(cfg.to_dict()) == (len(held_out), 0)

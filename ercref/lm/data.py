@@ -12,6 +12,8 @@ Synthetic tasks (``make_synthetic(task, n, level, seed, style)``):
                4: (a op b) op c with two-digit operands
     mc-arith   4-option multiple choice over a+b (one digit), "answer with the letter"; the answer is A-D
     word       short one-step word problems (addition / subtraction of small numbers)
+    max        the larger of two different two-digit numbers, "max(47,58)=" -> "58" (8,010 distinct
+               problems, two-token answers; a comparison, then a copy)
 style "bare" gives the shortest prompt ("3+5=", for the tiny character model); "instruct" a
 sentence for an instruct model.
 
@@ -46,7 +48,7 @@ from ..paths import DATA_DIR, REPO_ROOT
 FIXTURE_DIR = DATA_DIR / "fixtures"
 SYNTHETIC_DIR = DATA_DIR / "synthetic"
 
-SYNTHETIC_TASKS = ("arith", "mc-arith", "word")
+SYNTHETIC_TASKS = ("arith", "mc-arith", "word", "max")
 REAL_TASKS = ("gsm8k", "math500", "verl")
 HUB_DEFAULTS = {"gsm8k": ("openai/gsm8k", "main"), "math500": ("HuggingFaceH4/MATH-500", None)}
 LETTERS = "ABCD"
@@ -103,6 +105,12 @@ def _word(rng: random.Random) -> tuple[str, int]:
     return f"{name} has {a} {item} and gives away {b}. How many {item} are left?", a - b
 
 
+def _max2(rng: random.Random) -> tuple[int, int]:
+    a = rng.randint(10, 99)
+    b = rng.randint(10, 98)
+    return a, b + (b >= a)          # b uniform over the two-digit numbers other than a
+
+
 def make_synthetic(task: str, n: int, level: int = 1, seed: int = 0, style: str = "bare") -> list[dict]:
     """n seeded records of a synthetic task (see module docstring). Deterministic in (task, n, level, seed, style)."""
     if task not in SYNTHETIC_TASKS:
@@ -118,6 +126,10 @@ def make_synthetic(task: str, n: int, level: int = 1, seed: int = 0, style: str 
             expr, ans = _arith(rng, level)
             prompt = f"{expr}=" if style == "bare" else f"What is {expr}? Answer with just the number."
             out.append({"prompt": prompt, "answer": str(ans), "source": f"arith-{level}"})
+        elif task == "max":
+            a, b = _max2(rng)
+            prompt = f"max({a},{b})=" if style == "bare" else f"Which is larger, {a} or {b}? Answer with just the number."
+            out.append({"prompt": prompt, "answer": str(max(a, b)), "source": "max"})
         elif task == "mc-arith":
             prompt, letter = _mc_arith(rng)
             out.append({"prompt": prompt, "answer": letter, "source": "mc-arith"})

