@@ -316,3 +316,23 @@ def test_erc_band_flags_top_drift_contexts_above_chance_across_seeds():
     for seed in (0, 1, 2):
         share, chance = bandits.detector_share(run_bandit(cfg, seed))
         assert share[seed] > chance[seed] + 0.15, seed
+
+
+def test_matched_step_converges_where_the_step_is_not_monotone_in_lr(monkeypatch):
+    """S(lr) measured over a whole run can fall as lr grows (a larger lr reaches a flatter region):
+    the proportional guess then overshoots and a secant through two runs on one side points away.
+    Bracketing the target (a run below it, one above) and staying inside the bracket converges."""
+    import ercref.study.bandits as B
+
+    import numpy as np
+
+    points = [(0.40, 1.1019), (0.45, 1.2062), (0.47, 1.2316), (0.48, 1.2806), (0.49, 1.2782), (0.50, 1.2570),
+              (0.60, 1.4000)]   # S(lr) measured on notebook 01's SGD bandit, seed 0 (no ERC)
+
+    def S(lr):
+        return float(np.interp(lr, *zip(*points)))
+    monkeypatch.setattr(B, "run_bandit", lambda cfg, seed: [{"update": 0}, {"update": 1, "param/step_norm": S(cfg.lr)}])
+    cfg = B.BanditConfig(optimizer="sgd", lr=0.5, minibatches=8, updates=2, seeds=(0,))
+    target = 1.2022   # ERC's step on that seed
+    lr, recs = B.matched_step_run(cfg, 0, target, tol=0.01, max_runs=8)
+    assert abs(B.mean_step_norm(recs) / target - 1) <= 0.01 and 0.40 < lr < 0.47

@@ -465,10 +465,12 @@ def matched_step_run(cfg: BanditConfig, seed: int, target_step_norm: float, tol:
     """The matched-step control: ``cfg`` without ERC, at the learning rate whose mean parameter step
     per update (mean_step_norm, S) matches ``target_step_norm`` (ERC's, measured on the same seed).
 
-    Rule: S(lr) grows with lr (an SGD step is proportional to lr to first order). Run 1 is at cfg.lr;
-    run 2 at lr * target / S (the proportional guess); from then on the secant through the two runs
-    closest to the target, lr = lr_a + (target - S_a) (lr_b - lr_a) / (S_b - S_a), with the
-    proportional guess whenever the secant is undefined or gives lr <= 0. Stops when
+    Rule: S(lr) grows with lr to first order (an SGD step is proportional to lr), but over a whole
+    run it is not monotone everywhere (a larger lr can reach a flatter region). Run 1 is at cfg.lr;
+    until the target is bracketed (one run below it, one above) the next lr is the proportional
+    guess from the latest run, lr * target / S; once bracketed, the secant between the closest run
+    below and the closest run above, lr = lr_a + (target - S_a) (lr_b - lr_a) / (S_b - S_a), or the
+    midpoint of the two when the secant does not fall strictly between them. Stops when
     |S / target - 1| <= tol or after ``max_runs`` runs; returns (lr, records) of the run closest to
     the target. ``first``: records of the run at cfg.lr (the no-ERC arm), if already made.
     """
@@ -483,17 +485,18 @@ def matched_step_run(cfg: BanditConfig, seed: int, target_step_norm: float, tol:
         recs = first if (k == 0 and first is not None) else run_bandit(replace(off, lr=lr), seed)
         S = mean_step_norm(recs)
         tried.append((abs(S / target_step_norm - 1.0), lr, S, recs))
-        tried.sort(key=lambda t: t[0])
-        if tried[0][0] <= tol:
+        if min(t[0] for t in tried) <= tol:
             break
-        guess = lr * target_step_norm / max(S, 1e-12)
-        if len(tried) >= 2:
-            (_, lr_a, S_a, _), (_, lr_b, S_b, _) = tried[:2]
-            if S_b != S_a:
-                secant = lr_a + (target_step_norm - S_a) * (lr_b - lr_a) / (S_b - S_a)
-                guess = secant if secant > 0 else guess
-        lr = guess
-    return tried[0][1], tried[0][3]
+        below = [t for t in tried if t[2] < target_step_norm]
+        above = [t for t in tried if t[2] > target_step_norm]
+        if not below or not above:
+            lr = lr * target_step_norm / max(S, 1e-12)          # proportional guess from the latest run
+            continue
+        (_, lr_a, S_a, _), (_, lr_b, S_b, _) = min(below), min(above)
+        secant = lr_a + (target_step_norm - S_a) * (lr_b - lr_a) / (S_b - S_a)
+        lr = secant if min(lr_a, lr_b) < secant < max(lr_a, lr_b) else (lr_a + lr_b) / 2
+    best = min(tried, key=lambda t: t[0])
+    return best[1], best[3]
 
 
 def control_runs(cfg: BanditConfig, seeds: tuple[int, ...] | None = None, tol: float = 0.01,
