@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ercref.lm.config import make_config
-from ercref.lm.trainer import Trainer, distinct_fraction
+from ercref.lm.step_metrics import distinct_fraction
+from ercref.lm.trainer import Trainer
 from ercref.study import cache, runner
 from ercref.study.__main__ import main as study_main
 from ercref.study.studies import STUDIES, Study, get_study, parse_tiny_cell, tiny_cell

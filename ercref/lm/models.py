@@ -16,6 +16,7 @@ Nothing here downloads or converts at import time.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -396,3 +397,10 @@ def apply_chat_template(tokenizer, prompt_text_or_messages, require: bool = True
             )
         return "\n".join(str(m["content"]) for m in messages)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` in eval mode that takes no gradient (the KL term's reference policy)."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref

@@ -29,7 +29,6 @@ policy is also written with ``save_pretrained`` (safetensors) to ``<out>/policy`
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -49,11 +48,11 @@ from .evaluate import evaluate_policy
 from .hardware import check_hardware, resolve_device
 from .judge_pool import judge_pool
 from .metrics_log import RunLog
-from .models import load_model
+from .models import frozen_copy, load_model
 from .rollout import autocast_context, encode_prompts, eos_ids, response_logprobs, rollout
 from .rollout_batch import RolloutBatch, concat_rollouts
 from .scoring import score_responses
-from .step_metrics import distinct_fraction, ends_with_eos
+from .step_metrics import rollout_metrics
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -187,7 +186,7 @@ class Trainer:
             self.sft_done = True
             self._emit("on_sft_end")
         if self.cfg.loss.kl_coef > 0:
-            self.ref_model = _frozen_copy(self.model)
+            self.ref_model = frozen_copy(self.model)
         if self.vllm is not None:  # serve the policy as training starts (after SFT / a callback's load), not the folder's
             self.vllm.sync_weights(self.model)
 
@@ -402,20 +401,9 @@ class Trainer:
             self.sched.step()
         t_end = time.perf_counter()
         rm = batch.response_mask
-        out = {
-            "kind": "step", "step": step,
-            "reward/mean": rewards.mean(), "reward/std": rewards.std() if rewards.numel() > 1 else torch.zeros(()),
-            "reward/accuracy": correct.float().mean(),
-            "len/response_mean": batch.response_lengths.float().mean(),
-            "len/truncated_frac": (~ends_with_eos(batch, eos_ids(self.model, self.tok))).float().mean(),
-            "entropy/old_mean": (batch.old_entropy * rm).sum() / rm.sum(),
-            "rollout/distinct_frac": distinct_fraction(batch.sequences[:, batch.prompt_len:], rm),
-            "batch/seq_width": int(batch.sequences.shape[1]),
-            "batch/tokens": batch.attention_mask.sum(),
-            "batch/kept_groups": keep.view(-1, r.group_size)[:, 0].sum(),
-            "batch/minibatches": len(mb_metrics),
-            "batch/gen_prompts": gen["prompts"], "batch/gen_rounds": gen["rounds"],
-        }
+        out = {"kind": "step", "step": step, **rollout_metrics(batch, rewards, correct, keep, r.group_size,
+                                                               eos_ids(self.model, self.tok)),
+               "batch/minibatches": len(mb_metrics), "batch/gen_prompts": gen["prompts"], "batch/gen_rounds": gen["rounds"]}
         if mb_metrics:  # means over minibatches; entropy/old_mean above is over the whole batch
             for key in mb_metrics[0]:
                 if key not in ("tokens", "entropy/old_mean"):
@@ -473,7 +461,7 @@ class Trainer:
             if "ref_model" not in state:
                 raise ValueError("loss.kl_coef > 0 but the checkpoint has no reference model (the run was "
                                  "started without a KL term); resume with the run's own config")
-            self.ref_model = _frozen_copy(self.model)
+            self.ref_model = frozen_copy(self.model)
             self.ref_model.load_state_dict(state["ref_model"])
         ckpt.set_rng_state(state["rng"])
 
@@ -508,12 +496,6 @@ class Trainer:
         self.log.close()
         torch.set_num_threads(self._threads_before)
         return history
-
-
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def run(cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
