@@ -118,7 +118,7 @@ def test_the_candidate_testbed_task_model_and_study():
     assert 5e6 < sum(p.numel() for p in model.parameters()) < 2e7 and model.config.num_hidden_layers == 6
     s = get_study("tiny6m-pilot")
     assert list(s.arms) == ["DAPO"] and s.seeds == [0, 1, 2, 3, 4]
-    cfg = s.config("K1-lr0.001", "DAPO", 0)
+    cfg = s.config("K1-lr0.0003", "DAPO", 0)
     assert (cfg.model.name, cfg.data.task, cfg.loss.erc, pilot.staleness_k(cfg.to_dict())) == ("tiny-6m", "max", False, 1)
-    assert pilot.staleness_k(s.config("K16-lr0.003", "DAPO", 0).to_dict()) == 16
+    assert pilot.staleness_k(s.config("K16-lr0.001", "DAPO", 0).to_dict()) == 16
     assert pilot.eval_overlap(cfg.to_dict()) == (len(held_out), 0)
