@@ -423,3 +423,12 @@ def test_every_fields_bad_text_is_refused_naming_it(dotted, text):
 def test_sections_check_themselves_when_built_directly(section, kwargs, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         section(**kwargs)
+
+
+@pytest.mark.parametrize("field", ["rollout.temperature", "train.eval_temperature"])
+def test_a_temperature_whose_logits_overflow_is_refused_when_the_config_is_built(field):
+    """logits / T overflows float32 for T ~ 1e-45; generation would crash minutes in, after the warm-up."""
+    with pytest.raises(ValueError, match=rf"{field} must be a finite number >= 1e-06"):
+        make_config("cpu-tiny", overrides=[f"{field}=1e-45"])
+    assert getattr(make_config("cpu-tiny", overrides=[f"{field}=1e-4"]).rollout if field.startswith("rollout")
+                   else make_config("cpu-tiny", overrides=[f"{field}=1e-4"]).train, field.split(".")[1]) == 1e-4

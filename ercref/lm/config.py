@@ -37,6 +37,7 @@ from .config_tools import (  # noqa: F401 (parse_bool, parse_text: re-exported)
     Seed,
     Share,
     Size,
+    Temperature,
     apply_overrides,
     check_fields,
     flatten,
@@ -116,7 +117,7 @@ class RolloutConfig(Section):
     prompts_per_step: Count = 8         # n prompts per rollout batch (one training step)
     group_size: Count = 8               # G samples per prompt
     max_new_tokens: Count = 8           # response length limit in tokens
-    temperature: Positive = 1.0         # sampling temperature (also used for the old/new log-probs)
+    temperature: Temperature = 1.0      # sampling temperature (also used for the old/new log-probs)
     top_p: Share = 1.0                  # nucleus sampling threshold, in (0, 1]
     generation_batch_size: Size = 0     # sequences per generate call (0: all at once); max_tokens_per_generate also applies
     max_tokens_per_generate: Size = 0   # tokens per generate call: rows x (prompt + max new tokens), training and eval (0: no limit)
@@ -201,7 +202,7 @@ class TrainConfig(Section):
     eval_every: Size = 0                # evaluate every N steps, and after the last (0: only after the last; paper 10)
     eval_before_training: bool = True   # also evaluate before the first step (paper: false)
     eval_k: Count = 4                   # samples per eval prompt (avg@k, pass@k)
-    eval_temperature: Positive = 1.0    # eval sampling temperature
+    eval_temperature: Temperature = 1.0  # eval sampling temperature
     eval_top_p: Share = 1.0             # eval nucleus sampling threshold, in (0, 1]
     eval_max_new_tokens: Size = 0       # eval response length limit (0: rollout.max_new_tokens)
     tensorboard: bool = False           # also write TensorBoard logs under <out>/tb
