@@ -122,3 +122,5 @@ def test_the_candidate_testbed_task_model_and_study():
     assert (cfg.model.name, cfg.data.task, cfg.loss.erc, pilot.staleness_k(cfg.to_dict())) == ("tiny-6m", "max", False, 1)
     assert pilot.staleness_k(s.config("K16-lr0.001", "DAPO", 0).to_dict()) == 16
     assert pilot.eval_overlap(cfg.to_dict()) == (len(held_out), 0)
+    s2 = get_study("tiny6m-pilot2")
+    assert (s2.name, s2.base["sft.steps"], s2.base["train.steps"], s2.cells) == ("tiny6m-pilot2", 200, 120, s.cells)

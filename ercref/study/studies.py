@@ -38,6 +38,7 @@ arms have every seed of the study at that cell.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -318,14 +319,19 @@ TINY6M_BASE = {**TINY_STUDY_BASE, "model.name": "tiny-6m", "data.task": "max", "
 PILOT_CELLS = ((1, 3e-4), (16, 3e-4), (16, 1e-3))   # staleness alone (K1 vs K16 at 3e-4), and a higher lr
 
 
-def tiny6m_pilot(cells=PILOT_CELLS, seeds=SEEDS, steps: int = 80) -> Study:
-    """The testbed pilot: DAPO alone at K = 1 and at K = 16 with two learning rates, 5 seeds
-    (TINY6M_BASE). ``python -m ercref.study.pilot tiny6m-pilot`` says which criterion the cache meets."""
-    return Study("tiny6m-pilot", "cpu-tiny", {**TINY6M_BASE, "train.steps": steps},
+def tiny6m_pilot(cells=PILOT_CELLS, seeds=SEEDS, steps: int = 80, sft_steps: int = 250,
+                 name: str = "tiny6m-pilot") -> Study:
+    """A testbed pilot: DAPO alone at K = 1 and at K = 16 with two learning rates, 5 seeds
+    (TINY6M_BASE with ``steps`` RL steps after ``sft_steps`` warm-up steps). ``python -m ercref.study.pilot
+    NAME`` says which criterion the cache meets. tiny6m-pilot: 250 warm-up steps, 80 RL steps;
+    tiny6m-pilot2: 200 warm-up steps (a lower, higher-entropy start: more room to learn), 120 RL steps."""
+    return Study(name, "cpu-tiny", {**TINY6M_BASE, "train.steps": steps, "sft.steps": sft_steps},
                  dict(tiny_cell(k, lr) for k, lr in cells), {"DAPO": erc_arm("dapo", None)}, list(seeds),
                  est_run_s=600.0,
-                 description="Testbed pilot: does DAPO learn the max task on the ~6M tiny model at K = 1 (>= +0.20 "
-                             "in every seed), and does it degrade at K = 16 (>= 3 of 5 seeds)? 5 seeds.")
+                 description=f"Testbed pilot: does DAPO learn the max task on the ~6M tiny model at K = 1 (>= +0.20 "
+                             f"in every seed), and does it degrade at K = 16 (>= 3 of 5 seeds)? {sft_steps} warm-up "
+                             f"steps, {steps} RL steps, 5 seeds.")
 
 
 STUDIES["tiny6m-pilot"] = tiny6m_pilot
+STUDIES["tiny6m-pilot2"] = functools.partial(tiny6m_pilot, steps=120, sft_steps=200, name="tiny6m-pilot2")
