@@ -56,7 +56,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOTFLAG) notebooks/
 
 lint: $(STAMP)
-	$(BIN)/ruff check ercref tests benchmarks scripts
+	$(BIN)/ruff check ercref tests benchmarks scripts tools
 
 # the README's "What we found" blocks = the reports of the committed study caches (tests/test_study_report.py)
 study-report: $(STAMP)

@@ -322,9 +322,9 @@ def test_matched_step_converges_where_the_step_is_not_monotone_in_lr(monkeypatch
     """S(lr) measured over a whole run can fall as lr grows (a larger lr reaches a flatter region):
     the proportional guess then overshoots and a secant through two runs on one side points away.
     Bracketing the target (a run below it, one above) and staying inside the bracket converges."""
-    import ercref.study.bandits as B
-
     import numpy as np
+
+    import ercref.study.bandits as B
 
     points = [(0.40, 1.1019), (0.45, 1.2062), (0.47, 1.2316), (0.48, 1.2806), (0.49, 1.2782), (0.50, 1.2570),
               (0.60, 1.4000)]   # S(lr) measured on notebook 01's SGD bandit, seed 0 (no ERC)
