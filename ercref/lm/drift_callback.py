@@ -49,7 +49,7 @@ from ercref import TokenDrift, drift_summary, token_drift, token_drift_from_hidd
 
 from .batching import token_budget_batches, trim_rows
 from .prompt_sharing import position_ids_from_mask
-from .rollout import SHARE_PROMPTS, _response_hidden, autocast_context, rollout
+from .rollout import SHARE_PROMPTS, autocast_context, fused_head_applies, response_hidden, rollout
 from .rollout_batch import RolloutBatch
 from .trainer import Callback, Trainer
 
@@ -160,21 +160,14 @@ class DriftCallback(Callback):
         return TokenDrift(*(f * rmask for f in fields)), rmask
 
 
-def _fused_head_applies(model) -> bool:
-    """The rule of rollout.response_logprobs: a bias-free LM head without logit soft-capping, and a decoder."""
-    head = model.get_output_embeddings()
-    return getattr(head, "bias", None) is None and hasattr(model, "get_decoder") \
-        and getattr(model.config, "final_logit_softcapping", None) is None
-
-
 def _pair_drift(old, new, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                 temperature: float, fused_head: bool, autocast_dtype) -> TokenDrift:
     """TokenDrift (n, R) from ``old`` to ``new`` at the response positions of one micro-batch."""
     labels = sequences[:, prompt_len:]
     dev = sequences.device
-    if fused_head and _fused_head_applies(new):
+    if fused_head and fused_head_applies(new):
         with autocast_context(dev, autocast_dtype):
-            hidden = [_response_hidden(m, sequences, attention_mask, prompt_len, SHARE_PROMPTS) for m in (old, new)]
+            hidden = [response_hidden(m, sequences, attention_mask, prompt_len, SHARE_PROMPTS) for m in (old, new)]
         weights = [m.get_output_embeddings().weight for m in (old, new)]
         return token_drift_from_hidden(hidden[0].to(weights[0].dtype), weights[0], hidden[1].to(weights[1].dtype),
                                        weights[1], labels, temperature)

@@ -58,7 +58,15 @@ def response_mask_from_tokens(response: Tensor, eos: list[int]) -> Tensor:
     return ~after
 
 
-def _response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, share_prompts: bool) -> Tensor:
+def fused_head_applies(model) -> bool:
+    """The fused head computes log-probs from hidden states: a bias-free LM head without logit
+    soft-capping, and a model with a decoder."""
+    head = model.get_output_embeddings()
+    return getattr(head, "bias", None) is None and hasattr(model, "get_decoder") \
+        and getattr(model.config, "final_logit_softcapping", None) is None
+
+
+def response_hidden(model, sequences: Tensor, attention_mask: Tensor, prompt_len: int, share_prompts: bool) -> Tensor:
     """Last hidden states at positions P-1 .. P+R-2 (those that predict the response tokens), (N, R, D).
     With shared prompts (module docstring): the distinct prompts once, then the R-1 response positions
     of every row against its prompt's copied KV cache; otherwise one forward of every full row."""
@@ -104,11 +112,9 @@ def response_logprobs(model, sequences: Tensor, attention_mask: Tensor, prompt_l
     pos = position_ids_from_mask(attention_mask)
     labels = sequences[:, prompt_len:]
     head = model.get_output_embeddings()
-    use_fused = fused_head and getattr(head, "bias", None) is None and hasattr(model, "get_decoder") \
-        and getattr(model.config, "final_logit_softcapping", None) is None
-    if use_fused:
+    if fused_head and fused_head_applies(model):
         share = SHARE_PROMPTS if share_prompts is None else share_prompts
-        hidden = _response_hidden(model, sequences, attention_mask, prompt_len, share)
+        hidden = response_hidden(model, sequences, attention_mask, prompt_len, share)
         weight = head.weight if head.weight.dtype == hidden.dtype else head.weight.to(hidden.dtype)
         return fused_logprobs_and_entropy(hidden, weight, labels, temperature, entropy_grad=entropy_grad)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=pos, use_cache=False,
