@@ -93,7 +93,7 @@ def test_direction_verdict_against_a_threshold():
     assert C.direction_verdict(shares, +1, null=0.5).label == C.REPRODUCED
     assert C.direction_verdict([1 - s for s in shares], +1, null=0.5).label == C.CONTRADICTED
     assert C.direction_verdict([0.45, 0.55, 0.5, 0.6, 0.4], +1, null=0.5).label == C.INCONCLUSIVE
-    assert "paper: > 0.5" in str(C.direction_verdict(shares, +1, null=0.5))
+    assert "hypothesis: > 0.5" in str(C.direction_verdict(shares, +1, null=0.5))
 
 
 def test_paired_verdict_cases_and_interval():
@@ -113,7 +113,7 @@ def test_paired_verdict_cases_and_interval():
 @given(st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12), st.sampled_from([1, -1]))
 def test_direction_verdict_is_symmetric(values, direction):
     """Negating the data and the predicted direction gives the same label; flipping only the
-    direction swaps reproduced and contradicted."""
+    direction swaps supported and contradicted."""
     a = C.direction_verdict(values, direction)
     assert C.direction_verdict([-x for x in values], -direction).label == a.label
     swap = {C.REPRODUCED: C.CONTRADICTED, C.CONTRADICTED: C.REPRODUCED, C.INCONCLUSIVE: C.INCONCLUSIVE}
@@ -126,7 +126,7 @@ def test_band_verdict_three_outcomes():
     band = (0.10, 0.40)
     v = C.band_verdict([0.19, 0.21, 0.20, 0.22, 0.18], band, "ERC clip rate")
     assert v.label == C.REPRODUCED and v.direction == 0 and v.band == band
-    assert "paper: in [0.1, 0.4]" in str(v)
+    assert "hypothesis: in [0.1, 0.4]" in str(v)
     assert C.band_verdict([0.80, 0.85, 0.90, 0.82, 0.88], band).label == C.CONTRADICTED   # far above
     assert C.band_verdict([0.01, 0.02, 0.015, 0.012, 0.018], band).label == C.CONTRADICTED  # far below
     v = C.band_verdict([0.3, 0.5, 0.35, 0.45, 0.4], band)                                  # straddles 0.40

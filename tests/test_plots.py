@@ -201,7 +201,7 @@ def test_heatmap_diff_from_verdicts_and_bad_tables():
     fig, ax = plt.subplots()
     viz.heatmap_diff(ax, cells)
     texts = [t.get_text() for t in ax.texts]
-    assert any(t.endswith("contradicted") for t in texts) and any(t.endswith("reproduced") for t in texts)
+    assert any(t.endswith("contradicted") for t in texts) and any(t.endswith("supported") for t in texts)
     with pytest.raises(ValueError, match="lacks columns"):
         viz.heatmap_diff(ax, pd.DataFrame([{"K": 1, "lr": 1e-3, "mean": 0.0}]))
     with pytest.raises(ValueError, match="more than one line"):

@@ -8,6 +8,8 @@
     cache        the study cache on disk (data/results/NAME/): atomic writes with integrity hashes,
                  checked reads, load_study
     claims       Student-t intervals, paired differences, symmetric verdicts computed from numbers
+    verdict_rules  the one set of rules deciding whether a comparison gets a verdict (K = 1, seeds,
+                 learning), its wording (supported / not supported / contradicted), the chance count
     stability    per-run stability measures (entropy volatility, grad-norm spikes, collapse step)
     report       verdict tables and the markdown report of a study cache (README "What we found")
     plots        the one plotting module: style, seed bands, run comparisons, live plots

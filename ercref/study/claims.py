@@ -12,17 +12,19 @@ MDE is the true effect a two-sided 5 % test at this seed count would detect with
 the observed sd of the per-seed values: an inconclusive verdict says how large an effect the study
 could have seen. t quantiles: t_quantile, exact (t_cdf in closed form, then bisection; no scipy).
 
-Verdict rules (three outcomes each, symmetric in the paper's direction):
+Verdicts (three outcomes each, symmetric in the hypothesis' direction; the hypothesis is the
+study's or notebook's own, taken from a claim of the paper; ercref.study.verdict_rules decides
+whether a comparison gets a verdict at all: K = 1, seed count, whether the baseline learned):
     direction_verdict(values, direction, null=0)
-        the paper predicts the values lie above ``null`` (direction +1) or below it (-1):
-        "reproduced"    the 95 % interval excludes ``null`` on the paper's side,
-        "contradicted"  it excludes ``null`` on the other side,
-        "inconclusive"  it contains ``null``.
+        the hypothesis: the values lie above ``null`` (direction +1) or below it (-1):
+        "supported"      the 95 % interval excludes ``null`` on the hypothesis' side,
+        "contradicted"   it excludes ``null`` on the other side,
+        "not supported"  it contains ``null`` (inconclusive: the MDE says what those seeds could see).
         paired_verdict(erc, base, direction) is this rule on d_s = erc_s - base_s with null 0.
     band_verdict(values, band=(lo, hi))
-        the paper states a value (ERC clips ~20 %, read as a band such as [10 %, 40 %]):
-        "reproduced" when the interval lies inside the band, "contradicted" when it lies entirely
-        outside it (above hi or below lo), "inconclusive" when it straddles an edge.
+        the hypothesis states a value (the paper's "ERC clips ~20 %", read as a band such as
+        [10 %, 40 %]): "supported" when the interval lies inside the band, "contradicted" when it
+        lies entirely outside it (above hi or below lo), "not supported" when it straddles an edge.
 
 Claims (claims_table):
     1a  ERC's clip rate (all minibatches; also k >= 1 only) lies in ``band`` (default [0.10, 0.40]).
@@ -35,7 +37,7 @@ Claims (claims_table):
     4   accuracy improves: final eval avg@k, paired ERC - baseline, direction +1.
 
 Edge cases (chosen here, tested in tests/test_claims.py):
-    one seed          -> "inconclusive" with low = -inf, high = +inf, mde = inf (no sd exists);
+    one seed          -> "not supported" with low = -inf, high = +inf, mde = inf (no sd exists);
     no value          -> ValueError;
     NaN / inf value   -> ValueError naming the argument;
     seeds in one arm only -> ValueError listing them, unless drop_unpaired=True (then the test uses
@@ -140,8 +142,9 @@ def _mean_interval(values: Iterable[float], interval: str) -> tuple[float, float
 
 
 # ----------------------------------------------------------------------------- verdicts
-REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
-LABELS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
+SUPPORTED, CONTRADICTED, NOT_SUPPORTED = "supported", "contradicted", "not supported"
+REPRODUCED, INCONCLUSIVE = SUPPORTED, NOT_SUPPORTED      # the same labels, under the names notebooks 01-04 use
+LABELS = (SUPPORTED, CONTRADICTED, NOT_SUPPORTED)
 NOT_MEASURED = "not measured"        # claims_table's label for a claim whose inputs were not passed (no verdict)
 # The per-step entropy every fluctuation measure reads (claim 3 here, stability.entropy_volatility):
 # the rollout policy's mean token entropy of that step, what the paper's entropy curves show.
@@ -153,7 +156,7 @@ CLIP_RATE_BAND = (0.10, 0.40)        # claim 1a: the paper's "ERC clips ~20 % of
 class Verdict:
     """The outcome of one claim's test. ``mean``/``low``/``high``: the tested quantity over seeds
     (95 % interval); ``n``: seeds; ``mde``: minimum detectable effect at n (module doc);
-    ``direction``: +1 / -1 (paper predicts above / below ``null``) or 0 (inside ``band``)."""
+    ``direction``: +1 / -1 (the hypothesis: above / below ``null``) or 0 (inside ``band``)."""
 
     label: str
     mean: float
@@ -168,11 +171,11 @@ class Verdict:
 
     def __str__(self) -> str:
         if self.direction == 0:
-            pred = f"paper: in [{_g(self.band[0])}, {_g(self.band[1])}]"
+            pred = f"hypothesis: in [{_g(self.band[0])}, {_g(self.band[1])}]"
         else:
-            pred = f"paper: {'>' if self.direction > 0 else '<'} {_g(self.null)}"
+            pred = f"hypothesis: {'>' if self.direction > 0 else '<'} {_g(self.null)}"
         s = f"{self.label}: {self.name} = {_g(self.mean)} [{_g(self.low)}, {_g(self.high)}] (95% CI, n={self.n}; {pred})"
-        if self.label == INCONCLUSIVE:
+        if self.label == NOT_SUPPORTED:
             s += f"; MDE {_g(self.mde)} at n={self.n}"
         return s
 
@@ -209,19 +212,19 @@ def min_detectable_effect(values) -> float:
 
 
 def direction_verdict(values, direction: int, null: float = 0.0, name: str = "ERC - baseline") -> Verdict:
-    """Is the mean of per-seed ``values`` on the paper's side of ``null``? (rule in the module doc)"""
+    """Is the mean of per-seed ``values`` on the hypothesis' side of ``null``? (rule in the module doc)"""
     if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 (paper predicts above null) or -1 (below), got {direction!r}")
+        raise ValueError(f"direction must be +1 (the hypothesis: above null) or -1 (below), got {direction!r}")
     if not (isinstance(null, (int, float)) and math.isfinite(null)):
         raise ValueError(f"null must be a finite number, got {null!r}")
     m, lo, hi, n, mde = _stats("values", values)
     above, below = lo > null, hi < null                   # the interval excludes null on that side
     if (above and direction > 0) or (below and direction < 0):
-        label = REPRODUCED
+        label = SUPPORTED
     elif above or below:
         label = CONTRADICTED
     else:
-        label = INCONCLUSIVE
+        label = NOT_SUPPORTED
     return Verdict(label, m, lo, hi, n, mde, direction, float(null), None, name)
 
 
@@ -233,11 +236,11 @@ def band_verdict(values, band: tuple[float, float], name: str = "value") -> Verd
     b_lo, b_hi = float(band[0]), float(band[1])
     m, lo, hi, n, mde = _stats("values", values)
     if b_lo <= lo and hi <= b_hi:
-        label = REPRODUCED
+        label = SUPPORTED
     elif hi < b_lo or lo > b_hi:
         label = CONTRADICTED
     else:
-        label = INCONCLUSIVE
+        label = NOT_SUPPORTED
     return Verdict(label, m, lo, hi, n, mde, 0, 0.0, (b_lo, b_hi), name)
 
 
@@ -256,7 +259,7 @@ def paired_differences(a: Mapping[int, float], b: Mapping[int, float], drop_unpa
 
 def paired_verdict(erc: Mapping[int, float], base: Mapping[int, float], direction: int,
                    name: str = "ERC - baseline", drop_unpaired: bool = False) -> Verdict:
-    """direction_verdict on d_s = erc[s] - base[s] with null 0 (the paper predicts sign(d) = direction)."""
+    """direction_verdict on d_s = erc[s] - base[s] with null 0 (the hypothesis: sign(d) = direction)."""
     _values("erc", erc), _values("base", base)
     return direction_verdict(paired_differences(erc, base, drop_unpaired), direction, 0.0, name)
 
@@ -322,7 +325,7 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     None when the runs captured no tokens (claim 2's row then reads NOT_MEASURED, without a Verdict).
     Claim 3's entropy curve is ENTROPY_KEY of the step rows.
     Returns (table with columns claim, measure, ERC, baseline, verdict (the label), detail
-    (str of the Verdict, with the MDE when inconclusive), note; dict of the raw numbers, with
+    (str of the Verdict, with the MDE when not supported), note; dict of the raw numbers, with
     per-seed values under "seeds/<name>" and the Verdict objects under "verdicts").
     """
     if not 0 < max_ratio < 1:
