@@ -70,8 +70,15 @@ def test_degrades_counts_drops_of_010_and_collapses_after_learning():
     assert degrades({"K16-lr0.001": two}, SEEDS).state == NOT_MET
     assert degrades({"K16-lr0.001": {0: drop, 1: drop, 2: stable, 3: stable}}, SEEDS).state == INCOMPLETE
     both = degrades({"K16-lr0.001": two, "K16-lr0.003": met}, SEEDS)    # any one stale cell suffices
-    assert both.state == MET and "K16-lr0.003: 3 of 5 cached seeds degraded" in both.detail
+    assert both.state == MET and "K16-lr0.003: 3 of 5 cached seeds degraded (3 after learning)" in both.detail
     assert degrades({}, SEEDS).state == NOT_MET
+
+
+def test_a_fall_from_the_first_evaluation_degrades_but_is_not_counted_as_after_learning():
+    fall = facts([0.33, 0.12, 0.2], k=16)                           # peak = first evaluation, drop 0.13
+    assert fall.degraded and not fall.learned
+    c = degrades({"K16-lr0.0003": {s: fall for s in SEEDS}}, SEEDS)
+    assert c.state == MET and "5 of 5 cached seeds degraded (0 after learning)" in c.detail
 
 
 def test_eval_overlap_finds_training_prompts_in_the_evaluation_set():

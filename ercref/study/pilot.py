@@ -10,6 +10,14 @@ staleness destabilise it? Both must hold before a confirmatory test of ERC is wo
                 evaluation, or its entropy collapses (stability.collapse_step) at or after an evaluation
                 where it had learned (accuracy >= LEARNED_MIN, 0.10, above its first evaluation)
 
+How "degrades" is read (decided before tiny6m-pilot3 ran; the criterion's text is "final accuracy >= 10
+points below the run's own peak, or entropy collapse after it learned"): literally. "After it learned"
+qualifies the entropy collapse only; the drop is measured from the run's own peak evaluation, and that
+peak may be the first evaluation, so a run that falls from its starting accuracy without rising first
+counts as degraded. The numbers also say how many degraded seeds had learned first (peak >= LEARNED_MIN
+above the first evaluation): a testbed whose stale runs only ever fall tests "ERC keeps a policy from
+falling", not "ERC keeps a learning policy from being destabilised", and the report says which it is.
+
 Each criterion is "met", "not met" (the cached runs already rule it out) or "incomplete" (the seeds
 still missing could decide it either way), with the numbers per seed. K is read from each run's saved
 config: rollout.prompts_per_step / train.minibatch_prompts.
@@ -75,6 +83,11 @@ class RunFacts:
     def learned_before_collapse(self) -> bool:
         return self.collapse is not None and any(s <= self.collapse and a - self.start >= LEARNED_MIN - EPS
                                                  for s, a in self.evals)
+
+    @property
+    def learned(self) -> bool:
+        """Its peak evaluation is >= LEARNED_MIN above its first."""
+        return self.peak - self.start >= LEARNED_MIN - EPS
 
     @property
     def degraded(self) -> bool:
@@ -175,8 +188,9 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
         missing = [s for s in seeds if s not in have]
         states.append(MET if n_bad >= DEGRADED_SEEDS else NOT_MET if n_bad + len(missing) < DEGRADED_SEEDS
                       else INCOMPLETE)
-        parts.append(f"{cell}: {n_bad} of {len(have)} cached seeds degraded" + (f" (missing {missing})" if missing
-                                                                                 else "")
+        n_after = sum(f.degraded and f.learned for f in have.values())
+        parts.append(f"{cell}: {n_bad} of {len(have)} cached seeds degraded ({n_after} after learning)"
+                     + (f" (missing {missing})" if missing else "")
                      + "".join(f"; {_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}"
                                for s, f in sorted(have.items())))
     state = MET if MET in states else INCOMPLETE if INCOMPLETE in states else NOT_MET
