@@ -296,3 +296,15 @@ def test_cli_run_plots_without_seaborn_or_pandas(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plot" in proc.stdout
+
+
+def test_seed_lines_fixed_colours_for_named_labels_the_rest_from_the_palette():
+    from matplotlib.colors import to_rgb
+    df = _seed_frame(3)
+    fig, ax = plt.subplots()
+    viz.seed_lines(ax, df, "erc/clip_frac", colors={"DAPO+ERC": "#0072B2"})
+    by_label = {ln.get_label(): to_rgb(ln.get_color()) for ln in ax.lines}
+    assert by_label["DAPO+ERC (n=3)"] == to_rgb("#0072B2") == by_label["_DAPO+ERC seed 0"]
+    import seaborn as sns
+    assert by_label["DAPO (n=3)"] == tuple(sns.color_palette(viz.PALETTE, 2)[0])
+    plt.close(fig)

@@ -158,3 +158,77 @@ def test_check_exercise_refuses_tolerances_and_trials_that_check_nothing(kwargs,
 def test_make_inputs_must_return_keyword_arguments():
     with pytest.raises(TypeError, match="make_inputs must return a dict of keyword arguments, got list"):
         T.check_exercise(_ref_ratio, _ref_ratio, lambda gen: [torch.ones(2), torch.ones(2)], verbose=False)
+
+
+# ----------------------------------------------------------------------------- reference solutions on demand
+def _solution_checks():
+    """(name, ercref reference, inputs) for every exercise with a reference solution."""
+    def erc_ref(entropy, old_entropy, response_mask, beta_low, beta_high):
+        keep, _, _, rho = ercref.erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
+        return keep, rho
+
+    def erc_inputs(gen):
+        old = torch.rand(3, 9, generator=gen, dtype=torch.float64) * 2
+        new = old * (1 + 0.1 * torch.randn(3, 9, generator=gen, dtype=torch.float64))
+        new[0, :3] = old[0, :3] * 1.05                          # exactly on the upper bound
+        return {"entropy": new.clamp_min(0), "old_entropy": old, "response_mask": torch.rand(3, 9, generator=gen) < 0.8,
+                "beta_low": 0.05, "beta_high": 0.05}
+
+    def gppo_ref(logp, old_logp, advantages, eps_low, eps_high):
+        return ercref.LOSSES["gppo"](logp, old_logp, advantages, torch.ones_like(logp, dtype=torch.bool),
+                                     eps_low=eps_low, eps_high=eps_high, beta1=1.0, beta2=1.0, clip_ratio_c=None)[0]
+
+    def with_grad(fn):
+        def wrapped(logp, old_logp, advantages, eps_low, eps_high):
+            logp = logp.detach().clone().requires_grad_(True)
+            loss = fn(logp, old_logp, advantages, eps_low=eps_low, eps_high=eps_high)
+            return loss.detach(), torch.autograd.grad(loss.sum(), logp)[0]
+        return wrapped
+
+    def gppo_inputs(gen):
+        old = -0.5 - 3 * torch.rand(3, 7, generator=gen, dtype=torch.float64)
+        logp = (old + 0.4 * torch.randn(3, 7, generator=gen, dtype=torch.float64)).clamp(max=0.0)   # log-probs <= 0
+        return {"logp": logp, "old_logp": old,
+                "advantages": torch.randn(3, 7, generator=gen, dtype=torch.float64), "eps_low": 0.2, "eps_high": 0.2}
+
+    return [("entropy", ercref.entropy_from_logits, lambda g: {"logits": 1000 * torch.randn(4, 50, generator=g)}, None),
+            ("erc_keep", erc_ref, erc_inputs, None),
+            ("gppo_loss", gppo_ref, gppo_inputs, with_grad)]
+
+
+@pytest.mark.parametrize("name, ref, inputs, wrap", _solution_checks(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_reference_solution_matches_ercref(name, ref, inputs, wrap):
+    fn = T.solution(name)
+    mine, ref = (fn, ref) if wrap is None else (wrap(fn), wrap(ref))
+    res = T.check_exercise(mine, ref, inputs, name=name, verbose=False)
+    assert res.passed, res.message
+
+
+def test_every_named_solution_has_a_check():
+    from ercref.study import solutions
+    assert set(solutions.NAMES) == {c[0] for c in _solution_checks()}
+
+
+def test_solution_refuses_an_unknown_name_and_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"name must be one of \('entropy', 'erc_keep', 'gppo_loss'\).*got 'entopy'"):
+        T.solution("entopy")
+    with pytest.raises(ValueError, match="got None"):
+        T.solution(None)
+
+
+def test_solution_shows_its_source_only_when_asked(monkeypatch):
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    fn = T.solution("entropy")
+    assert shown == [] and callable(fn)
+    assert T.solution("entropy", show=True) is fn
+    (md,) = shown
+    assert "ercref/study/solutions.py, line" in md.data and "def entropy(logits)" in md.data
+
+
+def test_the_stub_message_points_at_the_solution_text():
+    def stub(entropy, old_entropy):
+        raise NotImplementedError
+    res = T.check_exercise(stub, _ref_ratio, _erc_inputs, verbose=False)
+    assert res.details["problem"] == "not_implemented" and "reference solution" in res.message

@@ -166,13 +166,14 @@ def _integer_ticks(ax, x: str, xs) -> None:
 
 def seed_lines(ax, df: Sequence[dict] | pd.DataFrame, y: str, x: str = "step", hue: str | None = "label",
                bounds: Bounds = "fractions", band: bool = False, title: str | None = None, ylabel: str | None = None,
-               xlabel: str | None = None, logy: bool = False, legend: bool = True):
+               xlabel: str | None = None, logy: bool = False, legend: bool = True, colors: Mapping | None = None):
     """The series' figure style: for each ``hue`` value (one colour), one thin line per seed
     (alpha SEED_ALPHA, legend label "_<name> seed <s>", hidden from the legend) and the bold mean over
     seeds at each ``x`` (legend "<name> (n=<seeds>)"). ``band=True`` adds the 95% interval of the mean,
     clipped to ``bounds`` (module doc), only where >= MIN_BAND_SEEDS seeds exist. Integer ticks on
     step-like axes; axes labelled (``xlabel``/``ylabel`` default to AXIS_LABELS / the metric name).
-    Rows without a "seed" column count as one seed. Returns ax."""
+    Rows without a "seed" column count as one seed. ``colors``: {hue value: colour} for the values
+    that need a fixed colour (the rest keep the palette's). Returns ax."""
     df = df if isinstance(df, pd.DataFrame) else to_frame(df)
     for name, col in (("y", y), ("x", x)):
         if col not in df.columns:
@@ -181,9 +182,11 @@ def seed_lines(ax, df: Sequence[dict] | pd.DataFrame, y: str, x: str = "step", h
         df = df.assign(seed=0)
     # colours follow the hue order of all rows, so an arm keeps its colour in panels where others have no value
     groups = [(None, df)] if hue is None or hue not in df.columns else list(df.groupby(hue, sort=False))
+    fixed = colors or {}
     colors = sns.color_palette(PALETTE, max(1, len(groups)))
     rng = bounds_for(y, bounds)
     for color, (name, g) in zip(colors, groups):
+        color = fixed.get(name, color)
         g = g[np.isfinite(g[y].astype(float))]
         if g.empty:
             continue

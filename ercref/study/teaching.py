@@ -5,6 +5,10 @@ learner's exercise against ercref on random inputs, and sliders that also run he
                                           code block (read from the installed file: it never drifts)
     check_exercise(mine, ref, make_inputs)  compares a learner's function with ercref's on random
                                           inputs; says which input and which entry differ
+    solution(name, show=False)            an exercise's reference solution (ercref/study/solutions.py),
+                                          loaded only when called: no notebook cell defines it, so
+                                          "Run All" keeps the learner's function; show=True displays
+                                          its source
     interact(fn, **widgets)               ipywidgets.interact in JupyterLab; under ERCREF_HEADLESS=1
                                           (the nbclient runner: tests, committed outputs) it calls
                                           fn once with each widget's value, so no output depends on
@@ -224,8 +228,8 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
         try:
             out = mine(**inputs)
         except NotImplementedError:
-            result = fail(t, "not_implemented", "not implemented yet: write your version above, "
-                          "or open the reference solution below.", inputs)
+            result = fail(t, "not_implemented", "not implemented yet: write your version above "
+                          "(stuck? the text under the exercise says how to see the reference solution).", inputs)
             break
         except (Exception, SystemExit) as e:  # noqa: BLE001 - the learner's bug (exit() too), with the inputs
             result = fail(t, "raised", f"your function raised {type(e).__name__}: {e} {where}", before)
@@ -249,6 +253,29 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
     if verbose:
         print(f"{name}: {'PASSED' if result.passed else 'NOT YET'} - {result.message}")
     return result
+
+
+# ----------------------------------------------------------------------------- reference solutions
+def solution(name: str, show: bool = False) -> Callable:
+    """The reference solution of exercise ``name`` (one of ercref.study.solutions.NAMES), as a
+    function. It is never assigned to the learner's name: check it with check_exercise, or adopt it
+    yourself (``my_entropy = solution("entropy")``). ``show=True`` also displays its source (a code
+    block in a notebook, printed text elsewhere), for when the learner asks to see it."""
+    from . import solutions
+
+    if not isinstance(name, str) or name not in solutions.NAMES:
+        raise ValueError(f"name must be one of {solutions.NAMES} (the exercises with a reference solution), "
+                         f"got {name!r}")
+    fn = getattr(solutions, name)
+    if show:
+        shown = show_source(fn)
+        try:
+            from IPython.display import display
+        except ImportError:  # pragma: no cover - IPython ships with the notebooks extra
+            print(shown)
+        else:
+            display(shown)
+    return fn
 
 
 # ----------------------------------------------------------------------------- sliders
