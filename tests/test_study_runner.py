@@ -15,7 +15,7 @@ import torch
 from ercref.lm.config import make_config
 from ercref.lm.step_metrics import distinct_fraction
 from ercref.lm.trainer import Trainer
-from ercref.study import cache, runner
+from ercref.study import cache, pairing, runner
 from ercref.study.__main__ import main as study_main
 from ercref.study.studies import STUDIES, Study, get_study, parse_tiny_cell, tiny_cell
 
@@ -233,6 +233,11 @@ def test_runs_are_cached_and_skipped(two_runs):
     assert m["config"]["loss"]["erc"] is True and m["seed"] == 0 and m["wall_s"] > 0
     assert {"platform", "cpu", "torch", "torch_threads"} <= set(m["machine"]) and m["machine"]["torch_threads"] == 1
     assert "git_commit" in m and m["ercref_version"]
+    other = json.loads(cache.run_paths(root, "K2-lr0.001", "DAPO", 0)[1].read_text())
+    start = m["start_policy"]                    # both arms ran at once, one stored the warm-up, both started from it
+    assert start["sha256"] == other["start_policy"]["sha256"] and len(start["sha256"]) == 64
+    assert (root / start["file"]).is_file() and {start["source"], other["start_policy"]["source"]} <= {"computed", "stored"}
+    assert pairing.paired_seeds({0: m}, {0: other}).label == "verified pairing"
     assert log.name.endswith(".jsonl.gz") and log.read_bytes()[:2] == b"\x1f\x8b"   # gzip JSON Lines
     rows = cache.read_run_log(log)
     assert {"sft", "step", "minibatch", "eval"} <= {r["kind"] for r in rows}

@@ -31,6 +31,7 @@ from ercref.losses import LOG_RATIO_CLAMP, loss_keywords
 from ercref.paths import REPO_ROOT
 
 from .cache import RESULTS_DIR, LogFrames  # noqa: F401  (RESULTS_DIR: notebooks import it from here)
+from .start_policy import load_start, save_start, start_file, state_sha256
 from .teaching import QUICK_ENV, quick_mode  # noqa: F401  (re-exported: notebooks import them from here)
 from .token_view import erc_states, token_strings
 
@@ -53,25 +54,58 @@ class OnStep(Callback):
 
 class SFTCache(Callback):
     """Reuses the supervised warm-up across arms: it does not depend on the RL loss, so it is computed
-    once per (model, seed, sft, data) config in a process. ``restore(trainer)`` before ``fit`` loads a
-    cached warm-up (and marks it done); ``on_sft_end`` stores a new one."""
+    once per (model, seed, sft, data) config in a process, and, with ``store_dir``, once per study
+    (start_policy.py: the first warm-up is stored there and later runs load it, on any machine).
+    ``restore(trainer)`` before ``fit`` loads a cached or stored warm-up (and marks it done);
+    ``on_sft_end`` keeps a new one. ``start`` then describes the policy RL starts from: {"sha256",
+    "file" (None when not stored), "source": "computed", "stored" (loaded from the file), "memory" (this
+    process's earlier run) or "initial" (no warm-up: the initial weights)}."""
+
+    def __init__(self, store_dir=None):
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        self.start: dict | None = None
 
     @staticmethod
     def key(cfg: Config) -> str:
         return json.dumps([cfg.model.name, cfg.model.init_seed, cfg.train.seed, dataclasses.asdict(cfg.sft),
                            dataclasses.asdict(cfg.data)], sort_keys=True, default=str)
 
+    def _file(self, cfg: Config) -> Path | None:
+        return None if self.store_dir is None else start_file(self.store_dir, cfg.train.seed, self.key(cfg))
+
+    def _describe(self, sha: str, file: Path | None, source: str) -> dict:
+        rel = None if file is None else f"{self.store_dir.name}/{file.name}"
+        return {"sha256": sha, "file": rel, "source": source}
+
     def restore(self, trainer: Trainer) -> bool:
-        state = _SFT_CACHE.get(self.key(trainer.cfg))
-        if state is None or trainer.step > 0:
+        if trainer.step > 0:
             return False
+        cfg, file = trainer.cfg, self._file(trainer.cfg)
+        if cfg.sft.steps == 0:
+            self.start = self._describe(state_sha256(trainer.model.state_dict()), None, "initial")
+            return False
+        hit, source = _SFT_CACHE.get(self.key(cfg)), "memory"
+        if hit is None and file is not None and file.is_file():
+            hit, source = load_start(file), "stored"
+            _SFT_CACHE[self.key(cfg)] = hit
+        if hit is None:
+            return False
+        state, sha = hit
         trainer.model.load_state_dict(state)
         trainer.model.eval()
         trainer.sft_done = True
+        self.start = self._describe(sha, file if file is not None and file.is_file() else None, source)
         return True
 
     def on_sft_end(self, trainer: Trainer) -> None:
-        _SFT_CACHE[self.key(trainer.cfg)] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        sha, file = state_sha256(state), self._file(trainer.cfg)
+        if file is not None:
+            stored, _ = save_start(file, state, self.key(trainer.cfg))
+            if stored != sha:   # another process stored this setting first, and its warm-up differs
+                file = None
+        _SFT_CACHE[self.key(trainer.cfg)] = (state, sha)
+        self.start = self._describe(sha, file, "computed")
 
 
 class TokenCapture(Callback):
@@ -118,14 +152,16 @@ class TokenCapture(Callback):
 
 # ----------------------------------------------------------------------------- running
 def run_arm(cfg: Config, out_dir, label: str = "run", seed: int | None = None, on_step: Callable | None = None,
-            capture_steps=(), checkpoints: bool = True, resume: bool = False) -> tuple[list[dict], list[dict]]:
+            capture_steps=(), checkpoints: bool = True, resume: bool = False,
+            sft: SFTCache | None = None) -> tuple[list[dict], list[dict]]:
     """Train one config to cfg.train.steps; returns (log records, token records), each tagged with
     label and seed (seed defaults to cfg.train.seed). ``checkpoints=False`` writes no checkpoint
-    (cached comparisons never resume)."""
+    (cached comparisons never resume). ``sft``: the warm-up cache to use (the study runner passes one
+    with a store folder and reads its ``start`` after); default: this process's."""
     seed = cfg.train.seed if seed is None else seed
     if not checkpoints:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_checkpoints=False, save_policy=False))
-    capture, sft = TokenCapture(capture_steps), SFTCache()
+    capture, sft = TokenCapture(capture_steps), (sft if sft is not None else SFTCache())
     callbacks = [sft, capture] + ([OnStep(on_step)] if on_step is not None else [])
     tr = Trainer(cfg, out_dir, resume=resume, overwrite=not resume, callbacks=callbacks)
     sft.restore(tr)

@@ -5,6 +5,11 @@
     python -m ercref.study tiny-stability-map --report         # the verdict table of the cache (report.py)
     python -m ercref.study --list                              # the studies
 
+Every arm of a seed starts from the same policy: the first run of a seed stores its warm-up under
+the study's cache (start/, start_policy.py) and the others load it, in any process or on any machine;
+each run's meta records that policy's sha256 ("start_policy") and the CPU model ("machine"), and reports
+pair runs whose hashes match (pairing.py).
+
 One run (cell, arm, seed) is one unit of work, written by cache.write_run (log, token captures, then
 the meta with their hashes; each file atomically). A run that cache.check_run finds finished is
 skipped; one with damaged or incomplete files is reported, its files are set aside (never deleted)
@@ -117,7 +122,8 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     temporary folder that is removed after."""
     import torch
 
-    from .experiments import run_arm
+    from .experiments import SFTCache, run_arm
+    from .start_policy import START_DIR
 
     torch.set_num_threads(1)
     root = Path(root)
@@ -125,10 +131,11 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     matched = extra.pop("_matched", None)
     cfg = study.config(cell, arm, seed, extra)
     work = Path(tempfile.mkdtemp(prefix=f"ercref-{study.name}-"))
+    sft = SFTCache(root / START_DIR)
     t0 = time.perf_counter()
     try:
         logs, toks = run_arm(cfg, work / "run", label=arm, seed=seed, checkpoints=False,
-                             capture_steps=list(study.capture_steps))
+                             capture_steps=list(study.capture_steps), sft=sft)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - t0
@@ -136,7 +143,7 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
 
     meta = {"study": study.name, "cell": cell, "arm": arm, "seed": seed, "config": cfg.to_dict(),
             "overrides": study.overrides(cell, arm, seed, extra), "matched": matched, "git_commit": git_commit(),
-            "ercref_version": ercref.__version__, "machine": machine(), "wall_s": round(wall, 2),
+            "ercref_version": ercref.__version__, "machine": machine(), "start_policy": sft.start, "wall_s": round(wall, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     untag = ("label", "seed")
     write_run(root, cell, arm, seed, meta, [compact({k: v for k, v in r.items() if k not in untag}) for r in logs],
