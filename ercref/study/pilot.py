@@ -197,16 +197,13 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
     return Criterion("degrades", rule, state, " | ".join(parts) if parts else "no stale cell cached")
 
 
-def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[int] | None = None,
-                   check_overlap: bool = True) -> list[Criterion]:
-    """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
-    ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
-    from .cache import read_study_json
-
+def pilot_facts(name: str, results_dir=None, arm: str = "DAPO",
+                check_overlap: bool = True) -> tuple[tuple[str, dict[int, RunFacts]], dict[str, dict[int, RunFacts]]]:
+    """((K = 1 cell, {seed: RunFacts}), {stale cell: {seed: RunFacts}}) of the cached study ``name``'s
+    runs of ``arm``. ValueError when the study has no cache or several K = 1 cells."""
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"study {name!r} has no cache at {root} (no study.json): run it first")
-    seeds = list(seeds) if seeds is not None else [int(s) for s in read_study_json(root / "study.json")["seeds"]]
     runs, _ = finished_runs(root, tokens=False)
     on_policy: dict[int, RunFacts] = {}
     stale: dict[str, dict[int, RunFacts]] = {}
@@ -222,7 +219,19 @@ def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[i
             stale.setdefault(r.cell, {})[r.seed] = f
     if len(on_cells) > 1:
         raise ValueError(f"study {name!r} has several K = 1 cells {sorted(on_cells)}; the learning criterion reads one")
-    return [learns(on_policy, seeds, next(iter(on_cells), "K1")), degrades(stale, seeds)]
+    return (next(iter(on_cells), "K1"), on_policy), stale
+
+
+def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[int] | None = None,
+                   check_overlap: bool = True) -> list[Criterion]:
+    """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
+    ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
+    from .cache import read_study_json
+
+    (on_cell, on_policy), stale = pilot_facts(name, results_dir, arm, check_overlap)
+    root = study_dir(name, results_dir)
+    seeds = list(seeds) if seeds is not None else [int(s) for s in read_study_json(root / "study.json")["seeds"]]
+    return [learns(on_policy, seeds, on_cell), degrades(stale, seeds)]
 
 
 def step_profile(name: str, results_dir=None) -> dict[str, dict[str, float]]:
