@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -329,6 +330,27 @@ def test_no_registered_commit_is_said_plainly(tmp_path):
     del d["registered_commit"]
     (root / "study.json").write_text(json.dumps(d))
     assert "no registered_commit in study.json" in branch_report.branch_report(NAME, tmp_path)
+
+
+def test_records_made_before_the_registration_are_flagged(tmp_path):
+    try:
+        head, parent = subprocess.run(["git", "rev-parse", "HEAD", "HEAD~1"], cwd=ROOT, capture_output=True, text=True,
+                                      check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pytest.skip("not a git checkout with two commits")
+    found = branch_report.after_registration(parent, [head, parent, head + "-dirty", "f" * 40])
+    assert found == {head: True, parent: True, head + "-dirty": True, "f" * 40: None}
+    assert branch_report.after_registration(head, [parent]) == {parent: False}
+    root = write_branch(tmp_path)
+    d = json.loads((root / "study.json").read_text())
+    (root / "study.json").write_text(json.dumps({**d, "registered_commit": head}))
+    md = branch_report.branch_report(NAME, tmp_path)
+    assert f"registered at commit `{head}` (0 records made at commits that contain it, 80 at commits git cannot " \
+           "place)" in md
+    p = record_path(root, 0, 10, 2, "DAPO")
+    p.write_bytes(record_bytes({**make_record(0, 10, 2, "DAPO"), "git_commit": parent}))
+    md = branch_report.branch_report(NAME, tmp_path)
+    assert "**1 records made at commits that do not contain it**" in md
 
 
 def test_ecdf_from_hist_is_monotone_and_ends_at_one():

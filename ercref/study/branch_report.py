@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -215,11 +216,40 @@ def figure_paths(name: str, figures_dir) -> dict[str, Path]:
     return {k: Path(figures_dir) / f"branch_{stem}_{k}.png" for k in ("ecdf", "forest", "drift_vs_k")}
 
 
+def after_registration(registered: str, commits) -> dict[str, bool | None]:
+    """{commit: True when ``registered`` is an ancestor of it (or it itself), False when not, None when
+    git cannot tell (a commit unknown to this repository, no git)}; a "-dirty" suffix is ignored."""
+    out: dict[str, bool | None] = {}
+    for c in sorted(set(commits)):
+        try:
+            rc = subprocess.run(["git", "merge-base", "--is-ancestor", registered, str(c).removesuffix("-dirty")],
+                                cwd=REPO_ROOT, capture_output=True, timeout=30).returncode
+        except (OSError, subprocess.SubprocessError):
+            rc = None
+        out[c] = {0: True, 1: False}.get(rc)
+    return out
+
+
+def _registration(reg: str | None, df: pd.DataFrame) -> str:
+    if not reg:
+        return "**no registered_commit in study.json: the hypotheses are not shown to precede the runs**"
+    txt = f"primary hypotheses registered at commit `{reg}`"
+    if df.empty:
+        return txt
+    commits = df["git_commit"].fillna("unknown").tolist()
+    found = after_registration(reg, commits)
+    n = {state: sum(found[c] is state for c in commits) for state in (True, False, None)}
+    parts = [f"{n[True]} records made at commits that contain it"]
+    if n[False]:
+        parts.append(f"**{n[False]} records made at commits that do not contain it**")
+    if n[None]:
+        parts.append(f"{n[None]} at commits git cannot place")
+    return txt + " (" + ", ".join(parts) + ")"
+
+
 def _provenance(name: str, df: pd.DataFrame, definition: dict, results_dir) -> str:
     where = f"data/results/{name}" if results_dir is None else str(Path(results_dir) / name)
-    reg = definition.get("registered_commit")
-    reg_txt = (f"primary hypotheses registered at commit `{reg}`" if reg else
-               "**no registered_commit in study.json: the hypotheses are not shown to precede the runs**")
+    reg_txt = _registration(definition.get("registered_commit"), df)
     head = f"Branching study `{name}` (cache `{where}`): {len(df)} records"
     if df.empty:
         return head + f"; nothing to report yet; {reg_txt}."
