@@ -131,3 +131,7 @@ def test_the_candidate_testbed_task_model_and_study():
     assert pilot.eval_overlap(cfg.to_dict()) == (len(held_out), 0)
     s2 = get_study("tiny6m-pilot2")
     assert (s2.name, s2.base["sft.steps"], s2.base["train.steps"], s2.cells) == ("tiny6m-pilot2", 200, 120, s.cells)
+    s3 = get_study("tiny6m-pilot3")
+    assert (s3.base["sft.steps"], s3.base["train.steps"], s3.base["train.log_update_norm"]) == (200, 200, False)
+    assert {c: (pilot.staleness_k(s3.config(c, "DAPO", 0).to_dict()), s3.config(c, "DAPO", 0).optim.lr)
+            for c in s3.cells} == {"K1-lr0.0006": (1, 6e-4), "K4-lr0.0006": (4, 6e-4), "K8-lr0.0006": (8, 6e-4)}
