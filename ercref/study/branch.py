@@ -3,10 +3,12 @@
     python -m ercref.study.branch tiny-branch --hours 1      # fill the cache for 1 h, then stop
     python -m ercref.study.branch tiny-branch --status       # records finished / damaged / missing, run-hours
 
-For each trajectory seed: build the engine's Trainer for the trajectory's config (SFT warm-up included),
-train it step by step (Trainer.train_step) to each branch step; there capture the state, roll out once
-and run every arm at every K from that state (branch_arms.py); then restore the state, so the
-trajectory goes on exactly as a run that never branched. Records (branch_record.py) are written
+Branch points run step-major (every trajectory's first branch step, then every trajectory's second, ...), so
+a budget that ends early leaves every trajectory with its earliest points. Each trajectory seed gets the
+engine's Trainer for the trajectory's config (SFT warm-up included), kept alive and trained step by step
+(Trainer.train_step) to each branch step; there the runner captures the state, rolls out once and runs
+every arm at every K from that state (branch_arms.py); then restores the state, so the trajectory goes on
+exactly as a run that never branched. Records (branch_record.py) are written
 atomically, one per (seed, step, K, arm), with the state's hash, the git commit, the CPU model and the
 torch threads. A finished record is skipped; a damaged one (or one whose state_sha256 is not the
 recomputed state's) is reported, set aside (never deleted) and run again. A trajectory whose records
@@ -240,36 +242,32 @@ def run_branch_study(study: BranchStudy, results_dir=None, hours: float | None =
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
     written, points, not_started = 0, 0, []
+    trainers: dict[int, tuple] = {}   # seed -> (Trainer, its temporary folder, provenance)
     try:
-        for seed in seeds:
-            todo = [s for s in study.branch_steps if any(x != "finished" for x in _states(study, root, seed, s))]
-            if not todo:
-                continue
-            cfg = make_config(study.preset, overrides=study.trajectory_overrides(seed))
-            work = Path(tempfile.mkdtemp(prefix=f"ercref-{study.name}-"))
-            try:
-                trainer = Trainer(cfg, work / "run")
-                trainer.start()
-                prov = _provenance()
-                for step in todo:
-                    times = _branch_times(root)
-                    est = statistics.median(times) if times else study.est_branch_s
-                    if time.perf_counter() - t0 + est > budget:
-                        not_started += [(seed, s) for s in todo[todo.index(step):]]
-                        break
-                    while trainer.step < step:
-                        trainer.train_step()
-                    res = run_branch_point(study, trainer, seed, step, root, prov, log)
-                    written += res["written"]
-                    points += 1
-                    log(f"[{study.name}] seed {seed} step {step}: {res['written']} records in {res['wall_s']:.0f} s "
-                        f"({(time.perf_counter() - t0) / 60:.1f} min)")
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            if not_started:
-                not_started += [(s, t) for s in seeds[seeds.index(seed) + 1:] for t in study.branch_steps]
+        todo = [(step, seed) for step in study.branch_steps for seed in seeds
+                if any(x != "finished" for x in _states(study, root, seed, step))]
+        for i, (step, seed) in enumerate(todo):   # step-major: every trajectory's first point first
+            times = _branch_times(root)
+            est = statistics.median(times) if times else study.est_branch_s
+            if time.perf_counter() - t0 + est > budget:
+                not_started = todo[i:]
                 break
+            if seed not in trainers:
+                work = Path(tempfile.mkdtemp(prefix=f"ercref-{study.name}-"))
+                trainer = Trainer(make_config(study.preset, overrides=study.trajectory_overrides(seed)), work / "run")
+                trainer.start()
+                trainers[seed] = (trainer, work, _provenance())
+            trainer, _, prov = trainers[seed]
+            while trainer.step < step:
+                trainer.train_step()
+            res = run_branch_point(study, trainer, seed, step, root, prov, log)
+            written += res["written"]
+            points += 1
+            log(f"[{study.name}] seed {seed} step {step}: {res['written']} records in {res['wall_s']:.0f} s "
+                f"({(time.perf_counter() - t0) / 60:.1f} min)")
     finally:
+        for _, work, _ in trainers.values():
+            shutil.rmtree(work, ignore_errors=True)
         torch.set_num_threads(threads_before)
     if not_started:
         log(f"[{study.name}] budget: {len(not_started)} branch point(s) not started; run the same command again")
