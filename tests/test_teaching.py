@@ -162,7 +162,8 @@ def test_make_inputs_must_return_keyword_arguments():
 
 # ----------------------------------------------------------------------------- reference solutions on demand
 def _solution_checks():
-    """(name, ercref reference, inputs) for every exercise with a reference solution."""
+    """(name, ercref reference, inputs, wrap) for every exercise with a reference solution; ``wrap`` (or None)
+    turns the solution into what the reference returns (gppo: value and gradient; counts: a float64 tensor)."""
     def erc_ref(entropy, old_entropy, response_mask, beta_low, beta_high):
         keep, _, _, rho = ercref.erc_masks(entropy, old_entropy, response_mask, beta_low, beta_high)
         return keep, rho
@@ -191,15 +192,47 @@ def _solution_checks():
         return {"logp": logp, "old_logp": old,
                 "advantages": torch.randn(3, 7, generator=gen, dtype=torch.float64), "eps_low": 0.2, "eps_high": 0.2}
 
+    from ercref.study import claims, stability
+
+    def norms(gen):
+        n = int(torch.randint(6, 40, (1,), generator=gen))
+        g = torch.exp(0.3 * torch.randn(n, generator=gen, dtype=torch.float64))
+        planted = torch.rand(n, generator=gen) < 0.15
+        return {"grad_norms": torch.where(planted, g * (2 + 6 * torch.rand(n, generator=gen, dtype=torch.float64)), g)}
+
+    def spikes_ref(grad_norms):
+        return torch.tensor(stability.grad_norm_spikes([{"kind": "minibatch", "step": j, "grad/norm": float(x)}
+                                                        for j, x in enumerate(grad_norms)]))
+
+    def pairs(gen):
+        n = int(torch.randint(2, 11, (1,), generator=gen))
+        base = torch.rand(n, generator=gen, dtype=torch.float64)
+        return {"erc": base + 0.05 + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64), "base": base}
+
+    def paired_ref(erc, base):
+        return torch.tensor(claims.paired_difference(dict(enumerate(erc.tolist())), dict(enumerate(base.tolist()))))
+
+    def rewards(gen):
+        G, n = int(torch.randint(2, 9, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        r = (torch.rand(n, G, generator=gen) < 0.4).float()
+        r[0] = 1.0                                                   # one group all equal: advantages 0
+        return {"rewards": r.reshape(-1), "group_size": G}
+
+    def as_tensor(fn):
+        return lambda **kw: torch.as_tensor(fn(**kw), dtype=torch.float64)
+
     return [("entropy", ercref.entropy_from_logits, lambda g: {"logits": 1000 * torch.randn(4, 50, generator=g)}, None),
             ("erc_keep", erc_ref, erc_inputs, None),
-            ("gppo_loss", gppo_ref, gppo_inputs, with_grad)]
+            ("gppo_loss", with_grad(gppo_ref), gppo_inputs, with_grad),
+            ("spikes", as_tensor(spikes_ref), norms, as_tensor),
+            ("paired_interval", paired_ref, pairs, as_tensor),
+            ("group_advantages", ercref.group_advantages, rewards, None)]
 
 
 @pytest.mark.parametrize("name, ref, inputs, wrap", _solution_checks(), ids=lambda x: x if isinstance(x, str) else "")
 def test_every_reference_solution_matches_ercref(name, ref, inputs, wrap):
     fn = T.solution(name)
-    mine, ref = (fn, ref) if wrap is None else (wrap(fn), wrap(ref))
+    mine = fn if wrap is None else wrap(fn)          # the reference comes wrapped the same way
     res = T.check_exercise(mine, ref, inputs, name=name, verbose=False)
     assert res.passed, res.message
 
@@ -210,7 +243,7 @@ def test_every_named_solution_has_a_check():
 
 
 def test_solution_refuses_an_unknown_name_and_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"name must be one of \('entropy', 'erc_keep', 'gppo_loss'\).*got 'entopy'"):
+    with pytest.raises(ValueError, match=r"name must be one of \('entropy', 'erc_keep', 'gppo_loss', .*got 'entopy'"):
         T.solution("entopy")
     with pytest.raises(ValueError, match="got None"):
         T.solution(None)

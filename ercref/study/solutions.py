@@ -9,10 +9,18 @@ the notebooks (and tests/test_teaching.py) check every one against ercref with
     entropy     notebook 01, exercise (a): entropy of a logit row, without overflow
     erc_keep    notebook 01, exercise (b): the entropy ratio and ERC's keep-mask
     gppo_loss   notebook 02, exercise 1:   GPPO's gradient-preserving bounds
+    spikes      notebook 03: count gradient-norm spikes (3x the median of the earlier ones)
+    paired_interval  notebook 04: the paired difference's mean and 95 % Student-t interval
+    group_advantages notebook 05: GRPO's group-relative advantages
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
+
+from .claims import t_quantile
 
 
 def entropy(logits):
@@ -37,4 +45,27 @@ def gppo_loss(logp, old_logp, advantages, eps_low=0.2, eps_high=0.2):
     return torch.maximum(-advantages * r, -advantages * torch.clamp(r, lo, hi))
 
 
-NAMES = ("entropy", "erc_keep", "gppo_loss")
+def spikes(grad_norms):
+    history, n_spikes = [], 0
+    for g in grad_norms.tolist():
+        if len(history) >= 5 and g > 3 * float(np.median(history)):
+            n_spikes += 1
+        history.append(g)
+    return n_spikes
+
+
+def paired_interval(erc, base):
+    d = (erc - base).double()
+    n = d.numel()
+    half = t_quantile(0.975, n - 1) * float(d.std(unbiased=True)) / math.sqrt(n)
+    m = float(d.mean())
+    return m, m - half, m + half
+
+
+def group_advantages(rewards, group_size):
+    g = rewards.view(-1, group_size)                                    # (num_groups, G)
+    adv = (g - g.mean(-1, keepdim=True)) / (g.std(-1, keepdim=True) + 1e-6)
+    return adv.reshape(-1)
+
+
+NAMES = ("entropy", "erc_keep", "gppo_loss", "spikes", "paired_interval", "group_advantages")
