@@ -308,3 +308,18 @@ def test_seed_lines_fixed_colours_for_named_labels_the_rest_from_the_palette():
     import seaborn as sns
     assert by_label["DAPO (n=3)"] == tuple(sns.color_palette(viz.PALETTE, 2)[0])
     plt.close(fig)
+
+
+def test_heatmap_diff_writes_the_reason_in_a_cell_without_a_verdict():
+    t = _map_table()
+    t.loc[t["K"] == 1, ["mean", "low", "high"]] = np.nan          # K = 1: 5 seeds, identical by construction
+    t.loc[t["K"] == 1, "verdict"] = "not a test (identical by construction)"
+    fig, ax = plt.subplots()
+    im = viz.heatmap_diff(ax, t)
+    assert im.get_array().mask[0].all()                           # the K = 1 row is blank
+    texts = [x.get_text() for x in ax.texts]
+    assert sum(x == "not a test\n(identical by\nconstruction)" for x in texts) == 3
+    assert "n=3" in texts                                         # fewer seeds: still the seed count
+    note = next(x for x in texts if x.startswith("blank:"))
+    assert "1 cell(s) with fewer than 5 seeds" in note and "3 cell(s) not a test (identical by construction)" in note
+    plt.close(fig)

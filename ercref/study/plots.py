@@ -34,6 +34,7 @@ Plotting only: the numbers are the engine's logged metrics and the study cache's
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -222,7 +223,9 @@ def heatmap_diff(ax, table, row: str = "K", col: str = "lr", min_seeds: int = MI
     """The stability map: one cell per (``row``, ``col``) (rows: K, cols: learning rate), coloured by
     the mean paired difference (diverging colormap centred at 0, symmetric limits), with
     "mean / [low, high] / verdict" written in each cell. Cells with fewer than ``min_seeds`` seeds are
-    left blank with "n=<seeds>" in grey and a note under the axes.
+    left blank with "n=<seeds>" in grey and a note under the axes; a cell with enough seeds but no mean
+    (NaN) and a ``verdict`` text (a reason it has no verdict, e.g. "not a test (identical by
+    construction)") is left blank with that text, counted in the note by reason.
 
     ``table``: a DataFrame with columns row, col, mean, low, high, n (and optionally verdict), one line
     per cell, or a {(row value, col value): claims.Verdict} dict. Returns the AxesImage."""
@@ -248,12 +251,17 @@ def heatmap_diff(ax, table, row: str = "K", col: str = "lr", min_seeds: int = MI
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim),
                    aspect="auto", origin="lower")
-    n_blank = 0
+    n_blank, reasons = 0, {}
     for r in recs:
         i, j = rows.index(r[row]), cols.index(r[col])
         if np.isnan(grid[i, j]):
-            n_blank += 1
-            ax.text(j, i, f"n={int(r['n'])}", ha="center", va="center", fontsize=8, color="0.5")
+            reason = r.get("verdict") if r["n"] >= min_seeds and isinstance(r.get("verdict"), str) else None
+            if reason:                      # enough seeds, but no verdict: the reason (e.g. identical by construction)
+                reasons[reason] = reasons.get(reason, 0) + 1
+                ax.text(j, i, textwrap.fill(reason, 16), ha="center", va="center", fontsize=6, color="0.4")
+            else:
+                n_blank += 1
+                ax.text(j, i, f"n={int(r['n'])}", ha="center", va="center", fontsize=8, color="0.5")
             continue
         m, lo, hi = (r[c] + 0.0 for c in ("mean", "low", "high"))          # + 0.0: no "-0"
         txt = f"{m:+.{digits}g}\n[{lo:.{digits}g}, {hi:.{digits}g}]"
@@ -268,9 +276,10 @@ def heatmap_diff(ax, table, row: str = "K", col: str = "lr", min_seeds: int = MI
     ax.set_title(title)
     ax.grid(False)
     ax.figure.colorbar(im, ax=ax, label=cbar_label)
-    if n_blank:
-        ax.annotate(f"blank: {n_blank} cell(s) with fewer than {min_seeds} seeds (no interval shown)",
-                    xy=(0, -0.18), xycoords="axes fraction", fontsize=8, color="0.4", va="top")
+    notes = [f"blank: {n_blank} cell(s) with fewer than {min_seeds} seeds (no interval shown)"] if n_blank else []
+    notes += [f"blank: {n} cell(s) {reason}" for reason, n in reasons.items()]
+    if notes:
+        ax.annotate("\n".join(notes), xy=(0, -0.18), xycoords="axes fraction", fontsize=8, color="0.4", va="top")
     return im
 
 
