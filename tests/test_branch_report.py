@@ -93,10 +93,10 @@ def write_branch(tmp_path: Path, seeds=SEEDS, hyps=HYPOTHESES, holm: bool = True
     return root
 
 
-def _load(tmp_path):
+def _load(tmp_path, name=NAME):
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # a clean cache issues no warning
-        return branch_records.load_branch(NAME, tmp_path)
+        return branch_records.load_branch(name, tmp_path)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -412,3 +412,30 @@ def test_readme_block_is_the_report_of_the_committed_cache(name):
     assert name in blocks, f"README.md lacks the <!-- branch-report: {name} --> ... <!-- /branch-report --> block"
     assert blocks[name].strip() == branch_report.branch_report(name).strip(), (
         f"README.md's branch report is not the report of data/results/{name}: refresh it (refresh_readme)")
+
+
+@pytest.mark.slow
+def test_the_report_reads_what_the_branching_runner_writes(tmp_path):
+    """One branch point of a small real study (the runner's own records): every record loads, every
+    region's drift measures and histograms are columns, the primaries say too few trajectories."""
+    from ercref.study import branch
+    from ercref.study.branch_study import SEARCHED, BranchStudy, dapo_controls
+    from ercref.study.studies import erc_arm
+
+    base = {"train.threads": 1, "train.progress": False, "train.plot": False, "rollout.prompts_per_step": 4,
+            "rollout.group_size": 4, "sft.steps": 30, "data.num_eval": 16, "train.save_checkpoints": False}
+    study = BranchStudy("r-branch", "cpu-tiny", base, {**erc_arm("dapo", None), "train.minibatch_prompts": 4},
+                        dapo_controls(), [0], [1], [2], 1e-2, matched=dict(SEARCHED["matched"]),
+                        tight_clip=dict(SEARCHED["tight_clip"]), heldout_prompts=4, heldout_samples=2,
+                        accuracy_prompts=8)
+    branch.run_branch_study(study, tmp_path, require_registered=False, log=lambda *a: None)
+    df = _load(tmp_path, "r-branch")
+    assert sorted(df["arm"]) == sorted(study.arms) and df["state_sha256"].nunique() == 1
+    for region in ("trained", "heldout"):
+        assert df[f"{region}/drift/kl_old_new/p99"].notna().all()
+        assert all(sum(h) == n for h, n in zip(df[f"hist/{region}"], df[f"n_tokens/{region}"]))
+    pt = branch_report.primary_table(df, df.attrs["definition"])
+    assert set(pt["verdict"]) == {vr.too_few_seeds(1)} and (pt["n_points"] == 1).all()
+    md = branch_report.branch_report("r-branch", tmp_path, figures_dir=tmp_path / "img")
+    assert "5 records" in md and "1 branch points" in md and "Not counted (damaged" not in md and "Not paired" not in md
+    assert all(p.is_file() for p in branch_report.figure_paths("r-branch", tmp_path / "img").values())

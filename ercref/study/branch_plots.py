@@ -4,7 +4,8 @@ saved to a PNG), drawn from ercref.study.branch_report's frames:
     ecdf_from_hist(counts)             the empirical CDF of per-token KL(pi_old || pi_new) from the
                                        records' fixed log-bin counts (branch_records.HIST_EDGES)
     ecdf_figure                        per arm, that ECDF on trained tokens and on held-out contexts,
-                                       one panel per (region, K), log x
+                                       one panel per (region, K), log x (drawn through the bin edges:
+                                       between two edges the line interpolates)
     forest_figure                      the paired differences with their 95 % t intervals (and the cluster
                                        bootstrap's), primaries first and marked, symmetric-log x
     drift_vs_k_figure                  held-out p99 KL against K per arm (mean over trajectories, 95 % t
@@ -31,8 +32,8 @@ METRIC_NAMES = {"drift/kl_old_new/p99": "p99 of per-token KL(pi_old || pi_new)",
 
 
 def ecdf_from_hist(counts) -> tuple[np.ndarray, np.ndarray]:
-    """(x, F): x the right edges of the HIST_BINS bins (the overflow bin's is +inf), F the share of
-    tokens at or below each, non-decreasing and ending at exactly 1. ValueError unless ``counts`` is
+    """(x, F): x the right edges of the HIST_BINS bins [e_i, e_i+1) (the overflow bin's is +inf), F the
+    share of tokens below each, non-decreasing and ending at exactly 1. ValueError unless ``counts`` is
     HIST_BINS non-negative finite numbers with a positive sum."""
     c = np.asarray(counts, dtype=float)
     if c.shape != (HIST_BINS,) or not np.isfinite(c).all() or (c < 0).any() or c.sum() <= 0:
@@ -63,7 +64,7 @@ def ecdf_figure(df: pd.DataFrame) -> Figure:
     hist counts (every trajectory and branch point at that K)."""
     ks = sorted(int(k) for k in set(df["K"]))
     arms, colors = _arms(df), _colors(_arms(df))
-    fig = Figure(figsize=(3.6 * len(ks) + 1.5, 6.4), layout="constrained")
+    fig = Figure(figsize=(max(7.5, 3.6 * len(ks) + 2.5), 6.4), layout="constrained")
     axes = fig.subplots(len(HIST_REGIONS), len(ks), squeeze=False, sharex=True, sharey=True)
     for i, region in enumerate(HIST_REGIONS):
         for j, k in enumerate(ks):
@@ -73,18 +74,18 @@ def ecdf_figure(df: pd.DataFrame) -> Figure:
                 if not hs or np.sum(hs) <= 0:
                     continue
                 x, f = ecdf_from_hist(np.sum(hs, axis=0))
-                ax.step(x[:-1], f[:-1], where="post", color=colors[arm], label=arm, lw=1.4)
+                ax.plot(x[:-1], f[:-1], color=colors[arm], label=arm, lw=1.4)   # the ogive through the bin edges
             ax.set_xscale("log")
             ax.set_xlim(1e-8, 1e2)
             ax.set_ylim(0, 1.01)
             ax.set_title(f"{'trained tokens' if region == 'trained' else 'held-out contexts'}, K={k}", fontsize=10)
             ax.set_xlabel(KL_LABEL)
-            ax.set_ylabel("share of tokens with KL <= x")
+            ax.set_ylabel("share of tokens with KL < x")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right center", fontsize=8)
-    fig.suptitle("How far each token's distribution moved in one K-minibatch update (ECDF)")
+    fig.suptitle("How far each token's distribution moved in one K-minibatch update", fontsize=11)
     return fig
 
 

@@ -13,7 +13,7 @@ damaged records aside when it reruns them).
 
 Per-token KL(pi_old || pi_new) histograms (hist.trained, hist.heldout) count tokens in the bins
 [e_i, e_i+1) of branch_record.HIST_EDGES (0, then a log grid 1e-8 .. 100 nats) plus an overflow bin
-(>= 100 nats, +inf included): HIST_BINS = 82 counts.
+(>= 100 nats, +inf included): HIST_BINS = 82 counts; [] where the region had no token.
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ def _check(path: Path, rel: str, study: str) -> dict:
                              "arm": m["arm"]})
     for region in HIST_REGIONS:
         h = (rec["hist"] or {}).get(region)
-        if h is not None and (not isinstance(h, list) or len(h) != HIST_BINS):
+        if h is not None and (not isinstance(h, list) or len(h) not in (0, HIST_BINS)):
             raise ValueError(f"{path}: hist.{region} must be a list of {HIST_BINS} counts (the bins of "
-                             f"branch_record.HIST_EDGES and the overflow bin), got {type(h).__name__} of length "
-                             f"{len(h) if isinstance(h, list) else '-'}")
+                             f"branch_record.HIST_EDGES and the overflow bin), or [] for no token, got "
+                             f"{type(h).__name__} of length {len(h) if isinstance(h, list) else '-'}")
     return rec
 
 
@@ -91,7 +91,7 @@ def _flat(rec: dict, rel: str) -> dict:
         for key, v in ((rec["drift"] or {}).get(region) or {}).items():
             row[column(region, key)] = float(v)
     for region in HIST_REGIONS:
-        row[f"hist/{region}"] = (rec["hist"] or {}).get(region)
+        row[f"hist/{region}"] = (rec["hist"] or {}).get(region) or None      # [] (no token): None
     row["overrides"], row["matched"], row["tight_clip"] = rec.get("overrides"), rec.get("matched"), rec.get("tight_clip")
     return row
 
