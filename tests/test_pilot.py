@@ -130,7 +130,10 @@ def test_the_candidate_testbed_task_model_and_study():
     assert pilot.staleness_k(s.config("K16-lr0.001", "DAPO", 0).to_dict()) == 16
     assert pilot.eval_overlap(cfg.to_dict()) == (len(held_out), 0)
     s2 = get_study("tiny6m-pilot2")
-    assert (s2.name, s2.base["sft.steps"], s2.base["train.steps"], s2.cells) == ("tiny6m-pilot2", 200, 120, s.cells)
+    stale2 = {"K4-lr0.0003": {"train.minibatch_prompts": 4, "optim.lr": 3e-4},
+              "K8-lr0.0003": {"train.minibatch_prompts": 2, "optim.lr": 3e-4}}
+    assert (s2.name, s2.base["sft.steps"], s2.base["train.steps"]) == ("tiny6m-pilot2", 200, 120)
+    assert s2.cells == {**s.cells, **stale2}
     s3 = get_study("tiny6m-pilot3")
     assert (s3.base["sft.steps"], s3.base["train.steps"], s3.base["train.log_update_norm"]) == (200, 200, False)
     assert {c: (pilot.staleness_k(s3.config(c, "DAPO", 0).to_dict()), s3.config(c, "DAPO", 0).optim.lr)

@@ -317,6 +317,9 @@ TINY6M_BASE = {**TINY_STUDY_BASE, "model.name": "tiny-6m", "data.task": "max", "
                "data.num_eval": 300, "rollout.max_new_tokens": 4, "sft.steps": 250, "sft.batch_size": 32,
                "sft.lr": 1e-3, "train.steps": 80, "train.eval_every": 20, "train.eval_k": 2}
 PILOT_CELLS = ((1, 3e-4), (16, 3e-4), (16, 1e-3))   # staleness alone (K1 vs K16 at 3e-4), and a higher lr
+# tiny6m-pilot2 adds K = 4 and 8 at 3e-4: staleness alone at the learning rate where K = 1 learns (+0.14 to
+# +0.26 in 120 steps over four seeds) and K = 16 falls from its first evaluation.
+PILOT2_CELLS = PILOT_CELLS + ((4, 3e-4), (8, 3e-4))
 # tiny6m-pilot3: one learning rate for every K (staleness alone), twice pilot2's so that K = 1 gains more
 # within 200 RL steps; K = 4 and 8 are between K = 1 (learns) and K = 16 (broke from the first steps).
 PILOT3_CELLS = ((1, 6e-4), (8, 6e-4), (4, 6e-4))
@@ -327,9 +330,10 @@ def tiny6m_pilot(cells=PILOT_CELLS, seeds=SEEDS, steps: int = 80, sft_steps: int
     """A testbed pilot: DAPO alone at K = 1 and at stale cells, 5 seeds (TINY6M_BASE and ``base`` with
     ``steps`` RL steps after ``sft_steps`` warm-up steps). ``python -m ercref.study.pilot NAME`` says which
     criterion the cache meets. tiny6m-pilot: K1 / K16 at 3e-4, K16 at 1e-3, 250 warm-up steps, 80 RL steps;
-    tiny6m-pilot2: the same cells, 200 warm-up steps (a lower, higher-entropy start: more room to learn),
-    120 RL steps; tiny6m-pilot3: PILOT3_CELLS (one learning rate, K in {1, 4, 8}), 200 warm-up steps,
-    200 RL steps, no update-norm weight copy (the pilot has no matched-step arm)."""
+    tiny6m-pilot2: those cells and K4 / K8 at 3e-4 (PILOT2_CELLS), 200 warm-up steps (a lower,
+    higher-entropy start: more room to learn), 120 RL steps; tiny6m-pilot3: PILOT3_CELLS (one learning
+    rate, K in {1, 4, 8}), 200 warm-up steps, 200 RL steps, no update-norm weight copy (the pilot has no
+    matched-step arm)."""
     stale = sorted({k for k, _ in cells if k > 1})
     return Study(name, "cpu-tiny", {**TINY6M_BASE, "train.steps": steps, "sft.steps": sft_steps, **(base or {})},
                  dict(tiny_cell(k, lr) for k, lr in cells), {"DAPO": erc_arm("dapo", None)}, list(seeds),
@@ -340,6 +344,7 @@ def tiny6m_pilot(cells=PILOT_CELLS, seeds=SEEDS, steps: int = 80, sft_steps: int
 
 
 STUDIES["tiny6m-pilot"] = tiny6m_pilot
-STUDIES["tiny6m-pilot2"] = functools.partial(tiny6m_pilot, steps=120, sft_steps=200, name="tiny6m-pilot2")
+STUDIES["tiny6m-pilot2"] = functools.partial(tiny6m_pilot, cells=PILOT2_CELLS, steps=120, sft_steps=200,
+                                             name="tiny6m-pilot2")
 STUDIES["tiny6m-pilot3"] = functools.partial(tiny6m_pilot, cells=PILOT3_CELLS, steps=200, sft_steps=200,
                                              name="tiny6m-pilot3", base={"train.log_update_norm": False})
