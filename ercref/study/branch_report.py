@@ -369,7 +369,7 @@ def refresh_readme(path=None, results_dir=None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ercref.study.branch_report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ercref.study.branch_report", description=__doc__.split("\n\n")[0])
     ap.add_argument("study", help="the branching study's name, e.g. tiny-branch")
     ap.add_argument("--results-dir", default=None, help=f"cache root (default {RESULTS_DIR})")
     ap.add_argument("--figures-dir", default=str(REPO_ROOT / "docs" / "img"),
