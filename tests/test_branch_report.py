@@ -402,16 +402,23 @@ def test_refresh_readme_rewrites_only_the_branch_blocks(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-branch", "smollm2-branch"])
-def test_readme_block_is_the_report_of_the_committed_cache(name):
-    """Checks whenever data/results/NAME exists: then README.md must hold its generated block, equal
-    to the report of that cache (`python -c "from ercref.study.branch_report import refresh_readme;
-    refresh_readme()"` rewrites it)."""
-    if not (ROOT / "data" / "results" / name).is_dir():
-        pytest.skip(f"no committed cache data/results/{name} yet")
-    blocks = {m.group(2): m.group(3) for m in branch_report.README_BLOCK.finditer((ROOT / "README.md").read_text())}
-    assert name in blocks, f"README.md lacks the <!-- branch-report: {name} --> ... <!-- /branch-report --> block"
-    assert blocks[name].strip() == branch_report.branch_report(name).strip(), (
-        f"README.md's branch report is not the report of data/results/{name}: refresh it (refresh_readme)")
+def test_the_generated_block_is_the_report_of_the_committed_cache(name):
+    """Checks whenever data/results/NAME holds records: then docs/results.md (every study's full report,
+    ercref.study.results_page) or README.md must hold its block <!-- branch-report: NAME --> ...
+    <!-- /branch-report -->, equal to the report of that cache (`python -m ercref.study --write-results`
+    rewrites it; branch_report.refresh_readme(path) rewrites the blocks of one file)."""
+    if not any((ROOT / "data" / "results" / name).glob("traj*/step*/K*/*.json")):
+        pytest.skip(f"no records in data/results/{name} yet")
+    blocks = {}
+    for doc in (ROOT / "README.md", ROOT / "docs" / "results.md"):
+        if doc.is_file():
+            blocks.update({m.group(2): (doc, m.group(3)) for m in branch_report.README_BLOCK.finditer(doc.read_text())})
+    assert name in blocks, (f"neither docs/results.md nor README.md holds the block <!-- branch-report: {name} --> "
+                            f"... <!-- /branch-report --> of the cache data/results/{name}")
+    doc, block = blocks[name]
+    assert block.strip() == branch_report.branch_report(name).strip(), (
+        f"{doc.name}'s branch report is not the report of data/results/{name}: run `python -m ercref.study "
+        "--write-results`")
 
 
 @pytest.mark.slow
