@@ -210,6 +210,20 @@ def test_the_interval_is_the_t_interval_of_per_trajectory_means(tmp_path):
     assert r["boot_low"] <= m <= r["boot_high"] and r["boot_low"] >= min(by_hand.values())
 
 
+def test_branch_points_lacking_an_arm_are_listed(tmp_path):
+    root = write_branch(tmp_path)
+    md = branch_report.branch_report(NAME, tmp_path)
+    assert "Incomplete" not in md
+    missing = record_path(root, 4, 20, 8, "DAPO-matched-step")
+    missing.rename(tmp_path / "elsewhere.json")
+    df = _load(tmp_path)
+    assert branch_report.incomplete_points(df, df.attrs["definition"]) == ["traj4/step20/K8 lacks DAPO-matched-step"]
+    md = branch_report.branch_report(NAME, tmp_path)
+    assert "Incomplete: 1 of 20 branch points lack arms of the study" in md
+    pt = branch_report.primary_table(df, df.attrs["definition"]).set_index("id")
+    assert pt.loc["H4", "n_points"] == 19 and pt.loc["H1", "n_points"] == 20
+
+
 def test_records_from_different_states_are_never_paired(tmp_path):
     root = write_branch(tmp_path)
     p = record_path(root, 0, 10, 2, "DAPO+ERC")

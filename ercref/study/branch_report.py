@@ -201,6 +201,20 @@ def state_mismatches(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def incomplete_points(df: pd.DataFrame, definition: dict) -> list[str]:
+    """Branch points (seed, step, K) of the cache that lack some arm of the study definition, each with
+    the arms it lacks (its comparisons use the arms it holds)."""
+    arms = list(definition.get("arms") or {})
+    if df.empty or not arms:
+        return []
+    out = []
+    for (s, t, k), g in df.groupby(["seed", "branch_step", "K"], sort=True):
+        lack = [a for a in arms if a not in set(g["arm"])]
+        if lack:
+            out.append(f"traj{s}/step{t}/K{k} lacks {', '.join(lack)}")
+    return out
+
+
 # ----------------------------------------------------------------------------- markdown
 def _g(x: float) -> str:
     return f"{x:+.3g}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
@@ -343,6 +357,10 @@ def branch_report(name: str, results_dir=None, figures_dir=None) -> str:
                   "records with different hashes are never compared): " + "; ".join(mism) + "."]
     if df.empty:
         return "\n".join(lines) + "\n"
+    lacking = incomplete_points(df, definition)
+    if lacking:
+        lines += ["", f"Incomplete: {len(lacking)} of {df.groupby(['seed', 'branch_step', 'K']).ngroups} branch points "
+                  "lack arms of the study (their comparisons use the arms they hold): " + "; ".join(lacking) + "."]
     pt, et = primary_table(df, definition), exploratory_table(df, definition)
     lines += _primary_lines(pt, definition) + _exploratory_lines(et)
     if figures_dir is not None:
