@@ -11,6 +11,10 @@
                                     (None when they do)
     shrink_outputs(nb)              keeps PNG figures and text, drops widget views / widget state /
                                     timing metadata; refuses any single output over 1 MB
+    absolute_paths(nb)              every absolute filesystem path in the outputs (cell, line, path):
+                                    a committed output must not show the machine it ran on
+    stated_full_time(nb)            the notebook's own statement of its full-mode time, in seconds,
+                                    with its cell and line (STATED_TIME, below)
 
 CLI (what `make notebooks` runs; execute_and_write(path, quick) is one notebook of it):
 
@@ -23,7 +27,12 @@ Repository tooling, not part of the ercref package (it needs nbclient and nbform
 "notebooks" extra); the tests import it as ``nbexec`` (pyproject's pytest pythonpath).
 
 Without paths: every notebooks/*.ipynb. tests/test_notebooks.py runs every notebook in quick mode
-through execute_notebook and checks each committed one's stamp with stale_reason.
+through execute_notebook and checks each committed one's stamp with stale_reason, its outputs with
+absolute_paths and its stated time against the stamp's wall_s with stated_full_time.
+
+The stated time: exactly one markdown line of a notebook says how long full mode takes, as
+"full mode ... about N min" (or N s, N h; "full mode" in any case, N an integer or decimal, nothing
+between them but text of the same paragraph without a full stop), e.g. "**Time** (2 CPU cores): full mode takes about 3 min."
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -55,6 +65,23 @@ MAX_OUTPUT_BYTES = 1_000_000    # one output (a figure, a stream) larger than th
 WIDGET_MIME_PREFIX = "application/vnd.jupyter.widget"
 MPL_INLINE = "module://matplotlib_inline.backend_inline"
 RETRIED = (CellTimeoutError, DeadKernelError)   # a lost message or a dead kernel: a fresh kernel may pass
+# "full mode ... about N min": the notebook's statement of its full-mode time (module docstring)
+STATED_TIME = re.compile(r"full mode(?:[^.\n]|\n(?![ \t]*\n))*?\babout\s+(\d+(?:\.\d+)?) ?"
+                         r"(s|sec|seconds?|min|minutes?|h|hours?)\b", re.I)
+UNIT_S = {"s": 1, "sec": 1, "second": 1, "seconds": 1, "min": 60, "minute": 60, "minutes": 60,
+          "h": 3600, "hour": 3600, "hours": 3600}
+# Absolute filesystem paths in outputs. URLs other than file:// are removed first; then counts: a POSIX
+# path of two components at least ("/tmp/x", "/home/u/") or a bare top folder of user data ("/tmp"),
+# a home path ("~/x", "~user/x"), a Windows drive ("C:\\x", "C:/x") or UNC path ("\\\\server\\share"),
+# a file:// URL.
+_URL = re.compile(r"\b(?!file:)[A-Za-z][A-Za-z0-9+.-]*://\S*")
+ABSOLUTE_PATH = re.compile(
+    r"file://\S+"                                           # file:// URL
+    r"|(?<![\w.~:/\\-])/[\w.@+-]+/[\w.@+/-]*"                      # POSIX: /a/..., two components at least
+    r"|(?<![\w.~:/\\-])/(?:tmp|home|root|work|Users|Volumes|mnt|media|opt|srv|var|private)\b"  # a bare top folder
+    r"|(?<![\w.~/\\-])~[\w.-]*/[\w.@+/-]+"                        # home: ~/a, ~user/a
+    r"|(?<![\w])[A-Za-z]:[\\/][\w.@+$-]*(?:[\\/][\w.@+$-]+)*"       # Windows drive: C:\a, C:/a
+    r"|(?<![\w\\])\\\\[\w.$-]+(?:\\[\w.$-]+)+")                           # UNC: \\server\share
 
 
 # ----------------------------------------------------------------------------- identity of a notebook
@@ -169,6 +196,57 @@ def quantize_png(b64: str, min_bytes: int = 40_000) -> str:
     if buf.tell() >= len(raw):
         return b64
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- what outputs and text say
+def _output_texts(out) -> list[str]:
+    """The text of one output: a stream's text, every text/* mime's data, an error's value and traceback."""
+    texts = []
+    if out.get("output_type") == "stream":
+        texts.append(out.get("text", ""))
+    for mime, data in (out.get("data") or {}).items():
+        if mime.startswith("text/"):
+            texts.append("".join(data) if isinstance(data, list) else str(data))
+    if out.get("output_type") == "error":
+        texts += [str(out.get("evalue", "")), *map(str, out.get("traceback", []))]
+    return [t if isinstance(t, str) else "".join(t) for t in texts]
+
+
+def absolute_paths(nb) -> list[tuple[int, int, str]]:
+    """(cell index, line number from 1 within that output's text, the path) for every absolute
+    filesystem path (ABSOLUTE_PATH) in the code cells' outputs; [] when there is none."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        for out in cell.get("outputs", []):
+            for text in _output_texts(out):
+                for lineno, line in enumerate(text.splitlines(), 1):
+                    for m in ABSOLUTE_PATH.finditer(_URL.sub(" ", line)):
+                        found.append((index, lineno, m.group(0).rstrip(".,;:)'\"")))
+    return found
+
+
+def stated_full_time(nb) -> tuple[float, int, int, str]:
+    """(seconds, cell index, line number from 1 in that cell where it starts, the statement) of the
+    notebook's one statement of its full-mode time (STATED_TIME in a markdown cell; it may wrap onto the
+    next line of the same paragraph). ValueError when it states none, or more
+    than one, naming where."""
+    hits = []
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "markdown":
+            continue
+        text = _source(cell)
+        for m in STATED_TIME.finditer(text):
+            hits.append((float(m.group(1)) * UNIT_S[m.group(2).lower()], index, text.count("\n", 0, m.start()) + 1,
+                         " ".join(m.group(0).split())))
+    if not hits:
+        raise ValueError("states no full-mode time: add one markdown line matching 'full mode ... about N min' "
+                         f"(tools/nbexec.py STATED_TIME: {STATED_TIME.pattern})")
+    if len(hits) > 1:
+        where = "; ".join(f"cell {i} line {j}: {ln!r}" for _, i, j, ln in hits)
+        raise ValueError(f"states its full-mode time {len(hits)} times ({where}): keep exactly one")
+    return hits[0]
 
 
 # ----------------------------------------------------------------------------- execution
