@@ -165,7 +165,7 @@ def test_03_fewer_than_five_seeds_get_no_verdict(monkeypatch, tmp_path):
     n, v = ns["paired"](summ, "K4-lr0.003", "DAPO+ERC", "DAPO", "entropy_volatility", -1)
     assert n == 5 and v.label == "supported"           # ERC lower by ~1 in every seed
     t = ns["map_table"](summ, "DAPO+ERC", "DAPO", "entropy_volatility", -1).set_index("cell")
-    assert t.loc["K4-lr0.001", "detail"] == "not enough seeds yet (n=4)" and math.isnan(t.loc["K4-lr0.001", "mean"])
+    assert t.loc["K4-lr0.001", "detail"] == "too few seeds (4)" and math.isnan(t.loc["K4-lr0.001", "mean"])
     assert t.loc["K4-lr0.003", "verdict"] == "supported"
 
 
