@@ -405,3 +405,14 @@ def test_save_checkpoint_refuses_a_state_that_is_not_a_dict(tmp_path):
 def test_state_bytes_counts_shared_storage_once():
     w = torch.zeros(1000)
     assert ckpt.state_bytes({"a": w, "b": w, "c": w[:10]}) == 4000 + ckpt.PER_STORAGE_BYTES + ckpt.FIXED_BYTES
+
+
+def test_a_state_that_cannot_be_saved_is_named_and_the_same_step_checkpoint_stays_loadable(tmp_path):
+    """A value torch.save cannot pickle (a lambda) is a TypeError naming its key; an earlier checkpoint
+    of the same step keeps its manifest, so it still verifies and loads."""
+    ckpt.save_checkpoint(tmp_path, 3, {"x": torch.ones(2)})
+    with pytest.raises(TypeError, match=r"state\['f'\] \(function\)") as e:
+        ckpt.save_checkpoint(tmp_path, 3, {"x": torch.zeros(2), "f": lambda: 1})
+    assert "ckpt-00000003.pt" in str(e.value) and "nothing was written" in str(e.value)
+    assert ckpt.load_checkpoint(tmp_path / "ckpt-00000003.pt", required=("x",))["x"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000003.json", "ckpt-00000003.pt"]

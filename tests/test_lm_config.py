@@ -140,13 +140,13 @@ def test_task_choices_match_the_data_module():
 
 
 def test_config_module_is_a_leaf():
-    """ercref.lm.config imports only the core and its own helpers (config_tools, presets): no engine module."""
+    """ercref.lm.config imports only the core and its own helpers (config_tools, config_rules, presets): no engine module."""
     import ast
     from pathlib import Path
 
     import ercref.lm.config as mod
     nodes = [n for n in ast.walk(ast.parse(Path(mod.__file__).read_text())) if isinstance(n, ast.ImportFrom)]
-    assert {n.module for n in nodes if n.level} == {"config_tools", "presets"}
+    assert {n.module for n in nodes if n.level} == {"config_tools", "config_rules", "presets"}
     assert {n.module for n in nodes if not n.level and n.module.startswith("ercref")} <= {"ercref.losses",
                                                                                           "ercref.objective"}
 

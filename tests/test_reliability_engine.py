@@ -70,3 +70,37 @@ def test_bool_words_in_any_case_mean_what_they_say(word, upper):
 def test_anything_else_is_not_a_bool(text):
     with pytest.raises(ValueError, match="not a bool"):
         parse_bool(text)
+
+
+# ----------------------------------------------------------------------------- planner and scoring arguments
+import torch  # noqa: E402
+
+from ercref.lm import memory  # noqa: E402
+from ercref.lm.scoring import score_responses  # noqa: E402
+
+
+@pytest.mark.parametrize("call", [
+    lambda: memory.plan_memory({"train": {}}), lambda: memory.estimate_step_seconds({"train": {}}),
+    lambda: memory.estimate_eval_seconds({"train": {}}), lambda: memory.suggest_budgets({"train": {}}, 10 ** 9),
+])
+def test_the_planner_names_a_cfg_that_is_not_a_config(call):
+    with pytest.raises(TypeError, match="cfg must be an ercref.lm.config.Config"):
+        call()
+
+
+def test_the_planner_names_a_bad_model_name_and_eval_backend():
+    with pytest.raises(ValueError, match="name must be a model name"):
+        memory.model_shape(None)
+    with pytest.raises(ValueError, match="eval_backend must be 'hf', 'vllm' or None"):
+        memory.estimate_run_seconds(make_config("cpu-tiny"), eval_backend="foo")
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor([4]), torch.tensor([[4, 0, 0]]), [4, 0, 0]])
+def test_response_lengths_must_give_one_length_per_response(lengths):
+    """Overlong shaping adds a penalty per response: a (1,) tensor would broadcast one response's
+    penalty to all of them."""
+    cfg = make_config("cpu-tiny", overrides={"reward.overlong_shaping": True}).reward
+    with pytest.raises(ValueError, match=r"lengths must be a tensor of shape \(3,\)"):
+        score_responses(["1", "2", "3"], ["1", "2", "3"], cfg, lengths=lengths, max_new_tokens=4)
+    rewards, _ = score_responses(["1", "2", "3"], ["1", "2", "3"], cfg, lengths=torch.tensor([4, 0, 0]), max_new_tokens=4)
+    assert rewards.tolist() == [0.0, 1.0, 1.0]

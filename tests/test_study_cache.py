@@ -250,3 +250,23 @@ def test_status_and_runner_agree_and_a_damaged_run_is_set_aside_and_rerun(tmp_pa
     assert [p.name.split(".")[0] for p in aside] == ["seed1", "seed1"]                 # log and meta, kept
     assert any(p.read_bytes() == damaged for p in aside)
     assert runner.status(s, tmp_path)["cached"].sum() == 3
+
+
+@pytest.mark.parametrize("cell, arm, seed, named", [
+    ("../escape", "erc", 0, "cell"), ("c", "a/b", 0, "arm"), ("c", "..", 0, "arm"), ("", "erc", 0, "cell"),
+    ("c", "erc", -1, "seed"), ("c", "erc", True, "seed"), ("c", "erc", 1.0, "seed"),
+])
+def test_a_run_name_that_could_not_be_found_again_is_refused_before_writing(tmp_path, cell, arm, seed, named):
+    """A cell or arm that is not one folder name would land outside runs/CELL/ARM (or be a stray
+    file); a seed that is not an int >= 0 gives a file name the scan does not read back."""
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        cache.write_run(tmp_path, cell, arm, seed, {"seed": seed}, [{"kind": "step", "step": 1}])
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_a_study_folder_that_is_a_file_is_named_not_read_as_empty(tmp_path):
+    f = tmp_path / "study"
+    f.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a study folder") as e:
+        cache.finished_runs(f, warn=False)
+    assert str(f) in str(e.value)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import numbers
 import os
+import pickle
 import random
 import re
 import shutil
@@ -317,7 +318,6 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict, keep_la
     check_free_space(d, state_bytes(payload), f"checkpoint {final.name}", freed=sum(p.stat().st_size for p in doomed))
     for p in doomed:
         remove_checkpoint(p)
-    manifest_path(final).unlink(missing_ok=True)  # a same-step checkpoint being replaced
     writer = None
 
     def write(fh) -> None:
@@ -325,13 +325,29 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict, keep_la
         writer = _HashingWriter(fh)
         torch.save(payload, writer)
 
-    _atomic_write(final, write)
+    try:
+        _atomic_write(final, write)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:  # a value torch.save cannot serialise
+        raise TypeError(f"state cannot be saved as checkpoint {final.name}: {_unsavable(state)} ({e}); nothing was "
+                        "written for this step") from e
+    manifest_path(final).unlink(missing_ok=True)  # a same-step checkpoint's manifest, until the new one is written
     data = _manifest_bytes(final.name, step, writer.size, writer.sha.hexdigest())
     _atomic_write(manifest_path(final), lambda fh: fh.write(data))
     _fsync_dir(d)
     for p in _excess([p for p in older if p.exists()] + [final], keep_last):
         remove_checkpoint(p)
     return final
+
+
+def _unsavable(state: dict) -> str:
+    """Which top-level entries of ``state`` cannot be pickled (for the error message)."""
+    bad = []
+    for k, v in state.items():
+        try:
+            pickle.dumps(v)
+        except Exception:  # noqa: BLE001 - any failure means the entry cannot be saved
+            bad.append(f"state[{k!r}] ({type(v).__name__})")
+    return ", ".join(bad) or "an entry that cannot be pickled"
 
 
 # ----------------------------------------------------------------------------- reading

@@ -27,6 +27,7 @@ import tyro
 
 from ercref.objective import PolicyLossConfig
 
+from .config_rules import check_rules, check_token_budgets, longest_rows  # noqa: F401 (the last two: re-exported)
 from .config_tools import (  # noqa: F401 (parse_bool, parse_text: re-exported)
     Count,
     Decay,
@@ -236,19 +237,7 @@ class Config:
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         check_fields("loss", self.loss)      # PolicyLossConfig checks its ranges; the types are checked here
-        if self.rollout.prompts_per_step % self.train.minibatch_prompts:
-            raise ValueError(
-                f"train.minibatch_prompts ({self.train.minibatch_prompts}) must divide rollout.prompts_per_step "
-                f"({self.rollout.prompts_per_step}): the rollout batch is split into equal minibatches")
-        check_token_budgets(self)
-        r = self.reward
-        if r.overlong_shaping:   # L_max - L_buf >= 0 at every length limit the rewards are scored under
-            limits = [r.overlong_max_length] if r.overlong_max_length else [
-                self.rollout.max_new_tokens, self.train.eval_max_new_tokens or self.rollout.max_new_tokens]
-            if r.overlong_buffer > min(limits):
-                raise ValueError(f"reward.overlong_buffer ({r.overlong_buffer}) must be at most the length limit it "
-                                 f"ends at ({min(limits)}: reward.overlong_max_length, or else rollout.max_new_tokens "
-                                 "and train.eval_max_new_tokens); lower it or raise the limit")
+        check_rules(self)                    # the rules between sections (ercref.lm.config_rules)
 
     @property
     def num_minibatches(self) -> int:
@@ -256,26 +245,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def longest_rows(cfg: Config) -> dict[str, int]:
-    """{token budget field: tokens of the longest row it must hold} (prompt + the most new tokens)."""
-    d, r, t = cfg.data, cfg.rollout, cfg.train
-    return {"rollout.max_tokens_per_generate": d.max_prompt_tokens + max(r.max_new_tokens, t.eval_max_new_tokens),
-            "rollout.max_tokens_per_logprob": d.max_prompt_tokens + r.max_new_tokens,
-            "train.max_tokens_per_forward": d.max_prompt_tokens + r.max_new_tokens}
-
-
-def check_token_budgets(cfg: Config) -> None:
-    """A token budget (> 0) must hold one longest row; ValueError naming the budget's field."""
-    for name, longest in longest_rows(cfg).items():
-        section, key = name.split(".")
-        budget = getattr(getattr(cfg, section), key)
-        if budget and budget < longest:
-            raise ValueError(
-                f"{name}={budget} cannot hold one longest row of {longest} tokens (data.max_prompt_tokens "
-                f"{cfg.data.max_prompt_tokens} + max new tokens); raise it to at least {longest} (0: no limit) or "
-                "lower data.max_prompt_tokens / the max new tokens")
 
 
 def sections() -> dict[str, type]:

@@ -256,6 +256,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
             where = f", line {mark.line + 1}" if mark else ""
             raise ValueError(f"config file {name}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        except ValueError as e:  # a value YAML cannot build (an integer over Python's digit limit)
+            raise ValueError(f"config file {name}: a value cannot be read ({e})") from None
     else:
         try:
             data = json.loads(text, object_pairs_hook=_unique_keys)
@@ -265,10 +267,24 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
                              "object (the second would silently replace the first); keep one") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {name}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+        except ValueError as e:  # a number json cannot build (an integer over Python's digit limit)
+            raise ValueError(f"config file {name}: a value cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {name} must hold a mapping of sections, e.g. "
                          f"{{\"loss\": {{\"beta_low\": 0.1}}}}, got {type(data).__name__}")
+    _check_keys(name, data)
     return data
+
+
+def _check_keys(name: str, data: Mapping, where: str = "") -> None:
+    """Every key of the file's sections is a name: YAML reads an unquoted on / off / yes / no /
+    true / false / null or a number as a value, so ``on: 3`` would become the key True."""
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ValueError(f"config file {name}: the key {key!r} {f'in {where!r} ' if where else ''}is not a name "
+                             "(YAML reads unquoted on/off/yes/no/true/false/null and numbers as values): quote it")
+        if isinstance(value, Mapping):
+            _check_keys(name, value, f"{where}.{key}" if where else key)
 
 
 class _DuplicateKey(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
+from .config import Config, config_from_dict
 from .models import check_model_name
 from .vllm_backend import check_vllm_available
 
@@ -12,7 +12,15 @@ from .vllm_backend import check_vllm_available
 def check_hardware(cfg: Config) -> None:
     """ValueError naming the setting when cfg needs what this machine lacks: CUDA (train.require_cuda,
     train.device=cuda*, model.bf16_autocast), a vLLM build for train.device (rollout.backend=vllm),
-    or the model's files (model.name)."""
+    or the model's files (model.name). First the config itself: a field set to an invalid value
+    after the Config was built (``cfg.train.steps = -5``) is a ValueError naming it."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be an ercref.lm.config.Config (make_config(...)), got {type(cfg).__name__}")
+    try:
+        config_from_dict(cfg.to_dict())
+    except ValueError as e:
+        raise ValueError(f"{e} (the config was changed after it was built; build it with make_config(..., "
+                         "overrides=...) or dataclasses.replace so it is checked)") from None
     has_cuda = torch.cuda.is_available()
     label = f"preset {cfg.preset!r}" if cfg.preset else "this config"
     if (cfg.train.require_cuda or cfg.train.device.startswith("cuda")) and not has_cuda:

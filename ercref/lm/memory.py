@@ -113,6 +113,14 @@ def _real_arg(name: str, value, low: float = 0.0, high: float = math.inf, what: 
     return float(value)
 
 
+def _config_arg(cfg) -> None:
+    """TypeError unless ``cfg`` is a run's Config (make_config(...)): the planner reads its sections."""
+    from .config import Config
+
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be an ercref.lm.config.Config (make_config(...)), got {type(cfg).__name__}")
+
+
 # ============================================================================= model shapes
 @dataclass(frozen=True)
 class ModelShape:
@@ -198,6 +206,8 @@ def model_shape(name: str) -> ModelShape:
     """Shape of ``model.name`` without loading weights or using the network: "tiny" (built from its
     config), a local folder (its config.json), or a hub id in KNOWN_MODELS (or already in the local
     Hugging Face cache). ValueError naming what to pass otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a model name (model.name: tiny, a hub id or a folder), got {name!r}")
     if name == "tiny":
         from .models import load_char_tokenizer, tiny_model_config
         tok = load_char_tokenizer()
@@ -349,6 +359,7 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
     (None: data.max_prompt_tokens, the longest possible; the Trainer passes the measured ones).
     ValueError naming the argument for anything else (a bool, a float, zero or a negative count).
     """
+    _config_arg(cfg)
     device_bytes = _int_arg("device_bytes", device_bytes, 1, " (the device's bytes)", none_ok=True)
     eval_prompts = _int_arg("eval_prompts", eval_prompts, 0, " (prompts per evaluation)", none_ok=True)
     prompt_tokens = _int_arg("prompt_tokens", prompt_tokens, 1, " (tokens)", none_ok=True)
@@ -508,6 +519,7 @@ def suggest_budgets(cfg, device_bytes: int, step: int = 1024, **plan_kwargs) -> 
     plan_memory (eval_prompts, prompt_tokens, shape, ...)."""
     from .config import longest_rows
 
+    _config_arg(cfg)
     device_bytes = _int_arg("device_bytes", device_bytes, 1, " (the device's bytes)")
     step = _int_arg("step", step, 1, " (tokens)")
     phase_of = {"rollout.max_tokens_per_generate": ("generate", "evaluate"),
@@ -682,6 +694,7 @@ def estimate_step_seconds(cfg, tflops: float = 400.0, bandwidth_gbs: float = 335
     checkpointing); old log-probs 1 forward (+1 for the reference model). Generation with
     rollout.backend as ``_decode`` describes.
     """
+    _config_arg(cfg)
     r, m, a = cfg.rollout, cfg.model, cfg.advantage
     s, rate, bandwidth_gbs, response_fill, prompt, overhead, device_bytes = _time_args(
         cfg, tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s, shape, device_bytes, r.backend)
@@ -721,6 +734,7 @@ def estimate_eval_seconds(cfg, tflops: float = 400.0, bandwidth_gbs: float = 335
     tokens, with the decode model and arguments of estimate_step_seconds. eval_prompts: prompts per
     evaluation (None: data.num_eval; the AIME24 + AIME25 sets of the GPU presets are 60). backend:
     "hf" or "vllm" (None: rollout.backend). Judging the responses is not counted."""
+    _config_arg(cfg)
     r, t = cfg.rollout, cfg.train
     backend = r.backend if backend is None else backend
     s, rate, bandwidth_gbs, response_fill, prompt, overhead, device_bytes = _time_args(
@@ -743,6 +757,8 @@ def estimate_run_seconds(cfg, eval_prompts: int | None = None, eval_backend: str
     (estimate_eval_seconds(cfg, eval_prompts=..., backend=eval_backend, **kwargs)); ``kwargs`` are
     the shared assumptions (tflops, bandwidth_gbs, response_fill, prompt_tokens, decode_overhead_s,
     shape, device_bytes). ``.text()`` is one line, ``.table()`` the phases."""
+    if eval_backend not in (None, "hf", "vllm"):
+        raise ValueError(f"eval_backend must be 'hf', 'vllm' or None (rollout.backend), got {eval_backend!r}")
     return RunTime(estimate_step_seconds(cfg, **kwargs),
                    estimate_eval_seconds(cfg, eval_prompts=eval_prompts, backend=eval_backend, **kwargs),
                    cfg.train.steps)

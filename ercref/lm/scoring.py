@@ -28,13 +28,17 @@ def score_responses(responses: list[str], answers: list[str], cfg, lengths: torc
                     max_new_tokens: int | None = None, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rewards (N,) float32, correct (N,) bool) for N responses (str) under a RewardConfig.
 
-    ``lengths`` (N,) response lengths in tokens, needed for overlong shaping. The math judge runs in
+    ``lengths`` (N,) response lengths in tokens (a tensor), needed for overlong shaping. The math judge runs in
     the shared ``judge_pool(cfg.judge_workers)`` with ``cfg.judge_timeout_s`` per response and
     ``cfg.judge_max_chars``; responses over budget score as wrong, are warned about, and are
     counted in ``stats`` (when a dict is given it receives ``JudgeStats.as_metrics()``:
     judge/timeouts, judge/truncated, judge/errors, judge/restarts, judge/seconds, judge/judged).
     A response or answer that is not a str is a TypeError naming its index."""
     check_texts(responses, answers)
+    if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (len(responses),)):
+        got = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must be a tensor of shape ({len(responses)},), one length in tokens per response, "
+                         f"got {got}")
     if cfg.judge not in JUDGES:
         raise ValueError(f"judge must be one of {sorted(JUDGES)}, got {cfg.judge!r}")
     if cfg.scheme not in SCHEMES:

@@ -33,6 +33,7 @@ import gzip
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import time
@@ -67,15 +68,27 @@ def study_dir(name: str, results_dir=None) -> Path:
     return (Path(results_dir) if results_dir is not None else RESULTS_DIR) / name
 
 
+def _run_dir(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, int]:
+    """(the folder of one run's files, its seed as an int); ValueError naming a cell or arm that is
+    not one folder name, or a seed that is not an int >= 0 (its files could not be found again)."""
+    for what, name in (("cell", cell), ("arm", arm)):
+        if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"{what} must be a folder name (no '/', '\\', or '..'), got {name!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return Path(root) / "runs" / cell / arm, int(seed)
+
+
 def run_paths(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, Path]:
     """(log, meta) paths of one run under the study folder ``root``."""
-    d = Path(root) / "runs" / cell / arm
+    d, seed = _run_dir(root, cell, arm, seed)
     return d / f"seed{seed}{LOG_SUFFIX}", d / f"seed{seed}{META_SUFFIX}"
 
 
 def tokens_path(root: Path, cell: str, arm: str, seed: int) -> Path:
     """The token captures of one run (written only when its study has capture_steps)."""
-    return Path(root) / "runs" / cell / arm / f"seed{seed}{TOKENS_SUFFIX}"
+    d, seed = _run_dir(root, cell, arm, seed)
+    return d / f"seed{seed}{TOKENS_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -346,6 +359,9 @@ def scan_runs(root: Path) -> Scan:
     file of an interrupted write included)."""
     base = Path(root) / "runs"
     out = Scan()
+    for p in (Path(root), base):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{p} is a file, not a study folder (it should hold runs/CELL/ARM/seedK.*)")
     if not base.is_dir():
         return out
     units = set()
