@@ -12,6 +12,8 @@ from ercref.lm.hardware import check_hardware
      ("advantage.gen_batch_prompts", "advantage.max_gen_batches", "rollout.prompts_per_step")),
     ({"reward.judge": "choice", "data.task": "arith"}, ("reward.judge", "data.task")),
     ({"reward.judge": "choice", "data.task": "max"}, ("reward.judge", "data.task")),
+    ({"reward.correct": 0.0, "reward.wrong": 0.0}, ("reward.correct", "reward.wrong")),
+    ({"reward.scheme": "paper", "reward.correct": -1.0, "reward.wrong": 1.0}, ("reward.correct", "reward.wrong")),
 ])
 def test_a_config_that_cannot_give_a_meaningful_run_is_refused_when_built(overrides, names):
     with pytest.raises(ValueError) as e:
@@ -25,6 +27,7 @@ def test_a_config_that_cannot_give_a_meaningful_run_is_refused_when_built(overri
     {"advantage.dynamic_sampling": False, "advantage.gen_batch_prompts": 4},
     {"reward.judge": "choice", "data.task": "mc-arith"},
     {"reward.judge": "exact", "data.task": "mc-arith"},
+    {"reward.correct": 0.5, "reward.wrong": -2.0},
 ])
 def test_the_rules_leave_meaningful_configs_alone(overrides):
     cfg = make_config("cpu-tiny", overrides=overrides)

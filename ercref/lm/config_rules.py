@@ -66,11 +66,21 @@ def check_judge_task(cfg: Any) -> None:
                          f"a multiple-choice task ({', '.join(LETTER_TASKS)})")
 
 
+def check_reward_order(cfg: Any) -> None:
+    """A correct answer earns more than a wrong one: with reward.correct <= reward.wrong the advantages
+    push the policy away from correct answers (or, equal, carry no signal at all)."""
+    r = cfg.reward
+    if r.correct <= r.wrong:
+        raise ValueError(f"reward.correct ({r.correct:g}) must be greater than reward.wrong ({r.wrong:g}): "
+                         "otherwise RL rewards wrong answers (or, equal, learns nothing from the judge)")
+
+
 def check_rules(cfg: Any) -> None:
     """Every rule between sections, in order; the first broken one raises."""
     if cfg.rollout.prompts_per_step % cfg.train.minibatch_prompts:
         raise ValueError(
             f"train.minibatch_prompts ({cfg.train.minibatch_prompts}) must divide rollout.prompts_per_step "
             f"({cfg.rollout.prompts_per_step}): the rollout batch is split into equal minibatches")
-    for rule in (check_token_budgets, check_overlong_buffer, check_dynamic_sampling, check_judge_task):
+    for rule in (check_token_budgets, check_overlong_buffer, check_dynamic_sampling, check_judge_task,
+                 check_reward_order):
         rule(cfg)
