@@ -107,6 +107,11 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     assert prof["K1-lr0.001"]["time/step_s"] == 2.0 and prof["K1-lr0.001"]["wall_s"] == 100.0
     with pytest.raises(ValueError, match="no cache"):
         pilot.pilot_criteria("absent", tmp_path)
+    study.cells["K8-lr0.001"] = {"rollout.prompts_per_step": 16, "train.minibatch_prompts": 2}   # defined, not run
+    cache.write_study_json(study, root)
+    c_deg = pilot.pilot_criteria("p", tmp_path)[1]
+    assert c_deg.state == INCOMPLETE and "K8-lr0.001: 0 of 0 cached seeds degraded (0 after learning) (missing [0, 1, 2])" \
+        in c_deg.detail
 
 
 def test_the_candidate_testbed_task_model_and_study():

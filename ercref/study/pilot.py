@@ -226,11 +226,18 @@ def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[i
                    check_overlap: bool = True) -> list[Criterion]:
     """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
     ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
+    from ercref.lm.config import make_config
+
     from .cache import read_study_json
 
     (on_cell, on_policy), stale = pilot_facts(name, results_dir, arm, check_overlap)
-    root = study_dir(name, results_dir)
-    seeds = list(seeds) if seeds is not None else [int(s) for s in read_study_json(root / "study.json")["seeds"]]
+    defined = read_study_json(study_dir(name, results_dir) / "study.json")
+    seeds = list(seeds) if seeds is not None else [int(s) for s in defined["seeds"]]
+    for cell, over in defined.get("cells", {}).items():   # a defined stale cell with no run yet: all seeds missing
+        if cell not in stale and cell != on_cell and arm in (defined.get("cell_arms") or {}).get(cell, defined["arms"]):
+            cfg = make_config(defined["preset"], overrides={**defined["base"], **over}).to_dict()
+            if staleness_k(cfg) > 1:
+                stale[cell] = {}
     return [learns(on_policy, seeds, on_cell), degrades(stale, seeds)]
 
 
