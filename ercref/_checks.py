@@ -174,6 +174,24 @@ def check_finite(name: str, x: Tensor, where: Tensor | None = None, what: str = 
     require(~bad.any(), message)
 
 
+LOG_PROB_TOL = 1e-3   # log_softmax rounds to at most a few ulps above 0; a larger positive value is not a log-probability
+
+
+def check_log_prob(name: str, x: Tensor, where: Tensor) -> None:
+    """Every entry of ``x`` where ``where`` is True is a log-probability: <= 0 (up to LOG_PROB_TOL for
+    rounding). A positive value usually means probabilities or logits were passed instead."""
+    _trace("log_prob", name)
+    x = x.detach()
+    bad = (x > LOG_PROB_TOL) & where
+
+    def message() -> str:
+        pos = _first_index(bad)
+        return (f"{name} must hold log-probabilities (<= 0) at response positions, got {x[bad][0].item():.6g} at index "
+                f"{pos}: pass log_softmax(logits).gather(-1, tokens), not probabilities or logits")
+
+    require(~bad.any(), message)
+
+
 def as_bool_mask(name: str, mask: Tensor, like: Tensor | None = None, like_name: str = "logp") -> Tensor:
     """A response mask as bool; accepts bool, integer or float 0/1 tensors (0/1 checked, deferred)."""
     _trace("mask", name)

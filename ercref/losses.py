@@ -40,6 +40,7 @@ from ._checks import (
     check_finite,
     check_float,
     check_fraction,
+    check_log_prob,
     check_no_grad,
     check_positive,
     check_same_shape,
@@ -90,6 +91,8 @@ def check_policy_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, resp
     check_finite("logp", logp)
     check_finite("old_logp", old_logp)
     check_finite("advantages", advantages)
+    check_log_prob("logp", logp, mask)
+    check_log_prob("old_logp", old_logp, mask)
     return (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages), mask
 
 

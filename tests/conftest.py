@@ -28,7 +28,7 @@ def random_batch(gen: torch.Generator, B: int, T: int, c: float = 3.0, beta_low:
     def u(*shape, lo=0.0, hi=1.0):
         return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=dtype)
 
-    old_logp = -u(B, T, lo=0.01, hi=6.0)
+    old_nll = u(B, T, lo=0.01, hi=6.0)
     # log-ratio regimes, picked per token
     regime = torch.randint(0, 6, (B, T), generator=gen)
     small = 0.3 * torch.randn(B, T, generator=gen, dtype=dtype)
@@ -37,6 +37,8 @@ def random_batch(gen: torch.Generator, B: int, T: int, c: float = 3.0, beta_low:
     beyond_clamp = torch.where(torch.rand(B, T, generator=gen) < 0.5, 1.0, -1.0).to(dtype) * u(B, T, lo=20.5, hi=25.0)
     delta = torch.stack([small, wide, beyond_dual, torch.zeros_like(small), beyond_clamp, -beyond_dual])
     delta = delta.gather(0, regime.unsqueeze(0)).squeeze(0)
+    # both sides stay log-probabilities (<= 0): a positive log-ratio lowers old_logp instead of lifting logp above 0
+    old_logp = -old_nll - delta.clamp(min=0.0)
     logp = (old_logp + delta).detach().requires_grad_(True)
 
     shape = (B, T) if per_token_adv else (B,)

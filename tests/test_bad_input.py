@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ercref
 from ercref import PolicyLossConfig as Cfg
@@ -187,6 +189,7 @@ def test_loss_kwargs_accepts_valid_keywords_and_none_where_the_loss_does(name, k
     """Accepted, and passed to the loss: the objective's value and gradient equal those of the loss
     called with them directly, and differ from the loss's defaults (ratios 1.35 and 0.74: clipped)."""
     d = ok()
+    d["logp"] = d["logp"] - 0.3                          # old_logp below stays a log-probability (<= 0)
     old_logp = d["logp"] - torch.tensor([[0.3], [-0.3]])
 
     def value_and_grad(fn):
@@ -330,3 +333,36 @@ def test_apply_erc_rejects_an_all_masked_batch():
     z = torch.zeros(2, 3)
     with _pytest.raises(ValueError, match="response_mask"):
         _ercref.apply_erc(z, z + 1, z + 1, torch.zeros(2, 3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- log-probabilities must be <= 0
+@pytest.mark.parametrize("arg", ["logp", "old_logp"])
+@pytest.mark.parametrize("entry", ["loss", "objective"])
+def test_a_positive_log_prob_at_a_response_position_is_refused_naming_the_argument(arg, entry):
+    """Probabilities or logits passed as log-probs (e.g. 0.5) would give a finite, wrong loss: refused."""
+    call = (loss_call if entry == "loss" else objective_call)(**{arg: poke(0.5)})
+    with pytest.raises(ValueError, match=rf"^{arg} must hold log-probabilities \(<= 0\).*0\.5 at index \[0, 1\]"):
+        call()
+
+
+def test_positive_log_probs_at_padding_and_rounding_above_zero_are_accepted():
+    """Only response positions are checked, and log_softmax's rounding (a few ulps above 0) passes."""
+    mask = torch.ones(B, T)
+    mask[0, 1] = 0                                             # poke() writes at [0, 1]: padding now
+    per_tok, _ = loss_call(logp=poke(7.0), response_mask=mask)()
+    assert torch.isfinite(per_tok[mask.bool()]).all()
+    per_tok_round, _ = loss_call(logp=poke(1e-6), old_logp=poke(1e-6))()
+    per_tok_zero, _ = loss_call(logp=poke(0.0), old_logp=poke(0.0))()
+    assert torch.allclose(per_tok_round, per_tok_zero)
+
+
+@given(st.sampled_from(sorted(ercref.LOSSES)), st.sampled_from(["logp", "old_logp"]),
+       st.floats(min_value=2e-3, max_value=1e6), st.integers(0, B * T - 1))
+@settings(max_examples=60, deadline=None)
+def test_any_positive_log_prob_beyond_rounding_is_refused_by_every_loss(name, arg, value, where):
+    d = ok()
+    bad = d[arg].clone()
+    bad.view(-1)[where] = value
+    d[arg] = bad
+    with pytest.raises(ValueError, match=rf"^{arg} must hold log-probabilities"):
+        ercref.LOSSES[name](d["logp"], d["old_logp"], d["advantages"], d["response_mask"])

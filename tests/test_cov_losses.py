@@ -36,8 +36,10 @@ def _inputs(seed, B=6, T=12, spread=0.6):
     """float64; per-sequence advantages (as verl receives them, (B, T)); padding at the ends of rows
     and holes inside them; first token of every row a response token."""
     g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(B, T, generator=g, dtype=F64) * 3
-    logp = (old + torch.randn(B, T, generator=g, dtype=F64) * spread).requires_grad_()
+    nll = torch.rand(B, T, generator=g, dtype=F64) * 3
+    delta = torch.randn(B, T, generator=g, dtype=F64) * spread
+    old = -nll - delta.clamp(min=0.0)                      # both old and logp stay log-probabilities (<= 0)
+    logp = (old + delta).requires_grad_()
     adv = torch.randn(B, generator=g, dtype=F64)
     lengths = torch.randint(T // 3, T + 1, (B,), generator=g)
     mask = (torch.arange(T) < lengths.unsqueeze(-1)) & (torch.rand(B, T, generator=g) > 0.15)

@@ -46,6 +46,7 @@ def _inputs(name: str, T: int = 8):
     mask = torch.ones(3, T, dtype=torch.bool)
     if name != "gspo":  # (GSPO's row shift is defined over all tokens of the row)
         mask[0, 3] = mask[2, 6] = False
+    old = old - delta.clamp(min=0.0)            # logp = old + delta stays a log-probability (<= 0)
     return old + delta, old, A, mask
 
 

@@ -21,8 +21,10 @@ def _cfg(low=0.2, high=0.28, c=10.0):
 
 def _inputs(seed, B=6, T=9, spread=0.6):
     g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
-    logp = (old + torch.randn(B, T, generator=g, dtype=torch.float64) * spread).requires_grad_()
+    nll = torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    delta = torch.randn(B, T, generator=g, dtype=torch.float64) * spread
+    old = -nll - delta.clamp(min=0.0)                      # both old and logp stay log-probabilities (<= 0)
+    logp = (old + delta).requires_grad_()
     adv = torch.randn(B, generator=g, dtype=torch.float64).unsqueeze(-1).expand(B, T).contiguous()
     mask = torch.rand(B, T, generator=g) > 0.25
     mask[:, 0] = True

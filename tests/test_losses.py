@@ -35,7 +35,7 @@ PPO_EXPECTED_DUAL = [-1.2, -0.5, 0.8, 3.0, 2.0, -1.0]
 
 def _ppo_inputs():
     A = _t([[a for a, _ in PPO_CASE]])
-    old = torch.full_like(A, -1.0)
+    old = torch.full_like(A, -2.0)
     logp = (old + torch.log(_t([[r for _, r in PPO_CASE]]))).requires_grad_(True)
     return logp, old, A, _t([PPO_MASK]).bool()
 
@@ -57,8 +57,8 @@ def test_ppo_and_dual_clip_values_and_clip_fractions_on_hand_built_tokens(name, 
 def test_dapo_default_is_clip_higher_with_dual_clip_10():
     # r = 1.25 is clipped by eps_high = 0.2 (ppo) but not by 0.28 (dapo); r = 5 with A < 0 is dual-clipped at 3 but not 10
     A = _t([[1.0, -1.0, -1.0]])
-    old = torch.zeros_like(A)
-    logp = torch.log(_t([[1.25, 5.0, 12.0]]))
+    old = torch.full_like(A, -3.0)
+    logp = old + torch.log(_t([[1.25, 5.0, 12.0]]))
     per_tok, m = ercref.LOSSES["dapo"](logp, old, A, torch.ones_like(A))
     torch.testing.assert_close(per_tok, _t([[-1.25, 5.0, 10.0]]), atol=1e-12, rtol=0)
     assert m["ppo/clip_frac_high"] == 0 and m["ppo/dual_clip_frac"] == pytest.approx(1 / 3)
@@ -72,8 +72,8 @@ def test_kl_approx_old_is_masked_mean_of_old_minus_new_logp(batch):
 
 def test_log_ratio_is_clamped_at_20():
     A = _t([[1.0, 1.0]])
-    logp = _t([[30.0, -30.0]]).requires_grad_(True)
-    per_tok, _ = ercref.LOSSES["pg"](logp, torch.zeros_like(A), A, torch.ones_like(A))
+    logp = _t([[-1.0, -61.0]]).requires_grad_(True)
+    per_tok, _ = ercref.LOSSES["pg"](logp, torch.full_like(A, -31.0), A, torch.ones_like(A))
     torch.testing.assert_close(per_tok, -torch.exp(_t([[20.0, -20.0]])))
     assert torch.equal(_per_token_grad(per_tok, logp), torch.zeros_like(A))
 
@@ -145,7 +145,7 @@ def test_cispo_matches_verl_restatement_value_and_gradient(batch):
 def test_gspo_matches_verl_restatement_value_and_gradient(mode):
     gen = torch.Generator().manual_seed(5)
     B, T = 6, 7
-    old = -3 * torch.rand(B, T, generator=gen, dtype=F64)
+    old = -3 * torch.rand(B, T, generator=gen, dtype=F64) - 13.0   # low enough for logp = old + shift to stay <= 0
     shift = _t([0.3, -0.3, 1e-4, -2e-4, 0.0, 12.0]).unsqueeze(-1)  # clipped high/low, inside, and log s > 10
     logp = (old + shift + 0.05 * torch.randn(B, T, generator=gen, dtype=F64)).requires_grad_(True)
     A = _t([1.0, -1.0, 0.5, -2.0, 1.0, 1.0])
@@ -184,7 +184,7 @@ def test_half_precision_inputs_give_exactly_the_fp32_loss_and_gradient(name, hal
     exp() overflowing at a log-ratio of 11.)"""
     gen = torch.Generator().manual_seed(2)
     B, T = 8, 16
-    old = (-4 * torch.rand(B, T, generator=gen)).to(half).float()
+    old = (-4 * torch.rand(B, T, generator=gen) - 13.0).to(half).float()   # logp = old + delta stays <= 0
     delta = torch.where(torch.rand(B, T, generator=gen) < 0.2, 12.0, 0.15 * torch.randn(B, T, generator=gen))
     logp32 = (old + delta).to(half).float().requires_grad_(True)
     A = torch.randn(B, generator=gen).to(half).float()

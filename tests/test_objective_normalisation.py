@@ -22,8 +22,10 @@ MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 def _minibatch(seed: int, B: int = 6, T: int = 7):
     g = torch.Generator().manual_seed(seed)
-    logp = (-torch.rand(B, T, generator=g, dtype=torch.float64) * 3).requires_grad_()
-    old = (logp.detach() + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64))
+    nll = torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    delta = 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)      # old - logp
+    logp = (-nll - delta.clamp(min=0.0)).requires_grad_()                # both stay log-probabilities (<= 0)
+    old = logp.detach() + delta
     ent = (torch.rand(B, T, generator=g, dtype=torch.float64) * 2 + 0.1).requires_grad_()
     old_ent = ent.detach() * (1 + 0.1 * torch.randn(B, T, generator=g, dtype=torch.float64))
     lengths = torch.randint(1, T + 1, (B,), generator=g)

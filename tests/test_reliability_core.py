@@ -102,6 +102,7 @@ def test_every_loss_on_half_inputs_equals_the_fp32_loss_and_gradient(half, name,
     A = data.draw(arrays(np.float64, shape[:1], elements=st.floats(-5.0, 5.0)))
     mask = data.draw(arrays(np.bool_, shape))
     mask[0, 0] = True
+    logp = logp - np.clip(shift, 0.0, None)                        # old_logp = logp + shift stays <= 0
     a16, a32, mask = _loss_args(half, logp.tolist(), (logp + shift).tolist(), A.tolist(), mask.tolist())
     p16, m16 = ercref.LOSSES[name](*a16, mask)
     p32, m32 = ercref.LOSSES[name](*a32, mask)
@@ -125,7 +126,9 @@ def test_compute_policy_loss_on_half_inputs_equals_fp32_with_every_term(half, na
         "entropy": 3 * torch.rand(B, T, generator=gen),
         "advantages": torch.randn(B, generator=gen),
     }
-    vals["old_logp"] = vals["logp"] + 0.3 * torch.randn(B, T, generator=gen)
+    delta = 0.3 * torch.randn(B, T, generator=gen)
+    vals["logp"] = vals["logp"] - delta.clamp(min=0.0)             # old_logp = logp + delta stays <= 0
+    vals["old_logp"] = vals["logp"] + delta
     vals["ref_logp"] = vals["logp"] - 0.2 * torch.rand(B, T, generator=gen)
     vals["old_entropy"] = vals["entropy"] * (0.9 + 0.2 * torch.rand(B, T, generator=gen))
     mask = torch.rand(B, T, generator=gen) < 0.8
