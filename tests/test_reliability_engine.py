@@ -104,3 +104,13 @@ def test_response_lengths_must_give_one_length_per_response(lengths):
         score_responses(["1", "2", "3"], ["1", "2", "3"], cfg, lengths=lengths, max_new_tokens=4)
     rewards, _ = score_responses(["1", "2", "3"], ["1", "2", "3"], cfg, lengths=torch.tensor([4, 0, 0]), max_new_tokens=4)
     assert rewards.tolist() == [0.0, 1.0, 1.0]
+
+
+def test_the_planner_counts_the_supervised_warm_up():
+    """The warm-up trains on all sft.batch_size rows in one forward + backward: a batch too large for
+    the device is refused by the plan (naming sft.batch_size), not found by an out-of-memory error."""
+    big = memory.plan_memory(make_config("cpu-tiny", overrides={"sft.batch_size": 10 ** 6}), device_bytes=8 * 2 ** 30)
+    assert big.peak_phase == "sft" and not big.fits and "sft.batch_size (now 1000000" in big.message()
+    small = memory.plan_memory(make_config("cpu-tiny", overrides={"sft.batch_size": 8}), device_bytes=8 * 2 ** 30)
+    assert 0 < small.phases["sft"] < big.phases["sft"] / 1000
+    assert "sft" not in memory.plan_memory(make_config("cpu-tiny", overrides={"sft.steps": 0}), device_bytes=8 * 2 ** 30).phases

@@ -463,7 +463,7 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
     n_micro = max(math.ceil(mb_rows * width / tok), math.ceil(mb_rows / t.micro_batch_size) if t.micro_batch_size else 1)
     per_layer = _act_bytes_per_token_layer(s, wb, autocast)
     resid = 4 if wb == 4 else 2
-    grads = add(f"gradients ({m.dtype})", P * wb, "update")
+    grads = add(f"gradients ({m.dtype})", P * wb, "update, sft" if cfg.sft.steps else "update")
     if m.gradient_checkpointing:
         act = add(f"update: checkpointed layer inputs ({tok} tokens)", L * tok * h * resid, "update")
         layer = add("update: one recomputed layer", tok * per_layer, "update")
@@ -487,6 +487,17 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
         copy = add(f"update: weight copy for optim/update_norm ({m.dtype})", P * wb, "update")
         phases["update"] = max(phases["update"], batch + grads + copy)
 
+    if cfg.sft.steps:   # the supervised warm-up: one forward + backward of all sft.batch_size rows at once
+        sft_tok = cfg.sft.batch_size * width             # prompt + an answer of at most max_new_tokens
+        if m.gradient_checkpointing:
+            sft = add(f"sft: checkpointed layer inputs + one layer ({sft_tok} tokens)",
+                      L * sft_tok * h * resid + sft_tok * per_layer, "sft")
+        else:
+            sft = add(f"sft: saved activations ({sft_tok} tokens x {L} layers)", L * sft_tok * per_layer, "sft")
+        sft += add("sft: padding mask, LM-head tiles, backward buffers", cfg.sft.batch_size * width ** 2 * (1 + cb)
+                   + sft_tok * 3 * h * 4 + 3 * tile(sft_tok) + V * h * 4 + sft_tok * (2 * h + 2 * i) * 4, "sft")
+        phases["sft"] = grads + sft
+
     budgets = {"rollout.max_tokens_per_generate": r.max_tokens_per_generate,
                "rollout.max_tokens_per_logprob": r.max_tokens_per_logprob,
                "train.max_tokens_per_forward": t.max_tokens_per_forward}
@@ -504,6 +515,7 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
         "evaluate": gen_fix + f", or train.eval_max_new_tokens (now {t.eval_max_new_tokens or r.max_new_tokens})",
         "old log-probs": (f"lower rollout.max_tokens_per_logprob (now {r.max_tokens_per_logprob or 'unset'}; "
                           f"unset uses train.max_tokens_per_forward, now {t.max_tokens_per_forward or 'unlimited'})"),
+        "sft": f"lower sft.batch_size (now {cfg.sft.batch_size}: the warm-up trains on the whole batch at once){gc}",
         "update": (f"lower train.max_tokens_per_forward (now {t.max_tokens_per_forward or 'unlimited'}){gc}"
                    + (f", or train.micro_batch_size (now {t.micro_batch_size})" if t.micro_batch_size else "")),
     }
