@@ -10,8 +10,8 @@ defaults of ``ercref.lm.config``, in the layout of a config file (sections of fi
                      signal. Run much longer and the policy collapses onto one letter.
     gpu-paper-1.5b   the paper's recipe for DeepSeek-R1-Distill-Qwen-1.5B, value by value as the authors'
                      script (data/recipes/erc_authors_1.5b.json). The authors ran it on 64 GPUs; on one
-                     GPU a step takes tens of minutes to hours (ercref.lm.memory.estimate_step_seconds
-                     prints an estimate). For that scale use verl (scripts/verl_erc_1.5b.sh). Needs CUDA.
+                     GPU a step takes hours (python -m ercref.study.gpu_plan prints the planner's
+                     estimate). For that scale use verl (scripts/verl_erc_1.5b.sh). Needs CUDA.
     gpu-1x80gb-1.5b  the same model and recipe sized for one 80 GB GPU: vLLM colocated, 32 prompts x 8
                      samples per step, responses <= 4K tokens, 200 steps.
 """
