@@ -273,6 +273,7 @@ def test_too_few_trajectories_give_no_verdict(tmp_path):
     assert set(pt["verdict"]) == {vr.too_few_seeds(4)} and (pt["n_traj"] == 4).all() and pt["p"].isna().all()
     md = branch_report.branch_report(NAME, tmp_path)
     assert "| **too few seeds (4)** |" in md and "Of 0 tests: 0 supported" in md
+    assert "| DAPO+ERC - DAPO |" not in md and "Not counted: 36 too few seeds" in md   # 3 pairs x 2 K x 6 measures
 
 
 def test_exploratory_comparisons_are_per_k_and_exclude_the_primaries(tmp_path):

@@ -55,8 +55,9 @@ def _arms(df: pd.DataFrame) -> list[str]:
 def _colors(arms) -> dict[str, tuple]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20" if len(arms) > 10 else "tab10"]
-    return {a: cmap(i % cmap.N) for i, a in enumerate(arms)}
+    cmap = colormaps["tab20"]
+    order = [*range(0, 20, 2), *range(1, 20, 2)]     # tab20's ten strong colours first, then their light pairs
+    return {a: cmap(order[i % 20]) for i, a in enumerate(arms)}
 
 
 def ecdf_figure(df: pd.DataFrame) -> Figure:

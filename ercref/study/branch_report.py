@@ -325,9 +325,11 @@ def _exploratory_lines(et: pd.DataFrame) -> list[str]:
              f"{_disagreements(tests)} of the {len(tests)} tests."]
     ks = sorted(set(et["K"]), key=int)
     sub = et[et["label"].isin([label for *_, label in EXPLORATORY_METRICS[:TABLE_METRICS]])]
+    sub = sub[sub.groupby(["arm", "baseline", "label"], sort=False)["p"].transform(lambda p: p.notna().any())]
     if sub.empty:
         return lines
-    lines += ["", "| arm - other | measure (predicted) | " + " | ".join(f"K={k}" for k in ks) + " |",
+    lines += ["", f"The first {TABLE_METRICS} measures, where some K has a test:", "",
+              "| arm - other | measure (predicted) | " + " | ".join(f"K={k}" for k in ks) + " |",
               "|---|---|" + "---|" * len(ks)]
     for (arm, base, label), g in sub.groupby(["arm", "baseline", "label"], sort=False):
         by = {r.K: (f"{_interval(r)} {r.verdict}" if math.isfinite(r.p) else r.verdict) for r in g.itertuples()}
