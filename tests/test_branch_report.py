@@ -210,6 +210,19 @@ def test_the_interval_is_the_t_interval_of_per_trajectory_means(tmp_path):
     assert r["boot_low"] <= m <= r["boot_high"] and r["boot_low"] >= min(by_hand.values())
 
 
+def test_an_infinite_value_is_left_out_and_said(tmp_path):
+    root = write_branch(tmp_path)
+    rec = make_record(2, 20, 8, "DAPO+ERC")
+    rec["drift"]["heldout"]["drift/kl_old_new/p99"] = math.inf        # a support mismatch: KL = +inf
+    record_path(root, 2, 20, 8, "DAPO+ERC").write_bytes(record_bytes(rec))
+    df = _load(tmp_path)
+    pairs, _ = branch_report.paired(df, "DAPO+ERC", "DAPO", "heldout/drift/kl_old_new/p99")
+    assert len(pairs) == 19 and pairs.attrs["non_finite"] == 1 and np.isfinite(pairs["diff"]).all()
+    md = branch_report.branch_report(NAME, tmp_path)
+    h1 = next(line for line in md.splitlines() if line.startswith("| **H1**"))
+    assert "| 5 / 19 |" in h1 and "(1 branch points left out: a NaN or inf value)" in h1
+
+
 def test_branch_points_lacking_an_arm_are_listed(tmp_path):
     root = write_branch(tmp_path)
     md = branch_report.branch_report(NAME, tmp_path)

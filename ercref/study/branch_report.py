@@ -66,14 +66,15 @@ EXPLORATORY_METRICS = (
 )
 TABLE_METRICS = 3                          # the markdown's exploratory table shows the first this many metrics
 COLUMNS = ["arm", "baseline", "region", "metric", "direction", "K", "n_traj", "n_points", "traj_means", "base_mean",
-           "mean", "low", "high", "boot_low", "boot_high", "p", "mde", "verdict", "judgement", "refused"]
+           "mean", "low", "high", "boot_low", "boot_high", "p", "mde", "verdict", "judgement", "refused", "non_finite"]
 
 
 # ----------------------------------------------------------------------------- pairing and comparisons
 def paired(df: pd.DataFrame, arm: str, baseline: str, col: str, ks=None) -> tuple[pd.DataFrame, list[str]]:
     """(pairs, refused) for ``arm`` - ``baseline`` on column ``col`` at the K values ``ks`` (None: all):
     pairs has seed, branch_step, K, arm_value, base_value, diff, one row per branch point holding both
-    arms with the same state_sha256 and finite values; refused names each branch point whose two
+    arms with the same state_sha256 and finite values (``.attrs["non_finite"]``: how many pairs were
+    left out for a NaN or inf value, e.g. an infinite KL); refused names each branch point whose two
     records carry different state_sha256 (never paired)."""
     cols = ["seed", "branch_step", "K", "arm_value", "base_value", "diff"]
     if df.empty or col not in df.columns:
@@ -91,7 +92,10 @@ def paired(df: pd.DataFrame, arm: str, baseline: str, col: str, ks=None) -> tupl
                         "K": m["K"].astype(int), "arm_value": m[f"{col}_a"].astype(float),
                         "base_value": m[f"{col}_b"].astype(float)})
     out["diff"] = out["arm_value"] - out["base_value"]
-    return out[np.isfinite(out["diff"])].reset_index(drop=True)[cols], refused
+    finite = np.isfinite(out["diff"])
+    out = out[finite].reset_index(drop=True)[cols]
+    out.attrs["non_finite"] = int((~finite).sum())
+    return out, refused
 
 
 def trajectory_gain(df: pd.DataFrame) -> float | None:
@@ -119,7 +123,7 @@ def compare(df: pd.DataFrame, arm: str, baseline: str, region: str | None, metri
            "K": "all" if ks is None else ",".join(str(k) for k in ks), "n_traj": 0, "n_points": len(pairs),
            "traj_means": {}, "base_mean": math.nan, "mean": math.nan, "low": math.nan, "high": math.nan, "boot_low": math.nan,
            "boot_high": math.nan, "p": math.nan, "mde": math.nan, "verdict": vr.too_few_seeds(0), "judgement": None,
-           "refused": refused}
+           "refused": refused, "non_finite": pairs.attrs.get("non_finite", 0)}
     if pairs.empty:
         return row
     a, b = cluster_means(pairs["arm_value"], pairs["seed"]), cluster_means(pairs["base_value"], pairs["seed"])
@@ -300,6 +304,8 @@ def _primary_lines(pt: pd.DataFrame, definition: dict) -> list[str]:
             diff, boot, p = _interval(r), f"[{_g(r.boot_low)}, {_g(r.boot_high)}]", f"{r.p:.2g} / {r.p_holm:.2g}"
         else:
             diff, boot, p = (f"{_g(r.mean)}" if math.isfinite(r.mean) else ""), "", ""
+        if r.non_finite:
+            diff += f" ({r.non_finite} branch points left out: a NaN or inf value)"
         lines.append(f"| **{r.id}** | {_cell(r.text)} | {r.arm} - {r.baseline} ({r.K}) | {r.n_traj} / {r.n_points} | {diff} "
                      f"| {boot} | {p} | **{r.verdict}** |")
     return lines
@@ -377,13 +383,14 @@ def branch_report(name: str, results_dir=None, figures_dir=None) -> str:
 README_BLOCK = re.compile(r"(<!-- branch-report: (\S+) -->\n)(.*?)(<!-- /branch-report -->)", flags=re.S)
 
 
-def refresh_readme(path=None, results_dir=None) -> list[str]:
-    """Replace every ``<!-- branch-report: NAME -->`` ... ``<!-- /branch-report -->`` block of the README
-    with branch_report(NAME) of the current cache. Returns the names."""
+def refresh_readme(path=None, results_dir=None, figures_dir=None) -> list[str]:
+    """Replace every ``<!-- branch-report: NAME -->`` ... ``<!-- /branch-report -->`` block of the file
+    ``path`` (default README.md; results_page passes docs/results.md) with branch_report(NAME) of the
+    current cache, drawing its figures into ``figures_dir`` when given. Returns the names."""
     path = Path(path) if path is not None else REPO_ROOT / "README.md"
     text = path.read_text()
     names = [m.group(2) for m in README_BLOCK.finditer(text)]
-    text = README_BLOCK.sub(lambda m: m.group(1) + branch_report(m.group(2), results_dir) + m.group(4), text)
+    text = README_BLOCK.sub(lambda m: m.group(1) + branch_report(m.group(2), results_dir, figures_dir) + m.group(4), text)
     path.write_text(text)
     return names
 
