@@ -56,7 +56,7 @@ def test_something_other_than_a_config_is_refused_by_name():
 @pytest.mark.parametrize("name, text, phrase", [
     ("bool_key.yaml", "train:\n  on: 3\n", "the key True in 'train'"),
     ("int_key.yaml", "loss:\n  loss_kwargs:\n    1: 0.2\n", "the key 1 in 'loss.loss_kwargs'"),
-    ("big.json", '{"train": {"steps": 1' + "0" * 5000 + "}}", "cannot be read"),
+
     ("big.yaml", "train:\n  steps: 1" + "0" * 5000 + "\n", "cannot be read"),
 ])
 def test_config_file_values_python_cannot_take_name_the_file(tmp_path, name, text, phrase):
@@ -81,3 +81,10 @@ def test_the_rules_module_imports_no_engine_module():
     import ercref.lm.config_rules as mod
     nodes = [n for n in ast.walk(ast.parse(Path(mod.__file__).read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not [n for n in nodes if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("ercref"))]
+
+
+def test_an_integer_over_pythons_digit_limit_in_a_json_file_is_refused_by_its_field(tmp_path):
+    p = tmp_path / "big.json"
+    p.write_text('{"train": {"steps": 1' + "0" * 5000 + "}}")
+    with pytest.raises(ValueError, match=r"train.steps must be an integer >= 1, got <an integer of 5001 digits>"):
+        make_config(config_file=p)

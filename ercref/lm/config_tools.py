@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -260,15 +261,13 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"config file {name}: a value cannot be read ({e})") from None
     else:
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = json.loads(text, object_pairs_hook=_unique_keys, parse_int=_json_int)
         except _DuplicateKey as e:
             line = _line_of_second(text, json.dumps(e.key))
             raise ValueError(f"config file {name}{f', line {line}' if line else ''}: {e.key!r} appears twice in one "
                              "object (the second would silently replace the first); keep one") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {name}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
-        except ValueError as e:  # a number json cannot build (an integer over Python's digit limit)
-            raise ValueError(f"config file {name}: a value cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {name} must hold a mapping of sections, e.g. "
                          f"{{\"loss\": {{\"beta_low\": 0.1}}}}, got {type(data).__name__}")
@@ -285,6 +284,22 @@ def _check_keys(name: str, data: Mapping, where: str = "") -> None:
                              "(YAML reads unquoted on/off/yes/no/true/false/null and numbers as values): quote it")
         if isinstance(value, Mapping):
             _check_keys(name, value, f"{where}.{key}" if where else key)
+
+
+class _LongInteger:
+    """An integer literal over Python's int-string limit: kept as text so that the field it is given
+    to refuses it by name (an int field: "must be an integer ..., got <an integer of N digits>")."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<an integer of {len(self.text.lstrip('-'))} digits>"
+
+
+def _json_int(text: str) -> int | _LongInteger:
+    limit = sys.get_int_max_str_digits()
+    return _LongInteger(text) if limit and len(text.lstrip("-")) > limit else int(text)
 
 
 class _DuplicateKey(Exception):
