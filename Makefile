@@ -58,9 +58,10 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check ercref tests benchmarks scripts tools
 
-# the README's "What we found" blocks = the reports of the committed study caches (tests/test_study_report.py)
+# docs/results.md's study reports, the README's results summary and its figure = the committed study caches
+# (tests/test_results_page.py)
 study-report: $(STAMP)
-	$(BIN)/python -c "from ercref.study.report import refresh_readme; print(refresh_readme())"
+	$(BIN)/python -m ercref.study --write-results
 
 test: lint
 	$(BIN)/python -m pytest -q tests

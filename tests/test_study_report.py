@@ -1,18 +1,19 @@
 """ercref.study.report: the verdict table of a study cache (built here in tmp_path in the runner's
-layout), `python -m ercref.study NAME --report`, and the README's "What we found" block, which must
-equal the report of the committed cache."""
+layout) under ercref.study.verdict_rules, and `python -m ercref.study NAME --report`. That
+docs/results.md's blocks equal the reports of the committed caches: tests/test_results_page.py."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ercref.study import claims, report, stability
+from ercref.study import verdict_rules as vr
 from ercref.study.__main__ import main
 from ercref.study.cache import read_run_log, run_paths, study_dir, write_run, write_study_json
 from ercref.study.studies import Study, tiny_controls, tiny_stability_map
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, K = 20, 4
 ARMS = {"DAPO": {}, "DAPO+ERC": {}, "DAPO+random-mask": {}}
 
@@ -95,12 +96,15 @@ def test_run_table_reads_stability_measures_from_each_log(tmp_path):
 
 def test_verdicts_with_five_seeds_none_with_four(tmp_path):
     vt = report.verdict_table("toy", _cache(tmp_path))
-    assert vt.loc[vt["cell"] == "B", "verdict"].isna().all() and (vt.loc[vt["cell"] == "B", "n"] == 4).all()
+    b = vt[vt["cell"] == "B"]
+    assert (b["verdict"] == "too few seeds (4)").all() and (b["status"] == vr.FEW_SEEDS).all() and (b["n"] == 4).all()
+    assert b["mean"].isna().all() and not b["counted"].any()
     a = vt[vt["cell"] == "A"]
-    assert a["verdict"].notna().all() and (a["n"] == 5).all()
-    expected = {"entropy_volatility": claims.REPRODUCED, "grad_spikes": claims.REPRODUCED,
-                "steps_to_collapse": claims.REPRODUCED, "final_accuracy": claims.CONTRADICTED,
-                "erc_clip_frac": claims.REPRODUCED}
+    assert (a["status"] == vr.VERDICT).all() and (a["n"] == 5).all() and (a["role"] == vr.EXPLORATORY).all()
+    assert a["counted"].tolist() == [m != report.CLIP for m in a["measure"]]      # the band describes
+    expected = {"entropy_volatility": claims.SUPPORTED, "grad_spikes": claims.SUPPORTED,
+                "steps_to_collapse": claims.SUPPORTED, "final_accuracy": claims.CONTRADICTED,
+                "erc_clip_frac": claims.SUPPORTED}
     for other in ("DAPO", "DAPO+random-mask"):
         for measure, label in expected.items():
             assert _row(vt, "A", "DAPO+ERC", other, measure)["verdict"] == label, (other, measure)
@@ -114,13 +118,13 @@ def test_verdicts_with_five_seeds_none_with_four(tmp_path):
 
 
 def test_lower_is_the_papers_direction_for_volatility_and_spikes(tmp_path):
-    """ERC smoother -> difference < 0 -> reproduced; ERC the one that zig-zags -> contradicted."""
+    """ERC smoother -> difference < 0 -> supported; ERC the one that zig-zags -> contradicted."""
     smooth = report.verdict_table("toy", _cache(tmp_path / "a"))
     rough = report.verdict_table("toy", _cache(tmp_path / "b", erc_zigzag=True))
     for measure in ("entropy_volatility", "grad_spikes"):
         s, r = _row(smooth, "A", "DAPO+ERC", "DAPO", measure), _row(rough, "A", "DAPO+ERC", "DAPO", measure)
         assert s["direction"] == r["direction"] == -1
-        assert s["high"] < 0 and s["verdict"] == claims.REPRODUCED
+        assert s["high"] < 0 and s["verdict"] == claims.SUPPORTED
         assert r["low"] > 0 and r["verdict"] == claims.CONTRADICTED
 
 
@@ -129,11 +133,12 @@ def test_markdown_report_and_cli(tmp_path, capsys):
     text = report.study_report("toy", tmp_path)
     assert text.startswith(f"Study `toy` (cache `{tmp_path / 'toy'}`): 23 runs cached")
     assert "seeds [0, 1, 2, 3, 4]" in text and "2.30 run-hours" in text and "`0123456789ab-dirty` (23 runs)" in text
-    assert "B DAPO+ERC vs DAPO (n=4 seeds: no verdict)" in text
+    assert "Fewer than 5 paired seeds, no verdict: B DAPO+ERC vs DAPO (too few seeds (4))." in text
     table = [line for line in text.splitlines() if line.startswith("| A |")]
-    assert len(table) == 2 and all(line.count(" reproduced") == 4 and " contradicted" in line for line in table)
-    assert "Of 8 tests with >= 5 paired seeds: 6 reproduced, 2 contradicted, 0 inconclusive (if no arm differed" in text
-    assert "about 0.4 of them would exclude 0 by chance alone" in text
+    assert len(table) == 2 and all(line.count(" supported") == 4 and " contradicted" in line for line in table)
+    assert ("Of 8 tests (0 primary, 8 exploratory): 6 supported, 0 not supported, 2 contradicted; about 0.4 would "
+            "exclude 0 by chance alone if no arm differed (0.05 x 8 tests") in text
+    assert "every comparison here is exploratory" in text and "reproduced" not in text and "paper: ERC" not in text
     study = Study("toy", "cpu-tiny", {}, {"A": {}, "B": {}}, ARMS, [0, 1, 2, 3, 4])
     assert main(["toy", "--report", "--results-dir", str(tmp_path)], studies={"toy": lambda: study}) == 0
     assert capsys.readouterr().out == text
@@ -149,9 +154,9 @@ def test_inconclusive_shows_the_mde_and_an_uncollapsed_cell_says_so(tmp_path):
         _write_run(root, "A", "DAPO+ERC", s, _rows(s, True, False, None, 0.5 + (0.02 if s % 2 else -0.02)))
     vt = report.verdict_table("toy", tmp_path)
     acc = _row(vt, "A", "DAPO+ERC", "DAPO", "final_accuracy")
-    assert acc["verdict"] == claims.INCONCLUSIVE and acc["mde"] > 0
+    assert acc["verdict"] == claims.NOT_SUPPORTED and acc["mde"] > 0
     text = report.study_report("toy", tmp_path)
-    assert f"inconclusive, MDE {acc['mde']:.2g}" in text and "(no run collapsed)" in text
+    assert f"not supported, MDE {acc['mde']:.2g}" in text and "(no run collapsed)" in text
 
 
 def test_empty_cache_and_a_broken_log(tmp_path):
@@ -166,37 +171,99 @@ def test_empty_cache_and_a_broken_log(tmp_path):
         report.run_table("toy", tmp_path)
 
 
-@pytest.mark.slow
-def test_readme_blocks_are_the_reports_of_the_committed_cache(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    blocks = list(report.README_BLOCK.finditer(readme))
-    assert {m.group(2) for m in blocks} >= {"tiny-stability-map", "tiny-controls"}, \
-        "README.md lacks the <!-- study-report: NAME --> ... <!-- /study-report --> blocks"
-    for m in blocks:
-        name, block = m.group(2), m.group(3)
-        assert block.strip() == report.study_report(name).strip(), (
-            f"README.md's study report is not the report of the cache data/results/{name}: run `make study-report`")
-    copy = tmp_path / "README.md"                     # refresh_readme rewrites exactly those blocks
-    copy.write_text(readme.replace(blocks[0].group(3), "stale\n"))
-    assert report.refresh_readme(copy) == [m.group(2) for m in blocks] and copy.read_text() == readme
-
-
-def test_an_erc_arm_that_clips_nothing_is_said_plainly(tmp_path):
-    """K = 1 is on-policy: rho = 1, ERC clips nothing and both arms train identically."""
-    study = Study("toy", "cpu-tiny", {}, {"K1": {}}, {"DAPO": {}, "DAPO+ERC": {}}, [0, 1, 2, 3, 4])
+def _one_cell(tmp_path: Path, cell: str, arms: dict, runs, primary=None) -> Path:
+    """Study "toy" with one cell; ``runs``: {arm: fn(seed) -> rows}, seeds 0-4."""
+    study = Study("toy", "cpu-tiny", {}, {cell: {}}, arms, [0, 1, 2, 3, 4])
     root = study_dir("toy", tmp_path)
     root.mkdir(parents=True)
     write_study_json(study, root)
-    for s in range(5):
-        rows = _rows(s, False, True, 10 + s, 0.5)
-        _write_run(root, "K1", "DAPO", s, rows)
-        _write_run(root, "K1", "DAPO+ERC", s, [{**r, "erc/clip_frac": 0.0} if r["kind"] == "minibatch" else r for r in rows])
+    if primary is not None:                      # a confirmatory study's saved primaries
+        d = json.loads((root / "study.json").read_text())
+        (root / "study.json").write_text(json.dumps({**d, "primary": primary}))
+    for arm, fn in runs.items():
+        for s in range(5):
+            _write_run(root, cell, arm, s, fn(s))
+    return tmp_path
+
+
+def _on_policy(rows: list[dict]) -> list[dict]:
+    """K = 1: one minibatch per step, staleness 0, ERC clips nothing."""
+    return [{**r, "staleness": 0, "erc/clip_frac": 0.0} if r["kind"] == "minibatch" else r
+            for r in rows if r["kind"] != "minibatch" or r["staleness"] == 0]
+
+
+def test_k1_is_not_a_test_and_not_counted(tmp_path):
+    """K = 1 is on-policy: rho = 1, ERC clips nothing and both arms train identically; even where the
+    numbers would give verdicts (here ERC's log is smooth, DAPO's zig-zags), none is given or counted."""
+    _one_cell(tmp_path, "K1", {"DAPO": {}, "DAPO+ERC": {}},
+              {"DAPO": lambda s: _on_policy(_rows(s, False, True, 10 + s, 0.5)),
+               "DAPO+ERC": lambda s: _on_policy(_rows(s, True, False, None, 0.5))})
     vt = report.verdict_table("toy", tmp_path)
-    assert set(vt.loc[vt["measure"] != report.CLIP, "verdict"]) == {claims.INCONCLUSIVE}
-    assert (vt.loc[vt["measure"] != report.CLIP, "mean"] == 0).all()
-    clip = _row(vt, "K1", "DAPO+ERC", "DAPO", report.CLIP)
+    assert (vt["verdict"] == vr.NOT_A_TEST).all() and (vt["status"] == vr.IDENTICAL).all() and not vt["counted"].any()
+    text = report.study_report("toy", tmp_path)
+    assert "Of 0 tests (0 primary, 0 exploratory)" in text and "Not counted: 5 not a test (identical by construction" in text
+    assert "Not a test (identical by construction), K = 1 (no stale minibatch, ERC clipped no token), not counted: " \
+           "K1 DAPO+ERC vs DAPO." in text
+    assert "| K1 |" not in text
+
+
+def test_an_erc_arm_that_clips_nothing_is_said_plainly(tmp_path):
+    """Stale minibatches, but ERC clipped no token: a verdict on the band, said plainly."""
+    _one_cell(tmp_path, "K4", {"DAPO": {}, "DAPO+ERC": {}},
+              {"DAPO": lambda s: _rows(s, False, True, 10 + s, 0.5),
+               "DAPO+ERC": lambda s: [{**r, "erc/clip_frac": 0.0} if r["kind"] == "minibatch" else r
+                                      for r in _rows(s, True, True, 10 + s, 0.5)]})
+    clip = _row(report.verdict_table("toy", tmp_path), "K4", "DAPO+ERC", "DAPO", report.CLIP)
     assert clip["verdict"] == claims.CONTRADICTED and clip["mean"] == 0     # 0 % is below the paper's band
     assert "0.0% [0.0%, 0.0%] contradicted (clipped no token)" in report.study_report("toy", tmp_path)
+
+
+def _flat_accuracy(rows: list[dict], acc: float) -> list[dict]:
+    """Every evaluation at ``acc``: the arm did not learn."""
+    return [{**r, "eval/avg@4": acc} if r["kind"] == "eval" else r for r in rows]
+
+
+def test_no_accuracy_verdict_where_dapo_did_not_learn(tmp_path):
+    """ERC's final accuracy is 0.3 higher in every seed, but DAPO's held-out accuracy never rose: no
+    accuracy verdict, not counted; the other measures keep theirs."""
+    _one_cell(tmp_path, "K4", {"DAPO": {}, "DAPO+ERC": {}, "DAPO+random-mask": {}},
+              {"DAPO": lambda s: _flat_accuracy(_rows(s, False, True, 10 + s, 0.2), 0.2 + 0.01 * s),
+               "DAPO+ERC": lambda s: _rows(s, True, False, None, 0.5 + 0.01 * s),
+               "DAPO+random-mask": lambda s: _rows(s, True, True, 10 + s, 0.5)})
+    vt = report.verdict_table("toy", tmp_path)
+    for other in ("DAPO", "DAPO+random-mask"):          # the reference arm is DAPO for the control too
+        acc = _row(vt, "K4", "DAPO+ERC", other, "final_accuracy")
+        assert acc["verdict"] == "no verdict (DAPO did not learn)" and acc["status"] == vr.NOT_LEARNED
+        assert not acc["counted"] and acc["gain"] == pytest.approx(0.0)
+        assert _row(vt, "K4", "DAPO+ERC", other, "entropy_volatility")["status"] == vr.VERDICT
+    text = report.study_report("toy", tmp_path)
+    assert "no verdict (DAPO did not learn): gain +0.000 < +0.10" in text
+    assert "Not counted: 2 accuracy without a verdict (the reference arm did not learn)" in text
+
+
+def test_accuracy_verdict_where_dapo_learned_and_primaries_from_the_definition(tmp_path):
+    _one_cell(tmp_path, "K4", {"DAPO": {}, "DAPO+ERC": {}},
+              {"DAPO": lambda s: _rows(s, False, True, 10 + s, 0.5 + 0.01 * s),
+               "DAPO+ERC": lambda s: _rows(s, True, False, None, 0.6 + 0.01 * s)},
+              primary=[["K4", "DAPO+ERC", "DAPO", "final_accuracy"]])
+    vt = report.verdict_table("toy", tmp_path)
+    acc = _row(vt, "K4", "DAPO+ERC", "DAPO", "final_accuracy")
+    assert acc["gain"] == pytest.approx(0.32) and acc["verdict"] == claims.SUPPORTED and acc["role"] == vr.PRIMARY
+    assert (vt.loc[vt["measure"] != "final_accuracy", "role"] == vr.EXPLORATORY).all()
+    text = report.study_report("toy", tmp_path)
+    assert "**primary**: +0.1 [+0.1, +0.1] supported" in text and "Of 4 tests (1 primary, 3 exploratory)" in text
+    assert "comparisons marked **primary** are the study's pre-registered endpoints" in text
+
+
+def test_kl_cov_spike_verdict_carries_its_caveat(tmp_path):
+    _one_cell(tmp_path, "K4", {"DAPO+ERC": {}, "KL-Cov": {}},
+              {"KL-Cov": lambda s: _rows(s, False, True, 10 + s, 0.5),
+               "DAPO+ERC": lambda s: _rows(s, True, False, None, 0.5)})
+    spikes = _row(report.verdict_table("toy", tmp_path), "K4", "DAPO+ERC", "KL-Cov", "grad_spikes")
+    assert spikes["note"].startswith("not comparable") and spikes["verdict"] == claims.SUPPORTED
+    line = next(ln for ln in report.study_report("toy", tmp_path).splitlines() if ln.startswith("| K4 |"))
+    assert "supported (not comparable: KL-Cov's penalty keeps a tiny gradient" in line
+    assert line.count("not comparable") == 1                # only beside the spike count
 
 
 def _token_records(seed: int, low_clipped: bool) -> list[dict]:
@@ -220,11 +287,12 @@ def test_claim2_from_token_captures(tmp_path):
             _write_run(root, cell, "DAPO+ERC", sd, _rows(sd, True, False, None, 0.5), tokens=_token_records(sd, low))
     tt = report.token_claim_table("caps", tmp_path).set_index("cell")
     assert tt.loc["A", "n"] == 5 and tt.loc["A", "tokens"] == 200
-    assert tt.loc["A", "mean"] == pytest.approx(7 / 8) and tt.loc["A", "verdict"] == claims.REPRODUCED
+    assert tt.loc["A", "mean"] == pytest.approx(7 / 8) and tt.loc["A", "verdict"] == claims.SUPPORTED
     assert tt.loc["B", "mean"] == pytest.approx(0.0) and tt.loc["B", "verdict"] == claims.CONTRADICTED
     assert tt.loc["A", "median_H_clipped"] < tt.loc["A", "median_H_kept"]
     md = report.study_report("caps", tmp_path)
     assert "Claim 2" in md and "| A | DAPO+ERC | 5 | 200 | 87.5% [" in md and "contradicted" in md
+    assert "Of 2 tests (0 primary, 2 exploratory): 1 supported, 0 not supported, 1 contradicted; about 0.1 would" in md
     assert report.token_claim_table("toy", _cache(tmp_path / "other")).empty   # no captures: no table
     assert "Claim 2" not in report.study_report("toy", tmp_path / "other")
 

@@ -114,8 +114,9 @@ def test_bad_input_is_named():
         vr.erc_can_act(-1)
     with pytest.raises(ValueError, match="max_staleness"):
         vr.erc_can_act(True)
-    with pytest.raises(ValueError, match="gain must be a finite number"):
+    with pytest.raises(ValueError, match="gain must be a number < inf"):
         vr.learned(float("nan"))
+    assert not vr.learned(-float("inf"))              # no gain could be measured: not learned
     with pytest.raises(ValueError, match="n_tests must be an int >= 0"):
         vr.expected_by_chance(-1)
     with pytest.raises(ValueError, match=r"seeds \[4\] are in one arm only"):

@@ -1,5 +1,6 @@
 """``python -m ercref.study <study> [--hours H] [--workers N] [--status] [--report] ...``: run a named
-study into its cache (runner.py), show what the cache holds (--status) or its verdict report (report.py)."""
+study into its cache (runner.py), show what the cache holds (--status) or its verdict report (report.py);
+``python -m ercref.study --write-results``: regenerate the results page and the README's summary (results_page.py)."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,16 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
                     help="show cached / damaged / left runs and run-hours (sum of wall times) per cell and arm")
     ap.add_argument("--report", action="store_true",
                     help="print the markdown report of the cache: paired verdicts per cell and arm pair, provenance "
-                         "(what the README's 'What we found' section pastes; ercref.study.report)")
+                         "(what docs/results.md pastes; ercref.study.report)")
+    ap.add_argument("--write-results", action="store_true",
+                    help="regenerate docs/results.md's study reports, the README's results summary and its figure "
+                         "from the caches (ercref.study.results_page; also `make study-report`)")
     args = ap.parse_args(argv)
+    if args.write_results:
+        from .results_page import refresh_results
+
+        print("refreshed: " + ", ".join(refresh_results(results_dir=args.results_dir)))
+        return 0
     if args.study is None:
         if not args.list:
             ap.error("name a study (or --list): " + ", ".join(sorted(studies)))

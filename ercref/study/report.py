@@ -1,32 +1,43 @@
-"""What a study's cache shows, as a table of paired verdicts: markdown for the README's "What we
-found", a DataFrame for notebooks. Every number is read from the cache; the statistics are
-ercref.study.claims' (intervals, MDE, symmetric verdicts) and the measures ercref.study.stability's.
+"""What a study's cache shows, as a table of paired verdicts under the one set of verdict rules
+(ercref.study.verdict_rules): markdown for docs/results.md (and the README's summary), a DataFrame
+for notebooks. Every number is read from the cache; the statistics are ercref.study.claims'
+(intervals, MDE, symmetric verdicts) and the measures ercref.study.stability's.
 
     python -m ercref.study tiny-stability-map --report [--results-dir D]     # prints study_report(...)
 
 Pairs (arm_pairs): an arm "X+ERC" (or "X+ERC-b<beta>", the beta ablation) against "X" when the
 study has that arm; every other arm that is no such X (a control or baseline) against "DAPO+ERC".
 The difference is always ERC arm - other arm, per seed, on the seeds both arms hold at that cell.
+The reference arm of a pair (whose learning decides whether accuracy gets a verdict) is the ERC
+arm's loss without ERC (DAPO for DAPO+ERC and its controls, GPPO for GPPO+ERC).
 
-Measures (one number per run, MEASURES; direction = what the paper predicts for ERC - other):
+Measures (one number per run, MEASURES; direction = the study's hypothesis for ERC - other, taken
+from the paper's claims):
     entropy volatility     -1  stability.entropy_volatility: std of the step-to-step change of the
                                rollout entropy (claims.ENTROPY_KEY)
-    grad-norm spikes       -1  stability.grad_norm_spikes (k = 3 x the running median)
+    grad-norm spikes       -1  stability.grad_norm_spikes (k = 3 x the running median); not
+                               comparable against KL-Cov (NOT_COMPARABLE: its penalty's gradient
+                               sets the median after a collapse), marked so beside that verdict
     steps to collapse      +1  stability.collapse_step, with a run that never collapses scored
                                steps + 1 (censored at the run's end: two seeds that never collapse
-                               differ by 0, so a cell where no run collapses is inconclusive with MDE 0,
-                               marked "no run collapsed"); chosen over a collapsed-by-the-end
+                               differ by 0, so a cell where no run collapses is not supported with
+                               MDE 0, marked "no run collapsed"); chosen over a collapsed-by-the-end
                                indicator because it also sees ERC delaying a collapse both arms reach
     final accuracy         +1  stability.final_accuracy (the last held-out eval/avg@k)
 and the ERC arm's clip fraction (mean erc/clip_frac over all its minibatches, k = 0 included, as
-claim 1a of claims.claims_table), tested with claims.band_verdict against claims.CLIP_RATE_BAND.
+claim 1a of claims.claims_table), described with claims.band_verdict against claims.CLIP_RATE_BAND.
 
-A verdict needs MIN_SEEDS paired seeds; a (cell, pair) with fewer is listed as "n=... seeds: no verdict".
+The rules (verdict_rules.judge): a cell whose runs never had a stale minibatch (K = 1) is "not a
+test (identical by construction)"; a (cell, pair) with fewer than MIN_SEEDS paired seeds is "too
+few seeds (n)"; final accuracy gets no verdict unless the reference arm learned (its seed-mean
+held-out accuracy rose >= 0.10 from the first to the best evaluation); every comparison is
+exploratory unless the study's saved definition (study.json) lists it under "primary" as
+[cell, ERC arm, other arm, measure]; the tally beside the table gives the count expected by chance.
 
 Token captures (a study with capture_steps, e.g. tiny-token-captures): the paper's claim 2 per cell and
 ERC arm, token_claim_table: the share of ERC-clipped tokens whose old entropy is below the median of
-all captured tokens of that seed (claims.low_entropy_shares), tested against 0.5 with
-claims.direction_verdict (paper: above), with the median old entropy of clipped and kept tokens.
+all captured tokens of that seed (claims.low_entropy_shares), the hypothesis: above 0.5, with the
+median old entropy of clipped and kept tokens.
 """
 from __future__ import annotations
 
@@ -37,22 +48,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ercref.paths import REPO_ROOT
-
 from . import claims, stability
+from . import verdict_rules as vr
 from .cache import finished_runs, load_tokens, read_study_json, study_dir, wall_seconds
-from .plots import MIN_BAND_SEEDS
 from .token_view import token_table
 
-MIN_SEEDS = MIN_BAND_SEEDS           # paired seeds a verdict needs (the same as plots' bands)
+MIN_SEEDS = vr.MIN_PAIRED_SEEDS      # paired seeds a verdict needs
 REFERENCE_ERC_ARM = "DAPO+ERC"       # what the controls and baselines are compared with
 ERC_ARM = re.compile(r"^(?P<base>.+)\+ERC(-b[0-9.e+-]+)?$")
-# (column of run_table, the paper's direction for ERC - other, header with the paper's prediction)
-MEASURES = (("entropy_volatility", -1, "entropy volatility (paper: ERC lower)"),
-            ("grad_spikes", -1, "grad-norm spikes (paper: ERC fewer)"),
-            ("steps_to_collapse", +1, "steps to collapse, never = steps + 1 (paper: ERC later)"),
-            ("final_accuracy", +1, "final held-out accuracy (paper: ERC higher)"))
+# (column of run_table, the hypothesis' direction for ERC - other, header with the hypothesis)
+MEASURES = (("entropy_volatility", -1, "entropy volatility (hypothesis: ERC lower)"),
+            ("grad_spikes", -1, "grad-norm spikes (hypothesis: ERC fewer)"),
+            ("steps_to_collapse", +1, "steps to collapse, never = steps + 1 (hypothesis: ERC later)"),
+            ("final_accuracy", +1, "final held-out accuracy (hypothesis: ERC higher)"))
+ACCURACY = "final_accuracy"
 CLIP = "erc_clip_frac"
+# (other arm, measure) -> why that verdict is not comparable (printed beside it)
+NOT_COMPARABLE = {("KL-Cov", "grad_spikes"): "not comparable: KL-Cov's penalty keeps a tiny gradient after a "
+                                            "collapse, so the spike median falls to the penalty's scale"}
 
 
 def arm_pairs(arms) -> list[tuple[str, str]]:
@@ -63,6 +76,20 @@ def arm_pairs(arms) -> list[tuple[str, str]]:
     if REFERENCE_ERC_ARM in arms:
         pairs += [(REFERENCE_ERC_ARM, a) for a in arms if not ERC_ARM.match(a) and a not in bases]
     return pairs
+
+
+def reference_arm(erc: str, other: str, arms) -> str:
+    """The arm whose learning decides whether accuracy gets a verdict: the ERC arm's loss without
+    ERC when the cell has it (DAPO for DAPO+ERC vs a control), else ``other``."""
+    m = ERC_ARM.match(erc)
+    return m["base"] if m and m["base"] in set(arms) else other
+
+
+def _eval_curve(rows) -> tuple[float, ...]:
+    """Held-out accuracy at each evaluation, in step order (the first eval/avg@k key of the log)."""
+    evals = sorted((r for r in rows if r.get("kind") == "eval"), key=lambda r: r["step"])
+    key = next((c for r in evals for c in r if c.startswith("eval/avg@")), None)
+    return tuple(float(r[key]) for r in evals if key in r) if key else ()
 
 
 def _definition(name: str, root: Path) -> dict:
@@ -77,8 +104,10 @@ def _definition(name: str, root: Path) -> dict:
 def run_table(name: str, results_dir=None) -> pd.DataFrame:
     """One row per finished run in the cache of study ``name`` whose files check out
     (cache.finished_runs): cell, arm, seed, its provenance (wall_s, git_commit, cpu, finished) and
-    stability.run_summary of its log, plus steps_to_collapse (collapse_step, never -> steps + 1) and
-    erc_clip_frac (NaN without ERC). ``.attrs["problems"]``: the damaged runs and stray files left out."""
+    stability.run_summary of its log, plus steps_to_collapse (collapse_step, never -> steps + 1),
+    erc_clip_frac (NaN without ERC), max_staleness (the largest minibatch staleness k: 0 at K = 1)
+    and eval_curve (held-out accuracy per evaluation, in step order).
+    ``.attrs["problems"]``: the damaged runs and stray files left out."""
     root = study_dir(name, results_dir)
     runs, problems = finished_runs(root, tokens=False)
     rows = []
@@ -95,7 +124,10 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
                      "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
                      "finished": meta.get("finished"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
-                     CLIP: float(np.mean(clip)) if clip else math.nan})
+                     CLIP: float(np.mean(clip)) if clip else math.nan,
+                     "max_staleness": max((int(r.get("staleness", 0)) for r in run.rows if r.get("kind") == "minibatch"),
+                                          default=0),
+                     "eval_curve": _eval_curve(run.rows)})
     df = pd.DataFrame(rows)
     df.attrs["problems"] = problems
     return df
@@ -106,25 +138,53 @@ def _per_seed(runs: pd.DataFrame, cell: str, arm: str, col: str) -> dict[int, fl
     return {int(s): float(v) for s, v in zip(g["seed"], g[col])}
 
 
+def learning_gains(runs: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """{(cell, arm): verdict_rules.learning_gain of that arm's held-out accuracy curves} for every
+    cell and arm with an evaluation curve (curves cut to the shortest of the arm's seeds)."""
+    out = {}
+    for (cell, arm), g in runs.groupby(["cell", "arm"], sort=False):
+        curves = {int(s): c for s, c in zip(g["seed"], g["eval_curve"]) if len(c) >= 2}
+        if curves:
+            n = min(len(c) for c in curves.values())
+            out[(cell, arm)] = vr.learning_gain({s: c[:n] for s, c in curves.items()})
+    return out
+
+
+def _primaries(d: dict) -> set[tuple[str, str, str, str]]:
+    """The study definition's "primary" entries, [cell, ERC arm, other arm, measure] each."""
+    prim = d.get("primary") or []
+    bad = [p for p in prim if not (isinstance(p, (list, tuple)) and len(p) == 4)]
+    if bad:
+        raise ValueError(f"study.json 'primary' entries must be [cell, ERC arm, other arm, measure], got {bad}")
+    return {tuple(p) for p in prim}
+
+
 def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (cell, ERC arm, other arm, measure) with a cached run of both arms: n paired seeds,
-    the arms' means, the tested quantity's mean / low / high (paired difference; the ERC arm's clip
-    rate for measure "erc_clip_frac"), the paper's direction (0: a band), verdict (None below
-    MIN_SEEDS seeds), mde and detail (str of the claims.Verdict)."""
+    """One row per (cell, ERC arm, other arm, measure) with a cached run of both arms, judged by
+    verdict_rules.judge (module doc): n paired seeds, the arms' means, the tested quantity's mean /
+    low / high (paired difference; the ERC arm's clip rate for measure "erc_clip_frac"; NaN without
+    a verdict), the hypothesis' direction (0: a band), verdict (the label: supported / not supported
+    / contradicted, or why there is none), status and role (verdict_rules), counted (a test for the
+    chance count), mde, detail (str of the Judgement), gain (the reference arm's learning gain, for
+    accuracy rows) and note (NOT_COMPARABLE). ``.attrs["judgements"]``: the Judgements in row order."""
     root = study_dir(name, results_dir)
     d = _definition(name, root)
     runs = run_table(name, results_dir) if runs is None else runs
     cols = ["cell", "erc_arm", "other_arm", "measure", "direction", "n", "erc_mean", "other_mean", "mean", "low",
-            "high", "verdict", "mde", "detail"]
+            "high", "verdict", "status", "role", "counted", "mde", "detail", "gain", "note"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
+    primaries, gains = _primaries(d), learning_gains(runs)
     cells = list(d["cells"]) + sorted(set(runs["cell"]) - set(d["cells"]))
-    out = []
+    out, judgements = [], []
     for cell in cells:
         arms = list((d.get("cell_arms") or {}).get(cell, d["arms"]))
         arms += sorted(set(runs.loc[runs["cell"] == cell, "arm"]) - set(arms))
         for erc, other in arm_pairs(arms):
             both = set(_per_seed(runs, cell, erc, "seed")) & set(_per_seed(runs, cell, other, "seed"))
+            sub = runs[(runs["cell"] == cell) & runs["arm"].isin([erc, other])]
+            acts = vr.erc_can_act(int(sub["max_staleness"].max())) if len(sub) else True
+            ref = reference_arm(erc, other, arms)
             for col, direction, _ in (*MEASURES, (CLIP, 0, "")):
                 a = {s: x for s, x in _per_seed(runs, cell, erc, col).items() if s in both}
                 b = {s: x for s, x in _per_seed(runs, cell, other, col).items() if s in a}
@@ -132,44 +192,59 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
                 if not seeds:
                     continue
                 a = {s: a[s] for s in seeds}
-                v = None
-                if len(seeds) >= MIN_SEEDS:
-                    v = (claims.band_verdict(a, claims.CLIP_RATE_BAND, f"{erc} clip rate") if col == CLIP else
-                         claims.paired_verdict(a, b, direction, f"{col}: {erc} - {other}"))
+                # a reference arm with fewer than 2 evaluations has no measured gain: not learned
+                gain = gains.get((cell, ref), 0.0) if col == ACCURACY else math.nan
+                note = NOT_COMPARABLE.get((other, col), "")
+                j = vr.judge(a, None if col == CLIP else b, direction,
+                             name=f"{col} at {cell}: {erc} - {other}" + (" (not comparable)" if note else ""),
+                             erc_can_act=acts, accuracy=col == ACCURACY,
+                             learning_gain=gain if col == ACCURACY else None, reference=ref,
+                             primary=(cell, erc, other, col) in primaries,
+                             band=claims.CLIP_RATE_BAND if col == CLIP else None)
+                v = j.verdict
+                judgements.append(j)
                 out.append({"cell": cell, "erc_arm": erc, "other_arm": other, "measure": col, "direction": direction,
                             "n": len(seeds), "erc_mean": float(np.mean(list(a.values()))),
                             "other_mean": float(np.mean(list(b.values()))) if b and col != CLIP else math.nan,
                             "mean": v.mean if v else math.nan, "low": v.low if v else math.nan,
-                            "high": v.high if v else math.nan, "verdict": v.label if v else None,
-                            "mde": v.mde if v else math.nan, "detail": str(v) if v else None})
-    return pd.DataFrame(out, columns=cols)
+                            "high": v.high if v else math.nan, "verdict": j.label, "status": j.status,
+                            "role": j.role, "counted": j.counted, "mde": v.mde if v else math.nan,
+                            "detail": str(j), "gain": gain, "note": note})
+    df = pd.DataFrame(out, columns=cols)
+    df.attrs["judgements"] = judgements
+    return df
 
 
 def token_claim_table(name: str, results_dir=None) -> pd.DataFrame:
     """Claim 2 from a study's token captures (module doc): one row per (cell, arm) whose captures
-    hold ERC-applied tokens, with n seeds, the low-entropy share's mean / low / high, verdict (None
-    below MIN_SEEDS seeds), detail, and the mean over seeds of the median old entropy of clipped and
-    of kept tokens. Empty when the cache holds no captures."""
-    cols = ["cell", "arm", "n", "tokens", "mean", "low", "high", "verdict", "detail", "median_H_clipped", "median_H_kept"]
+    hold ERC-applied tokens, with n seeds, the low-entropy share's mean / low / high, verdict (the
+    verdict_rules label), status, counted, detail, and the mean over seeds of the median old entropy
+    of clipped and of kept tokens. Empty when the cache holds no captures.
+    ``.attrs["judgements"]``: the Judgements in row order."""
+    cols = ["cell", "arm", "n", "tokens", "mean", "low", "high", "verdict", "status", "counted", "detail",
+            "median_H_clipped", "median_H_kept"]
     tokens = load_tokens(name, results_dir)
-    if tokens is None:
-        return pd.DataFrame(columns=cols)
-    out = []
-    for (cell, arm), g in tokens.groupby(["cell", "arm"], sort=True):
+    out, judgements = [], []
+    for (cell, arm), g in ([] if tokens is None else tokens.groupby(["cell", "arm"], sort=True)):
         tk = token_table(g)
         tk = tk[tk["erc_applied"]]
         if tk.empty:
             continue
         shares = claims.low_entropy_shares(tk, arm)
-        v = claims.direction_verdict(shares, +1, 0.5, "low-entropy share") if len(shares) >= MIN_SEEDS else None
+        j = vr.judge(shares, None, +1, null=0.5, name=f"low-entropy share of {arm}'s clipped tokens at {cell}",
+                     erc_can_act=vr.erc_can_act(int(tk["staleness"].max())))
+        v = j.verdict
+        judgements.append(j)
         med = {k: float(np.mean(list(claims.per_seed(tk[tk["clipped"] == c], arm,
                                                      lambda x: x["old_entropy"].median()).values())))
                for k, c in (("median_H_clipped", True), ("median_H_kept", False))}
         out.append({"cell": cell, "arm": arm, "n": len(shares), "tokens": len(tk),
                     "mean": float(np.mean(list(shares.values()))) if shares else math.nan,
                     "low": v.low if v else math.nan, "high": v.high if v else math.nan,
-                    "verdict": v.label if v else None, "detail": str(v) if v else None, **med})
-    return pd.DataFrame(out, columns=cols)
+                    "verdict": j.label, "status": j.status, "counted": j.counted, "detail": str(j), **med})
+    df = pd.DataFrame(out, columns=cols)
+    df.attrs["judgements"] = judgements
+    return df
 
 
 def _token_claim_lines(name: str, results_dir) -> list[str]:
@@ -177,13 +252,14 @@ def _token_claim_lines(name: str, results_dir) -> list[str]:
     if tt.empty:
         return []
     lines = ["", "Claim 2, the tokens ERC clips are mostly low-entropy: per seed, the share of ERC-clipped tokens whose "
-             "old entropy is below that seed's median over all captured tokens (chance 50 %; the paper predicts "
-             "above), 95 % t interval over seeds (`ercref.study.claims.low_entropy_shares`, `direction_verdict`).",
+             "old entropy is below that seed's median over all captured tokens (chance 50 %; the hypothesis: "
+             "above), 95 % t interval over seeds (`ercref.study.claims.low_entropy_shares`, "
+             "`ercref.study.verdict_rules`). " + vr.tally(tt.attrs["judgements"]),
              "", "| cell | arm | seeds | captured tokens | low-entropy share of clipped tokens | median old entropy, "
              "clipped / kept (nats) |", "|---|---|---|---|---|---|"]
     for r in tt.itertuples():
-        share = (f"{r.mean:.1%} [{r.low:.1%}, {r.high:.1%}] {r.verdict}" if r.verdict else
-                 f"{r.mean:.1%} (n={r.n} seeds: no verdict)")
+        share = (f"{r.mean:.1%} [{r.low:.1%}, {r.high:.1%}] {r.verdict}" if r.status == vr.VERDICT else
+                 f"{r.mean:.1%} ({r.verdict})")
         lines.append(f"| {r.cell} | {r.arm} | {r.n} | {r.tokens} | {share} | "
                      f"{r.median_H_clipped:.3g} / {r.median_H_kept:.3g} |")
     return lines
@@ -194,17 +270,23 @@ def _g(x: float) -> str:
 
 
 def _cell_text(r, runs: pd.DataFrame) -> str:
-    if r.verdict is None:
-        return f"n={r.n} seeds: no verdict"
+    if r.status == vr.NOT_LEARNED:
+        return f"{r.verdict}: gain {r.gain:+.3f} < +{vr.LEARNED_MIN_GAIN:.2f}"
+    if r.status != vr.VERDICT:
+        return r.verdict
     if r.measure == CLIP:
         return f"{r.mean:.1%} [{r.low:.1%}, {r.high:.1%}] {r.verdict}" + (" (clipped no token)" if r.erc_mean == 0 else "")
     s = f"{_g(r.mean)} [{_g(r.low)}, {_g(r.high)}] {r.verdict}"
-    if r.verdict == claims.INCONCLUSIVE:
+    if r.verdict == claims.NOT_SUPPORTED:
         s += f", MDE {r.mde:.2g}"
     if r.measure == "steps_to_collapse":
         sub = runs[(runs["cell"] == r.cell) & runs["arm"].isin([r.erc_arm, r.other_arm])]
         if sub["collapse_step"].isna().all():
             s += " (no run collapsed)"
+    if r.note:
+        s += f" ({r.note})"
+    if r.role == vr.PRIMARY:
+        s = f"**primary**: {s}"
     return s
 
 
@@ -226,9 +308,9 @@ def _provenance(name: str, runs: pd.DataFrame, d: dict, results_dir) -> str:
 
 
 def study_report(name: str, results_dir=None) -> str:
-    """The markdown report of what the cache of study ``name`` holds (module doc): provenance,
-    a verdict count, one table row per (cell, pair) with >= MIN_SEEDS paired seeds, and a list
-    of those with fewer."""
+    """The markdown report of what the cache of study ``name`` holds (module doc): provenance, the
+    tally of the rules (verdict_rules.tally), one table row per (cell, pair) with a verdict, and the
+    pairs without one: K = 1 cells (not a test) and pairs with too few seeds."""
     root = study_dir(name, results_dir)
     d = _definition(name, root)
     runs = run_table(name, results_dir)
@@ -239,33 +321,41 @@ def study_report(name: str, results_dir=None) -> str:
     vt = verdict_table(name, results_dir, runs)
     if vt.empty:
         return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
-    judged = vt[vt["verdict"].notna() & (vt["measure"] != CLIP)]
-    counts = judged["verdict"].value_counts()
-    lines += ["", f"Paired by seed, ERC arm - other arm, 95 % Student-t interval over seeds (`ercref.study.claims`): "
-              f"**reproduced** = the interval excludes 0 in the paper's direction, **contradicted** = it excludes 0 "
-              f"the other way, **inconclusive** = it contains 0 (MDE: the smallest effect those seeds could "
-              f"detect). Of {len(judged)} tests with >= {MIN_SEEDS} paired seeds: "
-              + ", ".join(f"{counts.get(lab, 0)} {lab}" for lab in claims.LABELS)
-              + f" (if no arm differed from another, about {0.05 * len(judged):.1f} of them would exclude 0 by chance "
-              "alone: 5 % each, not corrected for multiple comparisons). "
-              "Grad-norm spikes: minibatches with a policy-gradient signal whose norm exceeds 3x the median of the "
-              "earlier ones (`stability.grad_norm_spikes`); for KL-Cov, whose penalty term keeps a tiny gradient "
-              "after a collapse, that median falls to the penalty's scale, so its count is not comparable."]
+    role = ("comparisons marked **primary** are the study's pre-registered endpoints, every other one is exploratory"
+            if (vt["role"] == vr.PRIMARY).any() else "every comparison here is exploratory (the study named no "
+            "primary endpoint)")
+    lines += ["", "Paired by seed, ERC arm - other arm, 95 % Student-t interval over seeds (`ercref.study.claims`), "
+              "under the rules of `ercref.study.verdict_rules`; each column's hypothesis is this study's, taken from "
+              "a claim of the paper: **supported** = the interval excludes 0 in the hypothesis' direction, "
+              "**contradicted** = it excludes 0 the other way, **not supported** = it contains 0 (MDE: the smallest "
+              f"effect those seeds could detect); {role}. K = 1 cells are not tests (every minibatch is on-policy, "
+              f"ERC clips nothing: the arms are identical by construction); a pair needs >= {MIN_SEEDS} paired seeds; "
+              "final accuracy gets a verdict only where the reference arm (the loss without ERC) learned: its "
+              f"seed-mean held-out accuracy rose by >= {vr.LEARNED_MIN_GAIN:.2f} from the first to the best evaluation. "
+              + vr.tally(vt.attrs["judgements"]) + " The clip-fraction column describes ERC's clip rate against the "
+              "paper's ~20 % (a band; not counted as a test). Grad-norm spikes: minibatches with a policy-gradient "
+              "signal whose norm exceeds 3x the median of the earlier ones (`stability.grad_norm_spikes`)."]
     head = ["cell", "ERC arm vs other", "n", *(h for _, _, h in MEASURES),
             f"ERC clip fraction (paper ~20 %: in [{claims.CLIP_RATE_BAND[0]:.0%}, {claims.CLIP_RATE_BAND[1]:.0%}])"]
-    table, few = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], []
+    table, identical, few = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)], [], []
     for (cell, erc, other), g in vt.groupby(["cell", "erc_arm", "other_arm"], sort=False):
         n = int(g["n"].max())
-        if g["verdict"].isna().all():
-            few.append(f"{cell} {erc} vs {other} (n={n} seeds: no verdict)")
+        if (g["status"] == vr.IDENTICAL).all():
+            identical.append(f"{cell} {erc} vs {other}")
+            continue
+        if (g["status"] == vr.FEW_SEEDS).all():
+            few.append(f"{cell} {erc} vs {other} ({vr.too_few_seeds(n)})")
             continue
         by = {r.measure: _cell_text(r, runs) for r in g.itertuples()}
         table.append("| " + " | ".join([cell, f"{erc} vs {other}", str(n), *(by.get(c, "") for c, _, _ in MEASURES),
                                         by.get(CLIP, "")]) + " |")
     if len(table) > 2:
         lines += ["", *table]
+    if identical:
+        lines += ["", f"{vr.NOT_A_TEST[0].upper() + vr.NOT_A_TEST[1:]}, K = 1 (no stale minibatch, ERC clipped no "
+                  "token), not counted: " + "; ".join(identical) + "."]
     if few:
-        lines += ["", f"Fewer than {MIN_SEEDS} paired seeds: " + "; ".join(few) + "."]
+        lines += ["", f"Fewer than {MIN_SEEDS} paired seeds, no verdict: " + "; ".join(few) + "."]
     if runs["cell"].nunique() == 1 and runs["start_accuracy"].notna().any():   # one cell: did each arm learn?
         acc = runs.groupby("arm")[["start_accuracy", "final_accuracy"]].mean()
         lines += ["", "Held-out accuracy, first -> last evaluation, mean over seeds: " + "; ".join(
@@ -274,15 +364,16 @@ def study_report(name: str, results_dir=None) -> str:
     return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
 
 
-README_BLOCK = re.compile(r"(<!-- study-report: (\S+) -->\n)(.*?)(<!-- /study-report -->)", flags=re.S)
+REPORT_BLOCK = re.compile(r"(<!-- study-report: (\S+) -->\n)(.*?)(<!-- /study-report -->)", flags=re.S)
 
 
-def refresh_readme(path=None, results_dir=None) -> list[str]:
+def refresh_report_blocks(path, results_dir=None) -> list[str]:
     """Replace every ``<!-- study-report: NAME -->`` ... ``<!-- /study-report -->`` block of the
-    README with study_report(NAME) of the current cache (``make study-report``). Returns the names."""
-    path = Path(path) if path is not None else REPO_ROOT / "README.md"
+    markdown file ``path`` (docs/results.md: results_page.refresh_results) with study_report(NAME)
+    of the current cache. Returns the names."""
+    path = Path(path)
     text = path.read_text()
-    names = [m.group(2) for m in README_BLOCK.finditer(text)]
-    text = README_BLOCK.sub(lambda m: m.group(1) + study_report(m.group(2), results_dir) + m.group(4), text)
+    names = [m.group(2) for m in REPORT_BLOCK.finditer(text)]
+    text = REPORT_BLOCK.sub(lambda m: m.group(1) + study_report(m.group(2), results_dir) + m.group(4), text)
     path.write_text(text)
     return names

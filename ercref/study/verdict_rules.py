@@ -110,9 +110,11 @@ def learning_gain(curves: Mapping[int, Sequence[float]]) -> float:
 
 
 def learned(gain: float) -> bool:
-    """Rule 3: did the reference arm learn? gain (learning_gain) >= LEARNED_MIN_GAIN."""
-    if not (isinstance(gain, (int, float, np.floating)) and math.isfinite(gain)):
-        raise ValueError(f"gain must be a finite number (learning_gain of the reference arm), got {gain!r}")
+    """Rule 3: did the reference arm learn? gain (learning_gain) >= LEARNED_MIN_GAIN; -inf (no gain
+    could be measured) is not learned."""
+    if not (isinstance(gain, (int, float, np.floating)) and not math.isnan(gain) and gain != math.inf):
+        raise ValueError(f"gain must be a number < inf, -inf when none could be measured (learning_gain of the "
+                         f"reference arm), got {gain!r}")
     return float(gain) >= LEARNED_MIN_GAIN
 
 
