@@ -11,7 +11,8 @@
     verdict_rules  the one set of rules deciding whether a comparison gets a verdict (K = 1, seeds,
                  learning), its wording (supported / not supported / contradicted), the chance count
     stability    per-run stability measures (entropy volatility, grad-norm spikes, collapse step)
-    report       verdict tables and the markdown report of a study cache (README "What we found")
+    report       verdict tables and the markdown report of a study cache (the blocks of docs/results.md)
+    results_page docs/results.md, the README's results summary and its figure, from the caches
     plots        the one plotting module: style, seed bands, run comparisons, live plots
     token_view   per-token tables and HTML highlighting of ERC's clipped tokens
     teaching     show_source / check_exercise / headless-safe interact for the notebooks
