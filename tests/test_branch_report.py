@@ -431,12 +431,18 @@ def test_refresh_readme_rewrites_only_the_branch_blocks(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tiny-branch", "smollm2-branch"])
 def test_the_generated_block_is_the_report_of_the_committed_cache(name):
-    """Checks whenever data/results/NAME holds records: then docs/results.md (every study's full report,
-    ercref.study.results_page) or README.md must hold its block <!-- branch-report: NAME --> ...
-    <!-- /branch-report -->, equal to the report of that cache (`python -m ercref.study --write-results`
-    rewrites it; branch_report.refresh_readme(path) rewrites the blocks of one file)."""
-    if not any((ROOT / "data" / "results" / name).glob("traj*/step*/K*/*.json")):
-        pytest.skip(f"no records in data/results/{name} yet")
+    """Checks whenever git tracks records of data/results/NAME (a cache being filled but not committed is
+    not checked): then docs/results.md (every study's full report, ercref.study.results_page) or README.md
+    must hold its block <!-- branch-report: NAME --> ... <!-- /branch-report -->, equal to the report of
+    that cache (`python -m ercref.study --write-results` rewrites it; branch_report.refresh_readme(path)
+    rewrites the blocks of one file)."""
+    try:
+        tracked = subprocess.run(["git", "ls-files", f"data/results/{name}/traj*"], cwd=ROOT, capture_output=True,
+                                 text=True, check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        tracked = [str(p) for p in (ROOT / "data" / "results" / name).glob("traj*/step*/K*/*.json")]
+    if not tracked:
+        pytest.skip(f"no committed records in data/results/{name} yet")
     blocks = {}
     for doc in (ROOT / "README.md", ROOT / "docs" / "results.md"):
         if doc.is_file():
