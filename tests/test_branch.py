@@ -226,3 +226,18 @@ def test_study_definitions_and_cli_status(tmp_path, capsys):
         replace(tiny, ks=[3]).__post_init__()
     assert branch.main(["tiny-branch", "--status", "--results-dir", str(tmp_path)]) == 0
     assert "0 / 1440 records finished" in capsys.readouterr().out   # 5 seeds x 6 steps x 4 K x 12 arms
+
+
+def test_refuses_unregistered_hypotheses_and_a_changed_definition(tmp_path, monkeypatch):
+    study = small_study()
+    monkeypatch.setattr(branch, "registered_commit", lambda *a: None)
+    with pytest.raises(ValueError, match="not committed"):
+        branch.run_branch_study(study, tmp_path)
+    assert not (tmp_path / study.name).exists()
+    branch.write_branch_study_json(study, tmp_path / study.name, "abc")
+    with pytest.raises(ValueError, match="branch_lr changed"):
+        branch.write_branch_study_json(replace(study, branch_lr=0.5), tmp_path / study.name, "abc")
+    with pytest.raises(ValueError, match="registered_commit abc"):
+        branch.write_branch_study_json(study, tmp_path / study.name, "def")
+    branch.write_branch_study_json(replace(study, seeds=[1]), tmp_path / study.name, "abc")   # more seeds: fine
+    assert json.loads((tmp_path / study.name / "study.json").read_text())["seeds"] == [0, 1]
