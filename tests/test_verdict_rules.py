@@ -121,3 +121,32 @@ def test_bad_input_is_named():
         vr.expected_by_chance(-1)
     with pytest.raises(ValueError, match=r"seeds \[4\] are in one arm only"):
         vr.judge(LOWER, {s: 1.0 for s in range(4)}, -1)
+
+
+def test_judge_verdict_gives_what_judge_gives():
+    v = claims.paired_verdict(LOWER, OTHER, -1, "x")
+    assert vr.judge_verdict(v) == vr.judge(LOWER, OTHER, -1, name="x")
+    assert vr.judge_verdict(v, erc_can_act=False).label == vr.NOT_A_TEST
+    assert vr.judge_verdict(v, accuracy=True, learning_gain=0.05).label == "no verdict (DAPO did not learn)"
+    four = claims.paired_verdict({s: LOWER[s] for s in range(4)}, {s: 1.0 for s in range(4)}, -1)
+    assert vr.judge_verdict(four).label == vr.too_few_seeds(4)
+
+
+def test_ruled_claims_table_applies_the_rules_to_the_papers_claims():
+    from test_claims import _synthetic_logs  # baseline "B" learns: eval 0.3 -> 0.5 + 0.01 seed
+
+    steps, mbs, evals, toks = _synthetic_logs(acc_gap=0.1)
+    table, n = vr.ruled_claims_table(steps, mbs, evals, toks, erc="E", base="B")
+    assert n["learning_gain"] == pytest.approx(0.22) and set(table["verdict"]) == {vr.SUPPORTED}
+    assert table["counted"].tolist() == [False, False, True, True, True, True, True]   # 1a, 1a' are bands
+    assert n["tally"].startswith("Of 5 tests (0 primary, 5 exploratory): 5 supported")
+    # the baseline did not learn: claim 4 has no verdict, the others keep theirs
+    flat = evals.assign(**{"eval/avg@2": evals["eval/avg@2"].where(evals["label"] == "E", 0.3)})
+    table, n = vr.ruled_claims_table(steps, mbs, flat, toks, erc="E", base="B")
+    acc = table.set_index("claim").loc["4. accuracy improves"]
+    assert acc["verdict"] == "no verdict (B did not learn)" and acc["status"] == vr.NOT_LEARNED and not acc["counted"]
+    assert (table["status"] == vr.VERDICT).sum() == 6
+    # K = 1 (staleness 0 only): no claim is a test
+    on_policy = mbs[mbs["staleness"] == 0]
+    table, n = vr.ruled_claims_table(steps, on_policy, evals, toks, erc="E", base="B")
+    assert set(table["verdict"]) == {vr.NOT_A_TEST} and not table["counted"].any()

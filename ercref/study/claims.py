@@ -342,14 +342,16 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     # 1. clip rates
     mb_erc = minibatches[minibatches["label"] == erc]
     rate_all = per_seed(minibatches, erc, lambda g: g["erc/clip_frac"].mean())
-    rate_stale = per_seed(mb_erc[mb_erc["staleness"] >= 1], erc, lambda g: g["erc/clip_frac"].mean())
+    stale = mb_erc[mb_erc["staleness"] >= 1]
+    rate_stale = per_seed(stale, erc, lambda g: g["erc/clip_frac"].mean()) if len(stale) else {}
 
     def ppo_rate(g):
         return (g["ppo/clip_frac_low"] + g["ppo/clip_frac_high"]).mean()
 
     ppo_erc_arm, ppo_base_arm = per_seed(minibatches, erc, ppo_rate), per_seed(minibatches, base, ppo_rate)
     n["seeds/erc_clip_all"], n["seeds/erc_clip_stale"], n["seeds/ppo_clip_erc_arm"] = rate_all, rate_stale, ppo_erc_arm
-    n["erc_clip_all"], n["erc_clip_stale"] = interval(rate_all.values()), interval(rate_stale.values())
+    n["erc_clip_all"] = interval(rate_all.values())
+    n["erc_clip_stale"] = interval(rate_stale.values()) if rate_stale else (math.nan,) * 3
     n["ppo_clip_erc_arm"], n["ppo_clip_base_arm"] = interval(ppo_erc_arm.values()), interval(ppo_base_arm.values())
     beta_note = ""
     if tokens is not None and "rho" in tokens.columns:
@@ -359,8 +361,9 @@ def claims_table(steps: pd.DataFrame, minibatches: pd.DataFrame, evals: pd.DataF
     add(f"1a. ERC clips ~20% of tokens (band {band_txt})", "ERC clip fraction of response tokens, all minibatches",
         fmt_interval(n["erc_clip_all"], pct=True), "", band_verdict(rate_all, band, "ERC clip rate"), beta_note.lstrip("; "))
     add(f"1a'. same, stale minibatches only (k >= 1, band {band_txt})", "ERC clip fraction, minibatches with k >= 1",
-        fmt_interval(n["erc_clip_stale"], pct=True), "", band_verdict(rate_stale, band, "ERC clip rate at k>=1"),
-        "k = 0 is on-policy, where rho = 1 exactly")
+        fmt_interval(n["erc_clip_stale"], pct=True) if rate_stale else "", "",
+        band_verdict(rate_stale, band, "ERC clip rate at k>=1") if rate_stale else None,
+        "k = 0 is on-policy, where rho = 1 exactly" if rate_stale else "no minibatch with k >= 1 (K = 1: on-policy)")
     lin = {s: ppo_erc_arm[s] - max_ratio * rate_all[s] for s in rate_all if s in ppo_erc_arm}
     ratio = [ppo_erc_arm[s] / rate_all[s] for s in lin if rate_all[s] > 0]
     add(f"1b. PPO-clip clips < {max_ratio:g} x ERC's tokens", f"PPO - {max_ratio:g} x ERC clip fraction, ERC arm",

@@ -23,6 +23,11 @@ How to call it (notebooks, study reports, the branching and testbed reports):
 
     one-sample hypotheses (a share against 0.5): judge(erc=shares, other=None, direction=+1, null=0.5, ...)
     a band (ERC clips ~20 %):                     judge(erc=rates, other=None, band=(0.10, 0.40), ...)
+    a claims.Verdict computed already:            judge_verdict(v, erc_can_act=..., accuracy=..., learning_gain=...)
+    the paper's claims 1a-4 from engine logs:     table, n = ruled_claims_table(steps, minibatches, evals, tokens,
+                                                                             erc="DAPO+ERC", base="DAPO")
+                                                  (claims.claims_table with the rules; print n["tally"] beside it)
+    a study cache:                                report.verdict_table(name).attrs["judgements"]
 
 The rules, applied in this order (the first that applies decides; tests in tests/test_verdict_rules.py):
 
@@ -189,6 +194,20 @@ def judge(erc, other=None, direction: int = 0, *, name: str = "ERC - other", erc
         b = _per_seed("other", other)
         seeds = sorted(claims.paired_differences(a, b, drop_unpaired))
     n = len(seeds)
+    withheld = _withheld(name, n, role, erc_can_act, accuracy, learning_gain, reference)
+    if withheld is not None:
+        return withheld
+    if band is not None:
+        v = claims.band_verdict({s: a[s] for s in seeds}, band, name)
+    elif other is None:
+        v = claims.direction_verdict({s: a[s] for s in seeds}, direction, null, name)
+    else:
+        v = claims.paired_verdict({s: a[s] for s in seeds}, {s: b[s] for s in seeds}, direction, name)
+    return Judgement(name, v.label, VERDICT, role, n, v)
+
+
+def _withheld(name: str, n: int, role: str, erc_can_act: bool, accuracy: bool, learning_gain, reference: str):
+    """Rules 1-3: the Judgement without a verdict that the first rule applying gives, else None."""
     if not erc_can_act:
         return Judgement(name, NOT_A_TEST, IDENTICAL, role, n, None,
                          "K = 1: every minibatch is on-policy, ERC clips nothing")
@@ -198,13 +217,52 @@ def judge(erc, other=None, direction: int = 0, *, name: str = "ERC - other", erc
     if accuracy and not learned(learning_gain):
         return Judgement(name, not_learned(reference), NOT_LEARNED, role, n, None,
                          f"{reference}'s held-out accuracy gain {learning_gain:+.3f} < +{LEARNED_MIN_GAIN:.2f}")
-    if band is not None:
-        v = claims.band_verdict({s: a[s] for s in seeds}, band, name)
-    elif other is None:
-        v = claims.direction_verdict({s: a[s] for s in seeds}, direction, null, name)
-    else:
-        v = claims.paired_verdict({s: a[s] for s in seeds}, {s: b[s] for s in seeds}, direction, name)
-    return Judgement(name, v.label, VERDICT, role, n, v)
+    return None
+
+
+def judge_verdict(v: claims.Verdict, *, erc_can_act: bool = True, accuracy: bool = False,
+                  learning_gain: float | None = None, reference: str = "DAPO", primary: bool = False) -> Judgement:
+    """The rules applied to a verdict claims already computed (its n is the seed count): the same
+    Judgement judge() gives for the values behind ``v``."""
+    if accuracy and learning_gain is None:
+        raise ValueError("accuracy=True needs learning_gain= (learning_gain of the reference arm's accuracy curves)")
+    role = PRIMARY if primary else EXPLORATORY
+    withheld = _withheld(v.name, v.n, role, erc_can_act, accuracy, learning_gain, reference)
+    return withheld if withheld is not None else Judgement(v.name, v.label, VERDICT, role, v.n, v)
+
+
+def ruled_claims_table(steps, minibatches, evals, tokens, erc: str, base: str, acc_key: str | None = None,
+                       **kwargs):
+    """claims.claims_table (the paper's claims 1a-4 for arms ``erc`` and ``base``) with the rules
+    applied: every claim is "not a test" when no minibatch of either arm was stale (K = 1), has no
+    verdict below MIN_PAIRED_SEEDS seeds, and claim 4 (accuracy) none unless ``base`` learned
+    (learning_gain of its held-out ``acc_key`` curves, from ``evals``' rows with label, seed, step).
+    Returns (table with the verdict column holding the Judgement's label and the columns status,
+    role, counted added; the numbers dict of claims_table plus "judgements" {claim: Judgement},
+    "learning_gain" and "tally" (the line to print beside the table)). ``kwargs``: claims_table's."""
+    df, n = claims.claims_table(steps, minibatches, evals, tokens, erc, base, acc_key=acc_key, **kwargs)
+    key = acc_key or next(c for c in evals.columns if c.startswith("eval/avg@"))
+    ev = evals[evals["label"] == base].dropna(subset=[key]).sort_values("step")
+    curves = {int(s): g[key].tolist() for s, g in ev.groupby("seed")}
+    shortest = min((len(c) for c in curves.values()), default=0)
+    gain = learning_gain({s: c[:shortest] for s, c in curves.items()}) if shortest >= 2 else -math.inf
+    mb = minibatches[minibatches["label"].isin([erc, base])]
+    acts = erc_can_act(int(mb["staleness"].max())) if len(mb) else True
+    judgements = {}
+    for claim, v in n["verdicts"].items():
+        judgements[claim] = judge_verdict(v, erc_can_act=acts, accuracy=claim.startswith("4."), learning_gain=gain,
+                                          reference=base)
+    df = df.copy()
+    got = [judgements.get(c) for c in df["claim"]]
+    if not acts:                                 # a claim claims_table could not measure is no test either
+        got = [j or Judgement(c, NOT_A_TEST, IDENTICAL, EXPLORATORY, 0) for j, c in zip(got, df["claim"])]
+    df["status"] = [j.status if isinstance(j, Judgement) else None for j in got]
+    df["role"] = [j.role if isinstance(j, Judgement) else None for j in got]
+    df["counted"] = [isinstance(j, Judgement) and j.counted for j in got]
+    df["verdict"] = [j.label if isinstance(j, Judgement) else lab for j, lab in zip(got, df["verdict"])]
+    df["detail"] = [str(j) if isinstance(j, Judgement) else d for j, d in zip(got, df["detail"])]
+    n.update(judgements=judgements, learning_gain=gain, tally=tally(judgements.values()))
+    return df, n
 
 
 def tally(judgements: Iterable[Judgement], alpha: float = ALPHA) -> str:
