@@ -43,14 +43,16 @@ The rules, applied in this order (the first that applies decides; tests in tests
    is   max over evaluations e >= 2 of mean_seeds acc[e]  -  mean_seeds acc[1],
    the best of the seed-mean curve after the first evaluation minus its first point (the seed-mean
    curve, not each seed's peak: the maximum of a noisy curve per seed is biased upward). A run that
-   learns and then collapses counts as learned. Otherwise -> "no verdict (REFERENCE did not learn)".
+   learns and then collapses counts as learned; a gain of -inf (no curve to measure) does not.
+   Otherwise -> "no verdict (REFERENCE did not learn)".
 4. Otherwise a verdict of claims (95 % Student-t interval over seeds), worded as the study's own
    hypothesis "ERC - other has the sign of ``direction``" (or "lies in ``band``"): SUPPORTED
    (the interval excludes ``null`` on the predicted side; for a band: lies inside it), CONTRADICTED
    (excludes it on the other side; outside the band), NOT_SUPPORTED (contains it; straddles an edge;
    with the MDE, the effect those seeds could have detected).
 5. Every judgement is PRIMARY (a pre-registered endpoint of a confirmatory study) or EXPLORATORY
-   (everything else), and says so.
+   (everything else), and says so. The family-wise correction over a study's primaries (Holm) is
+   the study report's, on the primaries' p-values (ercref.study.branch_stats.holm).
 6. Wherever verdicts are listed, tally() prints beside them how many would exclude 0 by chance
    alone if no arm differed: expected_by_chance(n) = ALPHA x n tests (uncorrected). Band verdicts
    describe a rate against the paper's stated value; they are shown but not counted as tests.
