@@ -279,7 +279,7 @@ def heatmap_diff(ax, table, row: str = "K", col: str = "lr", min_seeds: int = MI
     notes = [f"blank: {n_blank} cell(s) with fewer than {min_seeds} seeds (no interval shown)"] if n_blank else []
     notes += [f"blank: {n} cell(s) {reason}" for reason, n in reasons.items()]
     if notes:
-        ax.annotate("\n".join(notes), xy=(0, -0.18), xycoords="axes fraction", fontsize=8, color="0.4", va="top")
+        ax.annotate("\n".join(notes), xy=(0, -0.3), xycoords="axes fraction", fontsize=8, color="0.4", va="top")
     return im
 
 
