@@ -272,3 +272,20 @@ def test_a_study_folder_that_is_a_file_is_named_not_read_as_empty(tmp_path):
     with pytest.raises(ValueError, match="is a file, not a study folder") as e:
         cache.finished_runs(f, warn=False)
     assert str(f) in str(e.value)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cell=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=0, max_size=6),
+       arm=st.sampled_from(["erc", "a/b", "..", ".", "", "DAPO+ERC", "x\\y"]), seed=st.integers(-3, 10 ** 6))
+def test_every_run_name_write_run_accepts_is_found_again_by_the_scan(tmp_path_factory, cell, arm, seed):
+    """write_run either refuses a name (nothing written) or its run is the one unit the scan finds,
+    with no stray file: no name lands outside runs/CELL/ARM or under a file name the scan skips."""
+    root = tmp_path_factory.mktemp("names")
+    try:
+        cache.write_run(root, cell, arm, seed, {"seed": seed}, [{"kind": "step", "step": 1}])
+    except ValueError:
+        assert not any(p.is_file() for p in root.rglob("*"))
+        return
+    scan = cache.scan_runs(root)
+    assert scan.runs == [(cell, arm, seed)] and scan.stray == []
+    assert cache.is_cached(root, cell, arm, seed)
