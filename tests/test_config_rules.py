@@ -88,3 +88,14 @@ def test_an_integer_over_pythons_digit_limit_in_a_json_file_is_refused_by_its_fi
     p.write_text('{"train": {"steps": 1' + "0" * 5000 + "}}")
     with pytest.raises(ValueError, match=r"train.steps must be an integer >= 1, got <an integer of 5001 digits>"):
         make_config(config_file=p)
+
+
+@pytest.mark.parametrize("field, value", [("data.path", "mine.jsonl"), ("data.eval_path", "held_out.jsonl"),
+                                          ("data.eval_paths", {"aime": "aime.json"})])
+def test_a_data_file_given_with_a_synthetic_task_is_refused_not_ignored(field, value):
+    """A synthetic task generates its prompts: a data file given with one would never be read, and the
+    run would train on arithmetic instead of the user's data."""
+    with pytest.raises(ValueError, match=f"{field} needs a real data.task"):
+        make_config("cpu-tiny", overrides={field: value})
+    cfg = make_config("cpu-tiny", overrides={field: value, "data.task": "gsm8k", "data.path": "mine.jsonl"})
+    assert cfg.data.task == "gsm8k"

@@ -101,9 +101,9 @@ class DataConfig(Section):
                              "(a local .jsonl/.parquet file or a hub id)")
         if self.task == "arith" and self.level > 4:
             raise ValueError(f"data.level must be 1, 2, 3 or 4 for data.task='arith', got {self.level}")
-        if self.eval_paths and self.task not in REAL_TASKS:
-            raise ValueError(f"data.eval_paths needs a real data.task ({', '.join(REAL_TASKS)}), got "
-                             f"data.task={self.task!r}: synthetic tasks generate their own eval set")
+        if (given := [f for f in ("path", "eval_path", "eval_paths") if getattr(self, f)]) and self.task not in REAL_TASKS:
+            raise ValueError(f"data.{given[0]} needs a real data.task ({', '.join(REAL_TASKS)}), got data.task="
+                             f"{self.task!r}: synthetic tasks generate their own train and eval sets (the file is not read)")
         for name, path in self.eval_paths.items():
             if not all(c.isalnum() or c in "-_." for c in name) or not path:
                 raise ValueError(f"data.eval_paths.{name}={path!r}: a set name is letters, digits, '-', '_' or '.' "
