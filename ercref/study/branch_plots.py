@@ -92,7 +92,7 @@ def ecdf_figure(df: pd.DataFrame) -> Figure:
 
 def forest_figure(pt: pd.DataFrame, et: pd.DataFrame) -> Figure:
     """Primaries (marked, on top), then the exploratory FOREST_LABEL rows per pair and K: the mean of
-    the per-trajectory differences with its 95 % t interval (thick) and cluster bootstrap (thin), each
+    the per-trajectory differences with its 95 % t interval (thick) and cluster bootstrap (thin, just below), each
     as a percentage of the baseline's mean (base_mean), so comparisons at different K share one axis."""
     rows = [(f"{r.id} (primary): {r.arm} - {r.baseline}, {r.region} {r.metric.split('/', 1)[-1]}, K {r.K}", r, True)
             for r in pt.itertuples()]
@@ -105,7 +105,8 @@ def forest_figure(pt: pd.DataFrame, et: pd.DataFrame) -> Figure:
         scale = 100.0 / r.base_mean if math.isfinite(r.base_mean) and r.base_mean != 0 else math.nan
         color = "C3" if prim else "C0"
         if math.isfinite(r.low) and math.isfinite(scale):
-            ax.plot([scale * r.boot_low, scale * r.boot_high], [y, y], color=color, lw=0.8, alpha=0.7)
+            ax.plot([scale * r.boot_low, scale * r.boot_high], [y + 0.25, y + 0.25], color=color, lw=1.0,
+                    alpha=0.8)                                  # just below the t interval, so both show
             ax.plot([scale * r.low, scale * r.high], [y, y], color=color, lw=3.0, solid_capstyle="butt")
         if math.isfinite(r.mean) and math.isfinite(scale):
             ax.plot([scale * r.mean], [y], marker="D" if prim else "o", color=color, ms=7 if prim else 4)
@@ -117,7 +118,7 @@ def forest_figure(pt: pd.DataFrame, et: pd.DataFrame) -> Figure:
     ax.set_xlabel("arm - baseline, % of the baseline's mean")
     ax.set_ylabel("comparison (primaries in red, on top)")
     ax.set_title("Paired differences from identical states, one mean per trajectory:\n95 % t interval (thick), "
-                 "cluster bootstrap (thin)", fontsize=10)
+                 "cluster bootstrap (thin, below it)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig
 
