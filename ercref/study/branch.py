@@ -22,6 +22,7 @@ without one (tests pass require_registered=False) and saves it in study.json.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -188,16 +189,16 @@ def _tight(study, trainer, point, done: dict, arm: str, k: int, seed: int) -> tu
     slack = max(study.tight_tol * want, 1.0 / max(1, int(done[target]["n_tokens"]["trained"])))
     eps_of = {}
 
-    def f(x):   # x = 1 / eps: the clip share grows with it
-        eps = 1.0 / x
+    def f(x):   # x = ln(1 / eps): the clip share grows with it
+        eps = math.exp(-x)
         cfg = make_config(study.preset, overrides=study.arm_overrides(
             arm, k, seed, {"loss.loss_kwargs.eps_low": eps, "loss.loss_kwargs.eps_high": eps}))
         fields = point.measure(trainer, point.run(trainer, cfg, study.branch_lr))
         eps_of[x] = eps
         return fields["clip"]["ppo"], fields
 
-    x, tries, fields = bracket_secant(f, 1 / 0.2, want, lambda v: abs(v - want) <= slack, study.max_tries,
-                                      proportional=False, bounds=(1 / EPS_RANGE[1], 1 / EPS_RANGE[0]))
+    x, tries, fields = bracket_secant(f, math.log(1 / 0.2), want, lambda v: abs(v - want) <= slack, study.max_tries,
+                                      proportional=False, bounds=(-math.log(EPS_RANGE[1]), -math.log(EPS_RANGE[0])))
     got = fields["clip"]["ppo"]
     return fields, {"target_share": want, "achieved_share": got, "eps": eps_of[x], "tries": len(tries),
                     "within_tol": abs(got - want) <= slack}, eps_of[x]

@@ -250,8 +250,10 @@ def bracket_secant(f, x0: float, target: float, close, max_tries: int, first: tu
                    proportional: bool = True, bounds: tuple[float, float] = (0.0, math.inf)
                    ) -> tuple[float, list[tuple[float, float]], object]:
     """Find x with f(x) close to ``target`` (``close(value) -> bool``), f increasing in x to first order.
-    f(x) -> (value, payload). Until bracketed the next x is x * target / value (``proportional``) or x
-    doubled / halved; then the secant between the closest tries below and above (or their midpoint).
+    f(x) -> (value, payload). Until bracketed the next x is x * target / value (``proportional``), else the
+    bound on the target's side (x doubled / halved where that bound is 0 or infinite): one try there either
+    brackets the target or shows it lies beyond the bound; once bracketed, the secant between the closest
+    tries below and above (or their midpoint).
     ``first``: an (x, value) already known (its payload None). Every x is clipped into ``bounds``; the
     search stops early when the next x was tried already (the target lies beyond a bound). Returns
     (best x, tries [(x, value)], payload of the best try or None when the best is ``first``)."""
@@ -260,7 +262,7 @@ def bracket_secant(f, x0: float, target: float, close, max_tries: int, first: tu
         tried.append((first[0], first[1], None))
     x = x0
     if first is not None and not close(first[1]):
-        x = _next_x(tried, target, proportional)
+        x = _next_x(tried, target, proportional, bounds)
     elif first is not None:
         return first[0], [first], None
     for _ in range(max_tries):
@@ -271,14 +273,14 @@ def bracket_secant(f, x0: float, target: float, close, max_tries: int, first: tu
         tried.append((x, v, payload))
         if close(v):
             break
-        x = _next_x(tried, target, proportional)
+        x = _next_x(tried, target, proportional, bounds)
         if x is None:
             break
     best = min(tried, key=lambda t: abs(t[1] - target))
     return best[0], [(t[0], t[1]) for t in tried], best[2]
 
 
-def _next_x(tried, target: float, proportional: bool) -> float | None:
+def _next_x(tried, target: float, proportional: bool, bounds: tuple[float, float]) -> float | None:
     below = [t for t in tried if t[1] < target]
     above = [t for t in tried if t[1] > target]
     if below and above:
@@ -288,4 +290,7 @@ def _next_x(tried, target: float, proportional: bool) -> float | None:
     x, v, _ = tried[-1]
     if proportional and v > 0 and target > 0:
         return x * target / v
-    return x * 2.0 if v < target else x / 2.0
+    lo, hi = bounds
+    if v < target:
+        return hi if math.isfinite(hi) else x * 2.0
+    return lo if lo > 0 else x / 2.0
