@@ -10,9 +10,10 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# the notebooks whose exercises load their reference solutions with teaching.solution; 03-05 join this list when
-# theirs do (their solutions are in ercref/study/solutions.py already: spikes, paired_interval, group_advantages)
-NOTEBOOKS = [ROOT / "notebooks" / name for name in ("01_what_ppo_clip_cannot_see.ipynb", "02_anatomy_of_erc.ipynb")]
+# the notebooks with exercises; each loads its reference solutions with teaching.solution
+NOTEBOOKS = [ROOT / "notebooks" / name for name in ("01_what_ppo_clip_cannot_see.ipynb", "02_anatomy_of_erc.ipynb",
+                                                    "03_tiny_lm_math_rl.ipynb", "04_smollm2_on_cpu.ipynb",
+                                                    "05_gpu_paper_recipe.ipynb")]
 
 
 def _code(nb):
