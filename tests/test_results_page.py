@@ -37,6 +37,11 @@ def test_summary_row_counts_the_rules_and_marks_what_is_not_run(tmp_path, monkey
     assert table[3] == (f"| `later` | a branching study not run yet | not run yet (no cache at `{tmp_path / 'later'}` "
                         "yet) | | | | |")
     assert table[4].startswith("| the testbed's confirmatory study | the confirmatory study | not run yet")
+    # a cache being filled, every comparison below 5 seeds: no counts that change with each run
+    few = [{"name": "toy", "kind": "study", "what": "w",
+            "judgements": [vr.judge({0: 1.0}, {0: 2.0}, -1), vr.judge({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0}, -1)]}]
+    assert results_page.summary_table(rows=few).splitlines()[2] == \
+        "| `toy` | w | no verdict yet (every comparison has fewer than 5 paired seeds) | | | | |"
 
 
 def test_figure_data_positions_each_test_against_its_interval(tmp_path, monkeypatch):

@@ -120,6 +120,10 @@ def summary_table(results_dir=None, rows: list[dict] | None = None) -> str:
         if not js:
             lines.append(f"| {name} | {r['what']} | no comparison yet (the cache holds no finished run) | | | | |")
             continue
+        if all(j.status == vr.FEW_SEEDS for j in js):      # a cache being filled: no count that changes per run
+            lines.append(f"| {name} | {r['what']} | no verdict yet (every comparison has fewer than "
+                         f"{vr.MIN_PAIRED_SEEDS} paired seeds) | | | | |")
+            continue
         tests = [j for j in js if j.counted]
         n_primary = sum(j.role == vr.PRIMARY for j in tests)
         role = (f"{n_primary} primary, {len(tests) - n_primary} exploratory" if n_primary else "all exploratory")
@@ -172,8 +176,9 @@ def summary_figure(path=FIGURE, results_dir=None, rows: list[dict] | None = None
     rng = np.random.default_rng(0)
     for i, name in enumerate(names):
         pts = data.get(name)
-        if pts is None:
-            ax.text(0, i, "not run yet", ha="center", va="center", fontsize=9, color="0.4", style="italic")
+        if not pts:
+            ax.text(0, i, "not run yet" if pts is None else "no counted test yet", ha="center", va="center",
+                    fontsize=9, color="0.4", style="italic")
             continue
         xs = np.clip([p[0] for p in pts], -lim, lim)
         ys = i + rng.uniform(-0.22, 0.22, len(pts))
