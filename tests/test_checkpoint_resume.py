@@ -51,6 +51,7 @@ def run_dir(tmp_path, cfg):
     tr.log.write({"kind": "step", "step": 1})
     tr.log.write({"kind": "step", "step": 2})
     (tr.out / "config.json").write_text("{}")
+    tr.lock.release()              # this Trainer never fits: let the tests' next Trainer (or CLI) claim the folder
     return tr.out
 
 
@@ -195,6 +196,7 @@ def test_cli_resume_with_damaged_checkpoints_fails_cleanly_and_keeps_the_run(tmp
     (out / "config.json").write_text(__import__("json").dumps(cfg.to_dict()))
     tr.log.write({"kind": "step", "step": 0})
     flip(out / "checkpoints" / "ckpt-00000000.pt")
+    tr.lock.release()      # this Trainer is done with the folder; the CLI below must be able to claim it
     before = snapshot(out)
     p = subprocess.run([sys.executable, "-m", "ercref.train", "--out", str(out), "--resume"], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
@@ -416,3 +418,36 @@ def test_a_state_that_cannot_be_saved_is_named_and_the_same_step_checkpoint_stay
     assert "ckpt-00000003.pt" in str(e.value) and "nothing was written" in str(e.value)
     assert ckpt.load_checkpoint(tmp_path / "ckpt-00000003.pt", required=("x",))["x"].tolist() == [1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000003.json", "ckpt-00000003.pt"]
+
+
+# ----------------------------------------------------------------------------- one Trainer per folder
+def test_a_second_trainer_on_a_folder_in_use_is_refused_and_the_first_run_is_intact(tmp_path, cfg):
+    """The same command started twice (or a notebook cell re-run mid-run): both would pass the "is the
+    folder free?" checks before either wrote, then replace each other's checkpoints and log."""
+    first = Trainer(cfg, tmp_path / "run")
+    with pytest.raises(FileExistsError, match=r"in use by another ercref run .*pick another --out"):
+        Trainer(cfg, tmp_path / "run")
+    first.fit()
+    after = snapshot(tmp_path / "run")
+    assert any(k.startswith("checkpoints/") for k in after) and "metrics.jsonl" in after
+    with pytest.raises(FileExistsError, match="already holds"):     # released after fit: the usual checks speak
+        Trainer(cfg, tmp_path / "run")
+    assert snapshot(tmp_path / "run") == after
+    Trainer(cfg, tmp_path / "run", resume=True).fit()                 # and a resume may claim it
+
+
+def test_a_fit_that_stops_with_an_error_releases_the_folder(tmp_path, cfg):
+    """A notebook cell interrupted mid-fit (KeyboardInterrupt) keeps its Trainer alive in the kernel: the
+    cell must still run again, resuming, instead of being refused as 'in use by another ercref run'."""
+    from ercref.lm.trainer import Callback
+
+    class Interrupt(Callback):
+        def on_fit_start(self, trainer):
+            trainer.save()
+            raise KeyboardInterrupt
+
+    first = Trainer(cfg, tmp_path / "run", callbacks=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    again = Trainer(cfg, tmp_path / "run", resume=True)       # `first` is still referenced here
+    assert again.resumed_from is not None and again.resumed_from.name == "ckpt-00000000.pt"

@@ -477,3 +477,43 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+LOCK_FILE = ".ercref.lock"
+
+
+class RunDirLock:
+    """An exclusive claim on a run folder while one Trainer works in it: ``fcntl.flock`` on
+    ``<out>/.ercref.lock`` (released by ``release()``, when the holder is garbage collected, or when its
+    process ends, even by a crash). A second Trainer on the same folder - the same command started
+    twice, a notebook cell re-run while the first run is still going - is refused before it can write,
+    instead of both passing the "is this folder free?" checks and replacing each other's checkpoints
+    and log. Where ``fcntl`` does not exist (Windows) the claim is a no-op."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / LOCK_FILE
+        self._file = None
+        try:
+            import fcntl
+        except ImportError:   # no advisory locks on this platform
+            return
+        f = open(self.path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise FileExistsError(
+                f"{out} is in use by another ercref run (the lock {self.path} is held: the same command started "
+                "twice, or a notebook cell re-run while its first run is still going). Wait for that run to end "
+                "(or stop it), or pick another --out.") from None
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()   # closing the file releases the flock
+            self._file = None
+
+    def __del__(self):
+        self.release()

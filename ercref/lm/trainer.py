@@ -85,6 +85,7 @@ class Trainer:
         check_hardware(cfg)   # before anything is built: CUDA, vLLM, the model's files
         self.cfg = cfg
         self.out = Path(out_dir)
+        self.lock = ckpt.RunDirLock(self.out)   # one Trainer per folder; released when fit() ends
         self.ckpt_dir = self.out / "checkpoints"
         self.callbacks = list(callbacks)
         found = ckpt.list_checkpoints(self.ckpt_dir)
@@ -467,6 +468,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:
+        """Train to cfg.train.steps. However it ends (done, an error, a KeyboardInterrupt in a notebook), the
+        run folder's lock is released and torch's thread count restored, so the same cell can run again."""
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+            torch.set_num_threads(self._threads_before)
+
+    def _fit(self) -> list[dict]:
         t = self.cfg.train
         self.start()
         self._emit("on_fit_start")
@@ -494,7 +504,6 @@ class Trainer:
         if t.save_policy:
             ckpt.save_policy(self.model, self.tok, self.out)
         self.log.close()
-        torch.set_num_threads(self._threads_before)
         return history
 
 
