@@ -33,12 +33,16 @@ def tiny():
 def test_token_budget_batches_cover_every_row_once_within_budget(lens, budget, max_rows):
     p = torch.tensor([a for a, _ in lens])
     r = torch.tensor([b for _, b in lens])
+    if budget and int((p + r).max()) > budget:                           # a row no micro-batch can hold: refused
+        with pytest.raises(ValueError, match=rf"^max_tokens={budget} is below row \d+'s {int((p + r).max())} tokens"):
+            B.token_budget_batches(p, r, budget, max_rows)
+        return
     batches = B.token_budget_batches(p, r, budget, max_rows)
     rows = torch.cat(batches).tolist()
     assert sorted(rows) == list(range(len(lens)))                       # every row exactly once
     for b in batches:
         cost = len(b) * int(p[b].max() + r[b].max())
-        assert len(b) == 1 or not budget or cost <= budget               # only a lone row may exceed it
+        assert not budget or cost <= budget                              # every micro-batch within the budget
         assert not max_rows or len(b) <= max_rows
     whole = len(lens) * int(p.max() + r.max())
     if (not budget or whole <= budget) and (not max_rows or len(lens) <= max_rows):
@@ -98,11 +102,15 @@ def test_property_budgets_are_refused_naming_them_or_cover_every_row(lens, max_t
         with pytest.raises(ValueError, match="^max_tokens" if not ok(max_tokens) else "^max_rows"):
             B.token_budget_batches(p, r, max_tokens, max_rows)
         return
+    if lens and max_tokens and max(a + b for a, b in lens) > max_tokens:   # a row no micro-batch can hold
+        with pytest.raises(ValueError, match=f"^max_tokens={max_tokens} is below row"):
+            B.token_budget_batches(p, r, max_tokens, max_rows)
+        return
     batches = B.token_budget_batches(p, r, max_tokens, max_rows)
     assert sorted(torch.cat(batches).tolist() if batches else []) == list(range(len(lens)))
     for b in batches:
         cost = len(b) * (max(p[i] for i in b.tolist()) + max(r[i] for i in b.tolist()))
-        assert len(b) == 1 or not max_tokens or cost <= max_tokens
+        assert not max_tokens or cost <= max_tokens
         assert not max_rows or len(b) <= max_rows
 
 

@@ -66,6 +66,10 @@ def token_budget_batches(prompt_lens, resp_lens, max_tokens: int = 0, max_rows: 
     n = p.numel()
     if n == 0:
         return []
+    if max_tokens and int((p + r).max()) > max_tokens:
+        i = int((p + r).argmax())
+        raise ValueError(f"max_tokens={max_tokens} is below row {i}'s {int(p[i] + r[i])} tokens (prompt {int(p[i])} + "
+                         f"response {int(r[i])}): no micro-batch can hold it; give max_tokens >= {int(p[i] + r[i])} or 0")
     whole = n * int(p.max() + r.max())
     if (not max_tokens or whole <= max_tokens) and (not max_rows or n <= max_rows):
         return [torch.arange(n)]
