@@ -14,6 +14,8 @@ from ercref.lm.hardware import check_hardware
     ({"reward.judge": "choice", "data.task": "max"}, ("reward.judge", "data.task")),
     ({"reward.correct": 0.0, "reward.wrong": 0.0}, ("reward.correct", "reward.wrong")),
     ({"reward.scheme": "paper", "reward.correct": -1.0, "reward.wrong": 1.0}, ("reward.correct", "reward.wrong")),
+    ({"data.num_eval": 10**9}, ("data.num_eval", "1,000,000")),        # would generate 10**9 records first
+    ({"data.task": "max", "data.num_train": 10**7}, ("data.num_train", "'max'")),
 ])
 def test_a_config_that_cannot_give_a_meaningful_run_is_refused_when_built(overrides, names):
     with pytest.raises(ValueError) as e:
@@ -28,6 +30,7 @@ def test_a_config_that_cannot_give_a_meaningful_run_is_refused_when_built(overri
     {"reward.judge": "choice", "data.task": "mc-arith"},
     {"reward.judge": "exact", "data.task": "mc-arith"},
     {"reward.correct": 0.5, "reward.wrong": -2.0},
+    {"data.num_eval": 1_000_000},
 ])
 def test_the_rules_leave_meaningful_configs_alone(overrides):
     cfg = make_config("cpu-tiny", overrides=overrides)

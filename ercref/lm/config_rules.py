@@ -75,6 +75,23 @@ def check_reward_order(cfg: Any) -> None:
                          "otherwise RL rewards wrong answers (or, equal, learns nothing from the judge)")
 
 
+MAX_SYNTHETIC_RECORDS = 1_000_000   # generated in memory when the Trainer is built, before the memory planner runs
+
+
+def check_synthetic_size(cfg: Any) -> None:
+    """A synthetic task is generated in memory, record by record, when the run is built: a count far
+    beyond any run's needs (e.g. data.num_eval=10**9) would stall or exhaust memory before any check."""
+    d = cfg.data
+    if d.task not in LETTER_TASKS + NUMBER_TASKS:
+        return
+    for name in ("num_train", "num_eval"):
+        n = getattr(d, name)
+        if n > MAX_SYNTHETIC_RECORDS:
+            raise ValueError(f"data.{name}={n} asks for more generated {d.task!r} records than the "
+                             f"{MAX_SYNTHETIC_RECORDS:,} a synthetic task may generate in memory; lower it (a run "
+                             "draws rollout.prompts_per_step prompts per step; evaluation reads data.num_eval)")
+
+
 def check_rules(cfg: Any) -> None:
     """Every rule between sections, in order; the first broken one raises."""
     if cfg.rollout.prompts_per_step % cfg.train.minibatch_prompts:
@@ -82,5 +99,5 @@ def check_rules(cfg: Any) -> None:
             f"train.minibatch_prompts ({cfg.train.minibatch_prompts}) must divide rollout.prompts_per_step "
             f"({cfg.rollout.prompts_per_step}): the rollout batch is split into equal minibatches")
     for rule in (check_token_budgets, check_overlong_buffer, check_dynamic_sampling, check_judge_task,
-                 check_reward_order):
+                 check_reward_order, check_synthetic_size):
         rule(cfg)
