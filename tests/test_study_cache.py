@@ -289,3 +289,16 @@ def test_every_run_name_write_run_accepts_is_found_again_by_the_scan(tmp_path_fa
     scan = cache.scan_runs(root)
     assert scan.runs == [(cell, arm, seed)] and scan.stray == []
     assert cache.is_cached(root, cell, arm, seed)
+
+
+def test_a_results_dir_that_is_a_file_is_refused_by_name(tmp_path):
+    """Before: `--status --results-dir FILE` printed 'cached 0 / N runs' and exited 0."""
+    f = tmp_path / "results.txt"
+    f.write_text("not a cache")
+    with pytest.raises(ValueError, match=r"^results_dir '.*results\.txt' is a file, not a folder"):
+        cache.study_dir("toy", f)
+    assert cache.study_dir("toy", tmp_path) == tmp_path / "toy"
+    s = Study("t", "cpu-tiny", {}, {"c": {}}, {"A": {}}, [0])
+    with pytest.raises(SystemExit) as e:                              # the CLI: an error naming the file, not "0 / 1"
+        study_main(["t", "--status", "--results-dir", str(f)], studies={"t": lambda: s})
+    assert e.value.code == 2

@@ -65,7 +65,13 @@ class DamagedRunError(ValueError):
 
 # ----------------------------------------------------------------------------- paths
 def study_dir(name: str, results_dir=None) -> Path:
-    return (Path(results_dir) if results_dir is not None else RESULTS_DIR) / name
+    """The folder of study ``name`` under the cache root ``results_dir`` (default RESULTS_DIR);
+    ValueError when the root exists and is not a folder (nothing could be cached or found there)."""
+    root = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"results_dir {str(root)!r} is a file, not a folder: give the folder that holds the "
+                         "studies' caches (default data/results)")
+    return root / name
 
 
 def _run_dir(root: Path, cell: str, arm: str, seed: int) -> tuple[Path, int]:
