@@ -14,24 +14,18 @@ values >= 100 (and +inf): 82 counts.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .cache import write_atomic
+from .cache import ZERO_HASH, check_self_hash, json_object, move_aside, self_hashed_json, write_atomic
 
 HIST_EDGES = [0.0] + [float(x) for x in 10.0 ** np.linspace(-8, 2, 81)]
 RECORD_KEYS = ("study", "seed", "branch_step", "K", "arm", "overrides", "lr", "state_sha256", "git_commit",
                "cpu_model", "torch_threads", "wall_s", "drift", "hist", "n_tokens", "heldout_acc_before",
                "heldout_acc_after", "update_norm", "clip", "matched", "tight_clip", "meta_sha256")
 SET_ASIDE = "set-aside"
-_ZEROS = "0" * 64
-_SELF_HASH = re.compile(rb'"meta_sha256": "([0-9a-f]{64})"')
 
 
 def kl_hist(values) -> list[int]:
@@ -49,11 +43,7 @@ def record_path(root: Path, seed: int, step: int, k: int, arm: str) -> Path:
 
 def record_bytes(record: dict) -> bytes:
     """The file's bytes: ``record`` as indented JSON whose meta_sha256 is the hash of these bytes with it zeroed."""
-    text = json.dumps({**record, "meta_sha256": _ZEROS}, indent=1).encode()
-    marker = f'"meta_sha256": "{_ZEROS}"'.encode()
-    if text.count(marker) != 1:
-        raise ValueError("a branch record must hold exactly one meta_sha256 field")
-    return text.replace(marker, f'"meta_sha256": "{hashlib.sha256(text).hexdigest()}"'.encode())
+    return self_hashed_json({**record, "meta_sha256": ZERO_HASH}, indent=1)
 
 
 def write_record(root: Path, record: dict) -> Path:
@@ -74,19 +64,8 @@ def read_record(path: Path, expect: dict | None = None) -> dict:
     ``expect``: key -> value the record must hold (its study, seed, step, K, arm)."""
     path = Path(path)
     raw = path.read_bytes()
-    try:
-        rec = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise ValueError(f"{path}{where}: invalid JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"{path}: a branch record must be a JSON object")
-    found = _SELF_HASH.findall(raw)
-    if len(found) != 1:
-        raise ValueError(f"{path}: its own hash (meta_sha256) is missing or damaged")
-    zeroed = _SELF_HASH.sub(f'"meta_sha256": "{_ZEROS}"'.encode(), raw)
-    if hashlib.sha256(zeroed).hexdigest() != found[0].decode():
-        raise ValueError(f"{path}: its bytes do not match its own hash (meta_sha256): damaged")
+    rec = json_object(path, raw, "a branch record")
+    check_self_hash(path, raw, "meta_sha256")
     missing = [k for k in RECORD_KEYS if k not in rec]
     if missing:
         raise ValueError(f"{path}: lacks the schema keys {missing}")
@@ -110,12 +89,4 @@ def check_record(root: Path, study: str, seed: int, step: int, k: int, arm: str)
 def set_aside(root: Path, path: Path) -> Path:
     """Move ``path`` (under ``root``) to root/set-aside/<same relative path>.<time>; never deletes."""
     root, path = Path(root), Path(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = root / SET_ASIDE / path.relative_to(root).parent / f"{path.name}.{stamp}"
-    n = 1
-    while dest.exists():
-        dest = dest.with_name(f"{path.name}.{stamp}-{n}")
-        n += 1
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, dest)
-    return dest
+    return move_aside(path, root / SET_ASIDE / path.relative_to(root).parent, time.strftime("%Y%m%d-%H%M%S"))

@@ -55,7 +55,7 @@ RUN_FILE = re.compile(r"^seed(?P<seed>0|[1-9]\d*)(?P<suffix>\.jsonl\.gz|\.tokens
 # the keys a meta without an integrity field may hold (accepted after a full read of its run)
 LEGACY_META_KEYS = frozenset({"study", "cell", "arm", "seed", "config", "overrides", "matched", "git_commit",
                               "ercref_version", "machine", "wall_s", "finished"})
-_ZEROS = "0" * 64
+ZERO_HASH = "0" * 64   # the meta_sha256 placeholder while a self-hashed file is hashed
 _SELF_HASH = re.compile(rb'"meta_sha256": "([0-9a-f]{64})"')
 
 
@@ -125,15 +125,42 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def self_hashed_json(obj: dict, indent: int, default=None) -> bytes:
+    """``obj`` (which holds one "meta_sha256" field, at any depth) as indented JSON whose meta_sha256
+    is the sha256 of these same bytes with that value set to 64 zeros (check_self_hash verifies it)."""
+    text = json.dumps(obj, indent=indent, default=default).encode()
+    marker = f'"meta_sha256": "{ZERO_HASH}"'.encode()
+    if text.count(marker) != 1:
+        raise ValueError("a self-hashed JSON file must hold exactly one meta_sha256 field, set to 64 zeros")
+    return text.replace(marker, f'"meta_sha256": "{_sha256(text)}"'.encode())
+
+
+def json_object(path: Path, raw: bytes, what: str, error: type[Exception] = ValueError) -> dict:
+    """``raw`` (the bytes of ``path``) parsed as one JSON object; ``error`` naming the file (and line)."""
+    try:
+        obj = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise error(f"{path}{where}: invalid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: {what} must be a JSON object")
+    return obj
+
+
+def check_self_hash(path: Path, raw: bytes, field: str, error: type[Exception] = ValueError) -> None:
+    """``error`` naming the file unless ``raw`` holds one meta_sha256 (called ``field`` in the message)
+    equal to the sha256 of ``raw`` with it set to 64 zeros (the bytes self_hashed_json writes)."""
+    found = _SELF_HASH.findall(raw)
+    if len(found) != 1:
+        raise error(f"{path}: its own hash ({field}) is missing or damaged")
+    if _sha256(_SELF_HASH.sub(f'"meta_sha256": "{ZERO_HASH}"'.encode(), raw)) != found[0].decode():
+        raise error(f"{path}: its bytes do not match its own hash ({field}): damaged")
+
+
 def meta_bytes(meta: dict) -> bytes:
     """The meta file's bytes: ``meta`` as indented JSON whose integrity.meta_sha256 is the sha256 of
     these same bytes with that value set to 64 zeros. ``meta["integrity"]["files"]`` must be set."""
-    meta = {**meta, "integrity": {**meta["integrity"], "meta_sha256": _ZEROS}}
-    text = json.dumps(meta, indent=2, default=str).encode()
-    marker = f'"meta_sha256": "{_ZEROS}"'.encode()
-    if text.count(marker) != 1:
-        raise ValueError("a run's meta must hold exactly one meta_sha256 field")
-    return text.replace(marker, f'"meta_sha256": "{_sha256(text)}"'.encode())
+    return self_hashed_json({**meta, "integrity": {**meta["integrity"], "meta_sha256": ZERO_HASH}}, indent=2, default=str)
 
 
 def set_aside(root: Path, cell: str, arm: str, seed: int) -> list[Path]:
@@ -145,15 +172,20 @@ def set_aside(root: Path, cell: str, arm: str, seed: int) -> list[Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for p in (log, tokens_path(root, cell, arm, seed), meta):
         if p.exists():
-            dest = root / SET_ASIDE / cell / arm / f"{p.name}.{stamp}"
-            n = 1
-            while dest.exists():
-                dest = dest.with_name(f"{p.name}.{stamp}-{n}")
-                n += 1
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(p, dest)
-            moved.append(dest)
+            moved.append(move_aside(p, root / SET_ASIDE / cell / arm, stamp))
     return moved
+
+
+def move_aside(path: Path, folder: Path, stamp: str) -> Path:
+    """Move ``path`` into ``folder`` as NAME.STAMP (NAME.STAMP-1, -2, ... when taken); never overwrites."""
+    dest = folder / f"{path.name}.{stamp}"
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{path.name}.{stamp}-{n}")
+        n += 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    return dest
 
 
 def write_run(root: Path, cell: str, arm: str, seed: int, meta: dict, log_rows: list[dict],
@@ -245,24 +277,13 @@ def read_run_log(path: str | os.PathLike) -> list[dict]:
 def _read_meta(path: Path) -> tuple[dict, bool]:
     """(meta, hashed) of a run's meta file; DamagedRunError naming it when it is not intact."""
     raw = path.read_bytes()
-    try:
-        meta = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise DamagedRunError(f"{path}{where}: invalid JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(meta, dict):
-        raise DamagedRunError(f"{path}: a run's meta must be a JSON object")
+    meta = json_object(path, raw, "a run's meta", DamagedRunError)
     if "integrity" not in meta:
         unknown = sorted(set(meta) - LEGACY_META_KEYS)
         if unknown:
             raise DamagedRunError(f"{path}: no integrity field and unknown keys {unknown}: damaged")
         return meta, False
-    found = _SELF_HASH.findall(raw)
-    if len(found) != 1:
-        raise DamagedRunError(f"{path}: the meta's own hash (integrity.meta_sha256) is missing or damaged")
-    zeroed = _SELF_HASH.sub(f'"meta_sha256": "{_ZEROS}"'.encode(), raw)
-    if _sha256(zeroed) != found[0].decode():
-        raise DamagedRunError(f"{path}: the meta's bytes do not match its own hash (integrity.meta_sha256): damaged")
+    check_self_hash(path, raw, "integrity.meta_sha256", DamagedRunError)
     files = meta["integrity"].get("files") if isinstance(meta["integrity"], dict) else None
     if not isinstance(files, dict):
         raise DamagedRunError(f"{path}: integrity.files is missing")
