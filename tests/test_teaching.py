@@ -54,6 +54,21 @@ def test_check_exercise_names_stub_shape_and_exception():
         T.check_exercise(stub, ercref.entropy_ratio, _erc_inputs, trials=0)
 
 
+def test_check_exercise_names_a_sparse_result_and_the_exercises_own_broken_parts():
+    """The learner's sparse result is a failed result saying what to return; a broken make_inputs or
+    reference (the notebook's code, not the learner's) is an error naming that argument."""
+    sparse = T.check_exercise(lambda entropy, old_entropy: ercref.entropy_ratio(entropy, old_entropy).to_sparse(),
+                              ercref.entropy_ratio, _erc_inputs, verbose=False)
+    assert not sparse.passed and "sparse" in sparse.message and "to_dense" in sparse.message
+    ok = lambda entropy, old_entropy: ercref.entropy_ratio(entropy, old_entropy)  # noqa: E731
+    with pytest.raises(TypeError, match=r"make_inputs\(generator\) raised TypeError"):
+        T.check_exercise(ok, ercref.entropy_ratio, lambda: {}, verbose=False)          # takes no generator
+    with pytest.raises(TypeError, match=r"make_inputs\(generator\) raised KeyError"):
+        T.check_exercise(ok, ercref.entropy_ratio, lambda gen: {}["x"], verbose=False)
+    with pytest.raises(RuntimeError, match=r"reference raised ZeroDivisionError.*trial 0"):
+        T.check_exercise(ok, lambda entropy, old_entropy: 1 / 0, _erc_inputs, verbose=False)
+
+
 def test_check_exercise_compares_tuples_and_bool_masks():
     def ref(entropy, old_entropy):
         rho = ercref.entropy_ratio(entropy, old_entropy)

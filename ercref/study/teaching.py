@@ -149,6 +149,8 @@ def _not_a_result(out) -> str | None:
             return f"returned a {type(x).__name__}, not a tensor or a number"
         if isinstance(x, torch.Tensor) and x.is_meta:
             return "returned a tensor on the meta device, which holds no values (e.g. from torch.empty(..., device='meta'))"
+        if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+            return (f"returned a {x.layout} tensor: return a dense one (`.to_dense()`), as the reference does")
     return None
 
 
@@ -218,7 +220,11 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
         return ExerciseResult(name, False, t, text, {"problem": problem, "inputs": inputs})
 
     for t in range(trials):
-        inputs = make_inputs(gen)
+        try:   # make_inputs and reference come with the exercise: their errors are the notebook's, not the learner's
+            inputs = make_inputs(gen)
+        except Exception as e:  # noqa: BLE001 - re-raised, naming the argument
+            raise TypeError(f"make_inputs(generator) raised {type(e).__name__}: {e} (make_inputs must take one "
+                            "torch.Generator and return a dict of keyword arguments)") from e
         if not isinstance(inputs, dict):
             raise TypeError(f"make_inputs must return a dict of keyword arguments, got {type(inputs).__name__}")
         before = _pristine(inputs)             # what the learner's function was given
@@ -244,7 +250,12 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
         if what is not None:
             result = fail(t, "not_a_result", f"your function {what} {where}", before)
             break
-        diff = _compare(out, reference(**ref_inputs), atol, rtol)
+        try:
+            expected = reference(**ref_inputs)
+        except Exception as e:  # noqa: BLE001 - re-raised, naming the argument
+            raise RuntimeError(f"reference raised {type(e).__name__}: {e} {where}: the exercise's reference "
+                               "cannot take the inputs make_inputs builds") from e
+        diff = _compare(out, expected, atol, rtol)
         if diff is not None:
             result = fail(t, "differs", f"differs from ercref on trial {t} (input shapes {shapes}): {diff}", before)
             break
