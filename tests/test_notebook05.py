@@ -5,7 +5,6 @@ telling a right answer from near-misses. The full run is tests/test_notebooks.py
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import nbformat
