@@ -162,6 +162,8 @@ def test_a_generator_function_is_reported_not_raised():
     ({"atol": float("inf")}, "atol must be a finite number >= 0"),      # would pass any function
     ({"rtol": float("nan")}, "rtol must be a finite number >= 0"),
     ({"atol": -1e-5}, "atol must be a finite number >= 0"),
+    ({"atol": 1e6}, "atol must be < 1"),                              # passes zeros for any reference
+    ({"rtol": 1.0}, "rtol must be < 1"),
     ({"trials": True}, "trials must be an int >= 1"),
     ({"trials": 2.5}, "trials must be an int >= 1"),
 ])

@@ -213,6 +213,8 @@ def check_exercise(mine: Callable, reference: Callable, make_inputs: Callable[[t
     for arg, tol in (("atol", atol), ("rtol", rtol)):
         if not isinstance(tol, numbers.Real) or isinstance(tol, bool) or not 0 <= tol < math.inf:
             raise ValueError(f"{arg} must be a finite number >= 0 (a tolerance), got {tol!r}")
+        if tol >= 1:   # rtol >= 1 passes zeros for any reference; atol >= 1 passes most wrong answers
+            raise ValueError(f"{arg} must be < 1 (a tolerance of 1 or more accepts wrong answers), got {tol!r}")
     gen = torch.Generator().manual_seed(seed)
     result = None
 
