@@ -451,3 +451,11 @@ def test_a_fit_that_stops_with_an_error_releases_the_folder(tmp_path, cfg):
         first.fit()
     again = Trainer(cfg, tmp_path / "run", resume=True)       # `first` is still referenced here
     assert again.resumed_from is not None and again.resumed_from.name == "ckpt-00000000.pt"
+
+
+def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path, cfg):
+    out = tmp_path / "run"
+    out.write_text("a user's file")
+    with pytest.raises(FileExistsError, match=r"--out .*run is a file"):
+        Trainer(cfg, out)
+    assert out.read_text() == "a user's file"

@@ -491,10 +491,12 @@ class RunDirLock:
     and log. Where ``fcntl`` does not exist (Windows) the claim is a no-op."""
 
     def __init__(self, out_dir: str | os.PathLike):
+        self._file = None
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {out} is a file, not a folder: pick a folder for the run")
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / LOCK_FILE
-        self._file = None
         try:
             import fcntl
         except ImportError:   # no advisory locks on this platform
