@@ -116,15 +116,33 @@ def test_stray_files_are_reported_by_name_and_not_loaded(tmp_path):
 
 @pytest.mark.slow
 def test_committed_caches_load_without_a_problem():
-    """Caches written before metas carried hashes are accepted after a full read of every log (every
-    study folder with runs/; a branching study keeps its records elsewhere, ercref.study.branch_records)."""
+    """Every committed run carries integrity data, so any edit of its files is detected (every study
+    folder with runs/; a branching study keeps its records elsewhere, ercref.study.branch_records)."""
     for study in sorted(p.name for p in (ROOT / "data" / "results").iterdir()
                         if (p / "study.json").is_file() and (p / "runs").is_dir()):
         runs, problems = cache.finished_runs(cache.study_dir(study), rows=False, tokens=False)
         assert runs and problems == [], study
-    legacy = cache.read_run(cache.study_dir("smollm2-learns"), "default", "DAPO", 0, rows=False)
-    assert not legacy.hashed                                              # an unhashed, fully read run
-    assert cache.read_run(cache.study_dir("smollm2-dapo-vs-erc"), "default", "DAPO", 0).hashed
+        assert all(r.hashed for r in runs), f"{study}: `python -m ercref.study {study} --add-integrity`"
+
+
+def test_add_integrity_hashes_legacy_runs_then_detects_an_edit_and_leaves_damaged_ones(tmp_path):
+    for seed in (0, 1):
+        log, meta = cache.run_paths(tmp_path, "c", "A", seed)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({**META, "seed": seed}))                # the keys metas had before hashes
+        log.write_bytes(cache.jsonl_gz_bytes(ROWS))
+    damaged = cache.run_paths(tmp_path, "c", "A", 1)[0]
+    damaged.write_bytes(damaged.read_bytes()[:-3])
+    log_bytes = cache.run_paths(tmp_path, "c", "A", 0)[0].read_bytes()
+    done, problems = cache.add_integrity(tmp_path)
+    assert [p.name for p in done] == ["seed0.meta.json"] and len(problems) == 1 and "seed1" in problems[0]
+    run = cache.read_run(tmp_path, "c", "A", 0)
+    assert run.hashed and run.rows == ROWS and run.meta["wall_s"] == META["wall_s"]
+    assert cache.run_paths(tmp_path, "c", "A", 0)[0].read_bytes() == log_bytes     # data files untouched
+    assert cache.add_integrity(tmp_path)[0] == []                                   # hashed runs are left alone
+    meta = cache.run_paths(tmp_path, "c", "A", 0)[1]
+    meta.write_text(meta.read_text().replace('"wall_s": 12.5', '"wall_s": 1.0'))   # an edit of the meta
+    assert "own hash" in cache.check_run(tmp_path, "c", "A", 0).problem
 
 
 def test_unhashed_meta_with_a_damaged_log_is_not_trusted(tmp_path):
@@ -302,3 +320,19 @@ def test_a_results_dir_that_is_a_file_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit) as e:                              # the CLI: an error naming the file, not "0 / 1"
         study_main(["t", "--status", "--results-dir", str(f)], studies={"t": lambda: s})
     assert e.value.code == 2
+
+
+def test_the_cli_adds_integrity_naming_damaged_runs(tmp_path, capsys):
+    from ercref.study.__main__ import main
+    from ercref.study.studies import STUDIES
+
+    name = sorted(STUDIES)[0]
+    root = cache.study_dir(name, tmp_path)
+    log, meta = cache.run_paths(root, "c", "A", 0)
+    log.parent.mkdir(parents=True)
+    meta.write_text(json.dumps(META))
+    log.write_bytes(cache.jsonl_gz_bytes(ROWS)[:-3])                     # truncated: never blessed
+    assert main([name, "--results-dir", str(tmp_path), "--add-integrity"]) == 1
+    out = capsys.readouterr().out
+    assert "damaged (not hashed; rerun it)" in out and "seed0" in out and "added to 0 run(s)" in out
+    assert "integrity" not in meta.read_text()

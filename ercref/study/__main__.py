@@ -8,7 +8,7 @@ import argparse
 import pandas as pd
 
 from . import runner
-from .cache import RESULTS_DIR
+from .cache import RESULTS_DIR, add_integrity, study_dir
 from .report import study_report
 from .studies import STUDIES
 
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
     ap.add_argument("--write-results", action="store_true",
                     help="regenerate docs/results.md's study reports, the README's results summary and its figure "
                          "from the caches (ercref.study.results_page; also `make study-report`)")
+    ap.add_argument("--add-integrity", action="store_true",
+                    help="give the study's runs written without integrity data (older caches) their sha256 "
+                         "hashes, after each reads in full; damaged runs are listed, not hashed "
+                         "(ercref.study.cache.add_integrity)")
     args = ap.parse_args(argv)
     if args.write_results:
         from .results_page import refresh_results
@@ -66,6 +70,12 @@ def main(argv: list[str] | None = None, studies: dict | None = None) -> int:
                 print(f"arm {a}: {o}" + (f"  (lr matched: {study.matched[a]})" if a in study.matched else ""))
             print(f"{len(study.runs(args.cells, args.arms, args.seeds))} runs selected")
             return 0
+        if args.add_integrity:
+            done, problems = add_integrity(study_dir(study.name, args.results_dir))
+            for p in problems:
+                print(f"damaged (not hashed; rerun it): {p}")
+            print(f"[{study.name}] integrity data added to {len(done)} run(s)")
+            return 1 if problems else 0
         if args.status:
             df = runner.status(study, args.results_dir, args.cells, args.arms, args.seeds)
             with pd.option_context("display.max_rows", None, "display.width", 160):

@@ -21,9 +21,10 @@ so a writer killed at any moment leaves a run that ``check_run`` reports as unfi
 
 A run counts as finished only when ``check_run`` finds its meta intact (its own hash), each data file
 the meta lists with that size and hash, and both the log and, when listed, the tokens readable as
-gzip JSON Lines. A meta without an "integrity" field (most runs of the committed caches; only the
+gzip JSON Lines. A meta without an "integrity" field (a cache written by an older ercref; only the
 keys of LEGACY_META_KEYS) is accepted after its log (and tokens, when present) read fully: gzip's CRC
-and length checks and a JSON parse of every line. Anything else (a log without its meta, a meta without
+and length checks and a JSON parse of every line; ``add_integrity`` (``python -m ercref.study NAME
+--add-integrity``) then gives such runs their hashes, as every committed cache has. Anything else (a log without its meta, a meta without
 its log, a truncated or bit-flipped file, invalid JSON) is reported with the file it concerns and
 is rerun by the runner; ``scan_runs`` also lists stray files under runs/ that belong to no run.
 """
@@ -366,6 +367,30 @@ def check_run(root: Path, cell: str, arm: str, seed: int) -> RunState:
     except DamagedRunError as e:
         return RunState("damaged", str(e))
     return RunState("finished")
+
+
+def add_integrity(root: Path) -> tuple[list[Path], list[str]]:
+    """Give every hash-less (legacy) run of the study folder ``root`` its integrity data: a run whose
+    log (and tokens) read fully gets its meta rewritten with their current sha256 and sizes and its own
+    hash (the data files are not touched); from then on any edit of any of its files is detected.
+    Runs already hashed are left as they are; a damaged run is not blessed but listed. Returns (the
+    metas rewritten, the problems)."""
+    root = Path(root)
+    done, problems = [], []
+    for cell, arm, seed in scan_runs(root).runs:
+        try:
+            run = read_run(root, cell, arm, seed, rows=False, tokens=False)
+        except (FileNotFoundError, DamagedRunError) as e:
+            problems.append(str(e))
+            continue
+        if run.hashed:
+            continue
+        log, meta_path = run_paths(root, cell, arm, seed)
+        files = {p.name: {"sha256": _sha256(b), "bytes": len(b)}
+                 for p in (log, tokens_path(root, cell, arm, seed)) if p.is_file() for b in [p.read_bytes()]}
+        write_atomic(meta_path, meta_bytes({**run.meta, "integrity": {"files": files}}))
+        done.append(meta_path)
+    return done, problems
 
 
 def is_cached(root: Path, cell: str, arm: str, seed: int) -> bool:
