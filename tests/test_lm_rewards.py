@@ -42,6 +42,19 @@ def test_exact_and_choice_judges():
     assert not choice_judge("no letter here", "A")
 
 
+@pytest.mark.parametrize("hedge, letters", [("B and C", "BC"), ("B or C", "BC"), ("B, C", "BC"), ("B/C", "BC"),
+                                            ("(B) and (C)", "BC"), ("The answer is A or D.", "AD")])
+def test_choice_judge_does_not_reward_a_hedge(hedge, letters):
+    """Two different letters offered as alternatives are no choice: whichever of them is right, the
+    response is judged wrong (else hedging earns the reward whenever its first letter is right)."""
+    assert not any(choice_judge(hedge, letter) for letter in letters)
+
+
+def test_choice_judge_still_reads_one_choice_beside_other_letters():
+    assert choice_judge("Answer: B. Not A", "B") and choice_judge("B and B", "B")
+    assert choice_judge("The answer is D", "D") and not choice_judge("The answer is D", "A")
+
+
 def test_paper_scheme():
     cfg = RewardConfig(judge="math", scheme="paper", correct=1.0, wrong=-1.0, no_think_close=-0.5, require_think=True)
     resp = ["<think>...</think> \\boxed{72}", "<think>...</think> \\boxed{7}", "<think>never closed \\boxed{72}"]

@@ -32,6 +32,8 @@ import re
 THINK_CLOSE = "</think>"
 _LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])|\(([abcd])\)")
 _LONE_LETTER = re.compile(r"\s*\(?([A-Da-d])\)?[.)]?\s*")
+# two different letters joined as alternatives ("B and C", "B or C", "B, C", "(B)/(C)"): a hedge, not a choice
+_HEDGE = re.compile(r"(?<![A-Za-z])\(?([A-D])\)?\s*(?:,|/|&|\band\b|\bor\b)\s*\(?([A-D])\)?(?![A-Za-z])")
 _INT = re.compile(r"^[+-]?\d+$")
 
 # ----------------------------------------------------------------------------- normalisation
@@ -76,11 +78,15 @@ def exact_judge(response: str, answer: str) -> bool:
 
 def choice_letter(response: str) -> str | None:
     """The chosen letter (upper case) or None: the whole response when it is one letter A-D in
-    either case ("b", "(B).", "c)"), else the first stand-alone capital A-D or parenthesised "(b)"."""
+    either case ("b", "(B).", "c)"); None when it offers two different letters as alternatives ("B and
+    C", "B or C", "B, C", "B/C": a hedge would otherwise earn the reward whenever its first letter is
+    right); else the first stand-alone capital A-D or parenthesised "(b)"."""
     text = normalize_text(check_text("response", response))
     m = _LONE_LETTER.fullmatch(text)
     if m:
         return m.group(1).upper()
+    if any(h.group(1) != h.group(2) for h in _HEDGE.finditer(text)):
+        return None
     m = _LETTER.search(text)
     return (m.group(1) or m.group(2)).upper() if m else None
 
