@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ZERO_HASH, check_self_hash, json_object, move_aside, self_hashed_json, write_atomic
+from .cache import SET_ASIDE, ZERO_HASH, check_self_hash, json_object, move_aside, self_hashed_json, write_atomic
 
 HIST_EDGES = [0.0] + [float(x) for x in 10.0 ** np.linspace(-8, 2, 81)]
 RECORD_KEYS = ("study", "seed", "branch_step", "K", "arm", "overrides", "lr", "state_sha256", "git_commit",
                "cpu_model", "torch_threads", "wall_s", "drift", "hist", "n_tokens", "heldout_acc_before",
                "heldout_acc_after", "update_norm", "clip", "matched", "tight_clip", "meta_sha256")
-SET_ASIDE = "set-aside"
 
 
 def kl_hist(values) -> list[int]:

@@ -24,9 +24,9 @@ the meta lists with that size and hash, and both the log and, when listed, the t
 gzip JSON Lines. A meta without an "integrity" field (a cache written by an older ercref; only the
 keys of LEGACY_META_KEYS) is accepted after its log (and tokens, when present) read fully: gzip's CRC
 and length checks and a JSON parse of every line; ``add_integrity`` (``python -m ercref.study NAME
---add-integrity``) then gives such runs their hashes, as every committed cache has. Anything else (a log without its meta, a meta without
-its log, a truncated or bit-flipped file, invalid JSON) is reported with the file it concerns and
-is rerun by the runner; ``scan_runs`` also lists stray files under runs/ that belong to no run.
+--add-integrity``) then gives such runs their hashes, as every committed cache has. Anything else (a
+log without its meta, a meta without its log, a truncated or bit-flipped file, invalid JSON) is
+reported with the file it concerns and is rerun by the runner; ``scan_runs`` also lists stray files under runs/ that belong to no run.
 """
 from __future__ import annotations
 
