@@ -10,6 +10,7 @@ from .auxiliary import kl_penalty, positive_nll
 from .drift import TokenDrift, drift_summary, token_drift, token_drift_from_hidden
 from .entropy import compiled_entropy_from_logits, entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from .erc import ERC_MASKS, apply_erc, entropy_ratio, erc_masks, random_like_erc_mask
+from .importance import importance_accuracy
 from .losses import LOSSES, get_loss, register_loss
 from .metrics import metrics_to_floats
 from .objective import PolicyLossConfig, compute_policy_loss
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGG_MODES", "BatchCounts", "ERC_MASKS", "LOSSES", "PolicyLossConfig", "aggregate", "apply_erc", "batch_counts",
     "compiled_entropy_from_logits", "compute_policy_loss", "dynamic_sampling_mask", "entropy_from_logits",
-    "entropy_ratio", "erc_masks", "get_loss", "group_advantages", "kl_penalty", "logprobs_and_entropy",
+    "entropy_ratio", "erc_masks", "get_loss", "group_advantages", "importance_accuracy", "kl_penalty", "logprobs_and_entropy",
     "logprobs_from_logits", "metrics_to_floats", "overlong_reward", "positive_nll", "random_like_erc_mask",
     "register_loss", "TokenDrift", "drift_summary", "token_drift", "token_drift_from_hidden",
 ]

@@ -87,6 +87,26 @@ def test_lr_zero_gives_zero_drift(point):
             want = 1.0 if "/entropy_ratio/" in key else 0.0
             assert v == want, (region, key, v)
     assert fields["hist"]["heldout"][0] == fields["n_tokens"]["heldout"] > 0   # every KL in the [0, 1e-8) bin
+    j = fields["heldout_judged"]   # the weights pi_new / pi_old are exactly 1 before any update
+    assert j["mean_w"] == 1.0 and j["max_w"] == 1.0 and j["delta"] == 0.0 and j["acc_new"] == j["acc_old"]
+    assert j["n"] == 4 * 2 and j["ess"] == pytest.approx(8.0)
+
+
+@pytest.mark.slow
+def test_judged_accuracy_is_the_judges_mean_on_the_heldout_responses_reweighted(point):
+    study, trainer, p = point
+    correct, logp_old = p.judgement
+    assert correct.shape == (8,) and set(correct.tolist()) <= {0.0, 1.0}
+    from ercref.lm.scoring import score_responses
+
+    _, again = score_responses(p.heldout.texts, p.heldout.answers, trainer.cfg.reward, p.heldout.response_lengths,
+                               trainer.cfg.rollout.max_new_tokens)
+    assert torch.equal(again.float(), correct)
+    fields = p.measure(trainer, p.run(trainer, arm_cfg(study, "DAPO"), LR))
+    j = fields["heldout_judged"]
+    assert j["acc_old"] == pytest.approx(float(correct.double().mean()))
+    assert j["mean_w"] != 1.0 and 0 < j["ess"] <= 8 + 1e-9   # the update moved the held-out responses' probabilities
+    assert j["delta"] == pytest.approx(j["acc_new"] - j["acc_old"], abs=1e-12)
 
 
 @pytest.mark.slow
@@ -184,6 +204,34 @@ def test_resume_skips_finished_and_reruns_a_damaged_record(study_run):
     assert files_before <= {p for p in root.rglob("*") if p.is_file()} | {target}
     rec = branch_record.read_record(target)
     assert rec["state_sha256"] == before["state_sha256"] and rec["drift"] == before["drift"]   # deterministic rerun
+
+
+@pytest.mark.slow
+def test_a_judged_study_sets_aside_records_made_without_the_judged_accuracy(study_run):
+    study, d, _ = study_run
+    root = d / study.name
+    for r in records(d, study).values():
+        assert set(r["heldout_judged"]) == {"acc_old", "acc_new", "delta", "mean_w", "ess", "max_w", "n"}
+    target = branch_record.record_path(root, 0, 2, 4, "DAPO")
+    old = {k: v for k, v in branch_record.read_record(target).items() if k not in ("heldout_judged", "meta_sha256")}
+    branch_record.write_atomic(target, branch_record.record_bytes(old))    # a record as made before the measure
+    assert branch.status(study, d)["damaged"] == 0                         # not needed by this study's report
+    judged = replace(study, accuracy="judged")
+    st = branch.status(judged, d)
+    assert st["damaged"] == 1 and "heldout_judged" in st["problems"][0]
+    from ercref.study.branch_records import load_branch
+
+    branch.write_branch_study_json(judged, root, branch.registered_commit())
+    assert json.loads((root / "study.json").read_text())["accuracy"] == "judged"   # the records carry the measure
+    df = load_branch(study.name, d, warn=False)
+    assert len(df) == len(study.arms) - 1 and any("lacks heldout_judged" in x for x in df.attrs["problems"])
+    assert (df["heldout_acc_before"] == df["judged/acc_old"]).all()
+    lines = []
+    again = branch.run_branch_study(judged, d, require_registered=False, log=lines.append)
+    assert again["written"] == 1 and any("set aside" in x and "heldout_judged" in x for x in lines)
+    assert "heldout_judged" in branch_record.read_record(target)
+    with pytest.raises(ValueError, match="accuracy of study"):
+        replace(study, accuracy="exact")
 
 
 def test_damaged_record_is_named():

@@ -118,7 +118,7 @@ def run_branch_point(study: BranchStudy, trainer, seed: int, step: int, root: Pa
     todo = {}
     for k in study.ks:
         for arm in study.arms:
-            st, rec = check_record(root, study.name, seed, step, k, arm)
+            st, rec = check_record(root, study.name, seed, step, k, arm, study.required_keys())
             if st == "finished" and rec["state_sha256"] != state.sha256:
                 st, rec = "damaged", (f"{record_path(root, seed, step, k, arm)}: state_sha256 {rec['state_sha256'][:12]} "
                                       f"is not the recomputed branch state's {state.sha256[:12]}")
@@ -174,7 +174,7 @@ def _matched(study, trainer, point, cfg, done: dict, arm: str) -> tuple[dict, di
                                        study.max_tries, first)
     if fields is None:   # the twin's own update is within tolerance
         fields = {k: done[twin][k] for k in ("drift", "hist", "n_tokens", "heldout_acc_before", "heldout_acc_after",
-                                             "update_norm", "clip", "lr")}
+                                             "heldout_judged", "update_norm", "clip", "lr") if k in done[twin]}
     ratio = fields["update_norm"] / want
     return fields, {"target_arm": target, "target_norm": want, "achieved_ratio": ratio, "lr": lr,
                     "tries": len(tries) - (first is not None), "within_tol": abs(ratio - 1) <= study.matched_tol}
@@ -218,7 +218,8 @@ def _branch_times(root: Path) -> list[float]:
 
 
 def _states(study: BranchStudy, root: Path, seed: int, step: int) -> list[str]:
-    return [check_record(root, study.name, seed, step, k, a)[0] for k in study.ks for a in study.arms]
+    return [check_record(root, study.name, seed, step, k, a, study.required_keys())[0] for k in study.ks
+            for a in study.arms]
 
 
 def run_branch_study(study: BranchStudy, results_dir=None, hours: float | None = None, seeds=None,
@@ -285,7 +286,7 @@ def status(study: BranchStudy, results_dir=None) -> dict:
             complete = True
             for k in study.ks:
                 for arm in study.arms:
-                    st, rec = check_record(root, study.name, seed, step, k, arm)
+                    st, rec = check_record(root, study.name, seed, step, k, arm, study.required_keys())
                     out[st] += 1
                     out["records"] += 1
                     if st == "finished":

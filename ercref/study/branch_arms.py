@@ -25,6 +25,14 @@ reference answer followed by EOS (prod_t pi(answer_t | prompt, answer_<t)). It i
 spellings of the answer (the math judge), and exactly that chance for the exact judge when the
 answer's spelling is the only accepted one.
 
+Judged held-out accuracy (``heldout_judged``, the measure of tasks answered in free text, where the
+reference answer's own probability says little): the held-out responses pi_old sampled are judged once
+(the trainer's reward judge; c_i = correct), and after each arm's update ercref.importance_accuracy
+weighs them by pi_new(y_i) / pi_old(y_i), both log-probs taken by the same no-grad eval-mode pass at
+the rollout temperature (so the weights are exactly 1 before any update): acc_old, acc_new (unbiased
+for pi_new's expected judged accuracy), their difference, mean_w, ess. It needs rollout.top_p = 1 (the
+weights are those of the untruncated sampling distribution).
+
 Searches (``matched_search``, ``tight_clip_search``): bracket, then secant, as the bandit's
 matched_step_run: the next try is the proportional guess from the latest try until one try lies below
 the target and one above, then the secant between the closest two (or their midpoint).
@@ -39,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ercref import TokenDrift, drift_summary, group_advantages, metrics_to_floats
+from ercref import TokenDrift, drift_summary, group_advantages, importance_accuracy, metrics_to_floats
 from ercref.lm import checkpoint as ckpt
 from ercref.lm.drift_callback import DriftCallback
 from ercref.lm.models import frozen_copy
@@ -131,23 +139,53 @@ def summarise(parts: list[tuple[TokenDrift, torch.Tensor]]) -> tuple[dict, list[
 
 
 @torch.no_grad()
+def policy_logprobs(trainer, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """(N, R) log-probs of the response tokens under the trainer's policy, eval mode, rollout temperature."""
+    model = trainer.model
+    was = model.training
+    model.eval()
+    try:
+        logp, _ = response_logprobs(model, sequences, attention_mask, prompt_len, trainer.cfg.rollout.temperature,
+                                    trainer.cfg.model.fused_head)
+    finally:
+        model.train(was)
+    return logp
+
+
 def expected_accuracy(trainer, records: list[dict]) -> float:
     """Mean over ``records`` of pi(answer + EOS | prompt) under teacher forcing (module docstring)."""
     if not records:
         return float("nan")
-    tok, dev, cfg, model = trainer.tok, trainer.device, trainer.cfg, trainer.model
+    tok, dev, cfg = trainer.tok, trainer.device, trainer.cfg
     ids, am = encode_prompts(tok, [r["prompt"] for r in records], cfg.data.max_prompt_tokens, dev)
     ans = tok([r["answer"] + tok.eos_token for r in records], add_special_tokens=False, padding="longest",
               padding_side="right", return_tensors="pt")
     a_ids, a_mask = ans["input_ids"].to(dev), ans["attention_mask"].to(dev)
-    was = model.training
-    model.eval()
-    try:
-        logp, _ = response_logprobs(model, torch.cat([ids, a_ids], 1), torch.cat([am, a_mask], 1), ids.shape[1],
-                                    cfg.rollout.temperature, cfg.model.fused_head)
-    finally:
-        model.train(was)
+    logp = policy_logprobs(trainer, torch.cat([ids, a_ids], 1), torch.cat([am, a_mask], 1), ids.shape[1])
     return float(torch.exp((logp.double() * a_mask).sum(-1)).mean())
+
+
+def heldout_judgement(trainer, heldout: RolloutBatch | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(correct (n,), pi_old's log-probs (n, R)) of the held-out responses, judged once (module docstring);
+    None without held-out contexts."""
+    if heldout is None:
+        return None
+    if trainer.cfg.rollout.top_p != 1.0:
+        raise ValueError(f"the judged held-out accuracy weighs responses by pi_new / pi_old, which needs "
+                         f"rollout.top_p = 1 (the untruncated sampling distribution), got {trainer.cfg.rollout.top_p}")
+    _rewards, correct = trainer.score(heldout, trainer.cfg.rollout.max_new_tokens)
+    trainer.drain_judge_stats()    # the trajectory's own judge counters stay its own
+    logp = policy_logprobs(trainer, heldout.sequences, heldout.attention_mask, heldout.prompt_len)
+    return correct.detach().float().cpu(), logp
+
+
+def judged_accuracy(trainer, heldout: RolloutBatch | None, judgement) -> dict:
+    """ercref.importance_accuracy of the trainer's policy on the judged held-out responses; {} without them."""
+    if judgement is None:
+        return {}
+    correct, logp_old = judgement
+    logp_new = policy_logprobs(trainer, heldout.sequences, heldout.attention_mask, heldout.prompt_len)
+    return importance_accuracy(correct, logp_old.cpu(), logp_new.cpu(), heldout.response_mask.cpu())
 
 
 # ----------------------------------------------------------------------------- one arm's update
@@ -172,6 +210,7 @@ class BranchPoint:
     accuracy_records: list[dict]
     acc_before: float
     probe: DriftCallback
+    judgement: tuple | None = None     # heldout_judgement: (correct, pi_old's log-probs) of the held-out responses
 
     @classmethod
     def sample(cls, trainer, state: BranchState, heldout_prompts: int, heldout_samples: int,
@@ -183,7 +222,8 @@ class BranchPoint:
         batch, rewards, _correct, keep, _gen = trainer.sample_batch()
         heldout = probe._sample_heldout(trainer)   # forked RNG, seeded by (train.seed, step)
         acc_records = trainer.eval_set[:accuracy_prompts]
-        return cls(state, batch, rewards, keep, heldout, acc_records, expected_accuracy(trainer, acc_records), probe)
+        return cls(state, batch, rewards, keep, heldout, acc_records, expected_accuracy(trainer, acc_records), probe,
+                   heldout_judgement(trainer, heldout))
 
     def run(self, trainer, cfg, lr: float, measure_other: bool = True) -> ArmUpdate:
         """Restore the branch state, set ``cfg`` (the arm's loss and K) and ``lr``, and take the K updates."""
@@ -224,6 +264,7 @@ class BranchPoint:
                 out["hist"][region] = h
         out["heldout_acc_before"] = self.acc_before
         out["heldout_acc_after"] = expected_accuracy(trainer, self.accuracy_records)
+        out["heldout_judged"] = judged_accuracy(trainer, self.heldout, self.judgement)
         out["update_norm"], out["clip"], out["lr"] = upd.update_norm, upd.clip, upd.lr
         return out
 

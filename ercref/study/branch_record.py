@@ -74,15 +74,22 @@ def read_record(path: Path, expect: dict | None = None) -> dict:
     return rec
 
 
-def check_record(root: Path, study: str, seed: int, step: int, k: int, arm: str) -> tuple[str, dict | str | None]:
-    """("finished", record) | ("missing", None) | ("damaged", reason) of one record."""
+def check_record(root: Path, study: str, seed: int, step: int, k: int, arm: str,
+                 require: tuple[str, ...] = ()) -> tuple[str, dict | str | None]:
+    """("finished", record) | ("missing", None) | ("damaged", reason) of one record. ``require``: keys
+    beyond RECORD_KEYS the study needs (BranchStudy.required_keys); a record without them is damaged
+    for this study (made before the study measured them) and is set aside and run again."""
     path = record_path(root, seed, step, k, arm)
     if not path.is_file():
         return "missing", None
     try:
-        return "finished", read_record(path, {"study": study, "seed": seed, "branch_step": step, "K": k, "arm": arm})
+        rec = read_record(path, {"study": study, "seed": seed, "branch_step": step, "K": k, "arm": arm})
     except (OSError, ValueError) as e:
         return "damaged", str(e)
+    lacks = [key for key in require if key not in rec]
+    if lacks:
+        return "damaged", f"{path}: lacks {lacks}, which this study's report needs (made before it measured them)"
+    return "finished", rec
 
 
 def set_aside(root: Path, path: Path) -> Path:

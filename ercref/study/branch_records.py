@@ -46,11 +46,15 @@ def column(region: str | None, metric: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reading the cache
-def _check(path: Path, rel: str, study: str) -> dict:
-    """One record, checked (module doc); ValueError naming the file."""
+def _check(path: Path, rel: str, study: str, judged: bool = False) -> dict:
+    """One record, checked (module doc); ValueError naming the file. ``judged``: the study's accuracy
+    measure is the judged one, so the record must carry heldout_judged."""
     m = RECORD_PATH.match(rel)
     rec = read_record(path, {"study": study, "seed": int(m["seed"]), "branch_step": int(m["step"]), "K": int(m["K"]),
                              "arm": m["arm"]})
+    if judged and not isinstance(rec.get("heldout_judged"), dict):
+        raise ValueError(f"{path}: lacks heldout_judged, the accuracy measure of this study (made before it was "
+                         "measured; the runner sets it aside and runs it again)")
     for region in HIST_REGIONS:
         h = (rec["hist"] or {}).get(region)
         if h is not None and (not isinstance(h, list) or len(h) not in (0, HIST_BINS)):
@@ -77,13 +81,17 @@ def read_definition(root: Path) -> dict:
     return d
 
 
-def _flat(rec: dict, rel: str) -> dict:
+def _flat(rec: dict, rel: str, judged: bool = False) -> dict:
     row = {k: rec[k] for k in ("seed", "branch_step", "K", "arm", "lr", "state_sha256", "git_commit", "cpu_model",
                                "heldout_acc_before", "heldout_acc_after", "update_norm")}
     row["wall_s"] = wall_seconds(rec)
     row["torch_threads"] = rec.get("torch_threads")
     row["path"] = rel
-    row[ACC_DELTA] = float(rec["heldout_acc_after"]) - float(rec["heldout_acc_before"])
+    for key, v in (rec.get("heldout_judged") or {}).items():
+        row[f"judged/{key}"] = float(v)
+    if judged:   # the study's held-out accuracy is the judged one (branch_study.ACCURACY_MEASURES)
+        row["heldout_acc_before"], row["heldout_acc_after"] = row["judged/acc_old"], row["judged/acc_new"]
+    row[ACC_DELTA] = float(row["heldout_acc_after"]) - float(row["heldout_acc_before"])
     for kind, share in (rec.get("clip") or {}).items():
         row[f"clip/{kind}"] = share
     for region in REGIONS:
@@ -98,7 +106,8 @@ def _flat(rec: dict, rel: str) -> dict:
 
 def load_branch(name: str, results_dir=None, warn: bool = True) -> pd.DataFrame:
     """Every record of branching study ``name`` that checks out, one row each: seed, branch_step, K, arm,
-    lr, state_sha256, provenance, heldout accuracies and their change (ACC_DELTA), update_norm,
+    lr, state_sha256, provenance, heldout accuracies and their change (ACC_DELTA; the judged ones,
+    judged/<key> of ercref.importance_accuracy, where study.json says ``accuracy: judged``), update_norm,
     clip/<kind>, n_tokens/<region>, the drift summaries as columns ``column(region, key)``, hist/<region>
     (lists of counts) and path. ``.attrs``: "problems" (damaged records and stray files, each naming
     its file; also warned with ``warn``) and "definition" (study.json, {} without one)."""
@@ -106,6 +115,7 @@ def load_branch(name: str, results_dir=None, warn: bool = True) -> pd.DataFrame:
     if not root.is_dir():
         raise ValueError(f"no cached branching study {name!r} at {root} (run the branching runner first)")
     definition = read_definition(root)
+    judged = definition.get("accuracy") == "judged"
     rows, problems = [], []
     for p in sorted(root.glob("traj*/**/*")):
         if p.is_dir():
@@ -115,7 +125,7 @@ def load_branch(name: str, results_dir=None, warn: bool = True) -> pd.DataFrame:
             problems.append(f"{p}: stray file (not a record at trajN/stepT/KK/ARM.json)")
             continue
         try:
-            rows.append(_flat(_check(p, rel, name), rel))
+            rows.append(_flat(_check(p, rel, name, judged), rel, judged))
         except (OSError, ValueError) as e:
             problems.append(f"{e} (not counted)")
     if warn:

@@ -280,7 +280,18 @@ def _provenance(name: str, df: pd.DataFrame, definition: dict, results_dir) -> s
             f"trajectories (seeds) {sorted(int(s) for s in set(df['seed']))}, K {sorted(int(k) for k in set(df['K']))}, "
             f"arms {', '.join(arms)}; {df['wall_s'].sum() / 3600:.2f} run-hours (the sum of the records' wall times); "
             "git commits " + ", ".join(f"`{c[:12]}` ({k} records)" for c, k in commits.items())
-            + (f"; machine {', '.join(cpus)}" if cpus else "") + f"; {reg_txt}.")
+            + (f"; machine {', '.join(cpus)}" if cpus else "") + f"; {reg_txt}. " + _accuracy_text(df, definition))
+
+
+def _accuracy_text(df: pd.DataFrame, definition: dict) -> str:
+    """What the study's held-out accuracy is (branch_study.ACCURACY_MEASURES)."""
+    if definition.get("accuracy") == "judged":
+        ess = df["judged/ess"].median() if "judged/ess" in df.columns else math.nan
+        n = df["judged/n"].median() if "judged/n" in df.columns else math.nan
+        return ("Held-out accuracy: the judged accuracy of pi_old's held-out responses, reweighted to pi_new by "
+                f"importance weights (ercref.importance; median effective sample size {ess:.1f} of {n:.0f} responses).")
+    return (f"Held-out accuracy: the exact probability of the reference answer followed by EOS, on "
+            f"{definition.get('accuracy_prompts', '?')} evaluation prompts.")
 
 
 def _primary_lines(pt: pd.DataFrame, definition: dict) -> list[str]:

@@ -19,6 +19,12 @@ first committed them (``registered_commit``). Each compares the per-token KL(pi_
 an arm with a baseline arm on one region (``trained``: the tokens the update trained on; ``heldout``:
 responses sampled by pi_old to evaluation prompts, never trained on), paired at every (branch point,
 K), one mean per trajectory; Holm over the four. Everything else a report shows is exploratory.
+
+Held-out accuracy (``accuracy``, exploratory): "answer-probability", the exact probability of the
+reference answer followed by EOS (the tiny model's tasks, answered in a few tokens), or "judged", the
+judged accuracy of pi_old's held-out responses reweighted to pi_new (ercref.importance; tasks answered
+in free text, such as SmolLM2's, where the reference answer's own probability is near 0). A judged
+study's records must carry ``heldout_judged`` (``required_keys``).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from ercref.paths import DATA_DIR
 from .studies import ARM_OR_CELL_NAME, BETAS, GPPO_EPS, SEEDS, TINY6M_BASE, erc_arm, smollm2_learns
 
 HYPOTHESES_FILE = DATA_DIR / "preregistration" / "branch_hypotheses.json"
+ACCURACY_MEASURES = ("answer-probability", "judged")
 
 
 def load_preregistration(path=HYPOTHESES_FILE) -> dict:
@@ -70,11 +77,15 @@ class BranchStudy:
     heldout_prompts: int = 32       # evaluation prompts whose pi_old samples measure held-out drift
     heldout_samples: int = 2
     accuracy_prompts: int = 128     # evaluation prompts of the expected held-out accuracy
+    accuracy: str = "answer-probability"   # the report's held-out accuracy: one of ACCURACY_MEASURES
     preregistration: dict = field(default_factory=load_preregistration)   # hypotheses, holm, analysis
     est_branch_s: float = 120.0     # prior for one branch point's wall time until the cache has some
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.accuracy not in ACCURACY_MEASURES:
+            raise ValueError(f"accuracy of study {self.name!r} must be one of {list(ACCURACY_MEASURES)}, "
+                             f"got {self.accuracy!r}")
         for n in self.arms:
             if not ARM_OR_CELL_NAME.match(n):
                 raise ValueError(f"arm name {n!r} of study {self.name!r} must match {ARM_OR_CELL_NAME.pattern}")
@@ -109,6 +120,10 @@ class BranchStudy:
         return {**self.trajectory_overrides(seed), **self.arms[arm], **(extra or {}),
                 "train.minibatch_prompts": self.prompts_per_step // k, "optim.lr": float(self.branch_lr)}
 
+    def required_keys(self) -> tuple[str, ...]:
+        """Record keys beyond branch_record.RECORD_KEYS that this study's report needs."""
+        return ("heldout_judged",) if self.accuracy == "judged" else ()
+
     def searched(self) -> set[str]:
         return set(self.matched) | set(self.tight_clip)
 
@@ -119,6 +134,7 @@ class BranchStudy:
                 "matched": dict(self.matched), "tight_clip": dict(self.tight_clip), "matched_tol": self.matched_tol,
                 "tight_tol": self.tight_tol, "max_tries": self.max_tries, "heldout_prompts": self.heldout_prompts,
                 "heldout_samples": self.heldout_samples, "accuracy_prompts": self.accuracy_prompts,
+                "accuracy": self.accuracy,
                 "hypotheses": [dict(h) for h in self.preregistration["hypotheses"]],
                 "holm": bool(self.preregistration.get("holm", True)), "analysis": self.preregistration.get("analysis"),
                 "est_branch_s": self.est_branch_s, "description": self.description}
@@ -178,7 +194,8 @@ def smollm2_branch(seeds=SEEDS, branch_steps=SMOL_BRANCH_STEPS, ks=(4, 8)) -> Br
                         "optim.lr": learns.base["optim.lr"]},
                        dapo_controls(), list(seeds), list(branch_steps), list(ks), learns.base["optim.lr"],
                        matched=dict(SEARCHED["matched"]), tight_clip=dict(SEARCHED["tight_clip"]),
-                       heldout_prompts=16, heldout_samples=2, accuracy_prompts=64, est_branch_s=900.0,
+                       heldout_prompts=16, heldout_samples=2, accuracy_prompts=64, accuracy="judged",
+                       est_branch_s=900.0,
                        description="What does one K-minibatch update do to SmolLM2-135M's full distribution on "
                                    "smollm2-learns' task? DAPO, DAPO+ERC, random mask, matched step, tight clip at "
                                    "K in {4, 8}, branch points of 5 DAPO trajectories.")
