@@ -31,6 +31,7 @@ from .config_rules import check_rules, check_token_budgets, longest_rows  # noqa
 from .config_tools import (  # noqa: F401 (parse_bool, parse_text: re-exported)
     Count,
     Decay,
+    Fraction,
     NonNegative,
     Positive,
     Seconds,
@@ -182,6 +183,9 @@ class SFTConfig(Section):
     steps: Size = 0                     # supervised warm-up steps before RL (0: none)
     batch_size: Count = 64              # sequences per warm-up step
     lr: Positive = 3e-3                 # warm-up learning rate
+    target_accuracy: Fraction = 0.0     # stop early once the sampled accuracy on check_prompts training prompts reaches this (0: off)
+    check_every: Count = 10             # warm-up steps between accuracy checks (with target_accuracy)
+    check_prompts: Count = 128          # training prompts of each accuracy check (one sample each)
 
 
 @dataclass

@@ -51,6 +51,7 @@ Positive = Annotated[float, Range(0, low_open=True)]
 NonNegative = Annotated[float, Range(0)]
 Share = Annotated[float, Range(0, 1, low_open=True)]    # (0, 1]
 Decay = Annotated[float, Range(0, 1, high_open=True)]   # [0, 1)
+Fraction = Annotated[float, Range(0, 1)]                # [0, 1]
 Seconds = Annotated[float, Range(0, 86_400, low_open=True)]  # a wall-clock budget: (0, a day]
 # a sampling temperature: logits / T stays finite in fp32 / bf16 for any |logit| < 1e32 (T = 1e-4 is near-greedy)
 Temperature = Annotated[float, Range(1e-6)]

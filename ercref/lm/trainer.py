@@ -21,8 +21,8 @@ Metrics stay 0-d tensors through the step and are converted to numbers once per 
 Extend by callbacks, not subclasses (``Callback``).
 
 Before RL (``start``, called by ``fit``): a fresh run refuses to overwrite a folder that holds
-checkpoints unless ``overwrite=True``; ``sft.steps`` > 0 runs a supervised warm-up (next-token loss
-on correct answers; the cpu-tiny preset's model starts random); with ``loss.kl_coef`` > 0 the
+checkpoints unless ``overwrite=True``; ``sft.steps`` > 0 runs a supervised warm-up (sft.py: next-token
+loss on correct answers, optionally stopped at an accuracy target; the cpu-tiny preset's model starts random); with ``loss.kl_coef`` > 0 the
 policy at that point is frozen as the reference model. A resumed run restores all of this from
 its newest loadable checkpoint and continues exactly as if it had never stopped. At the end the
 policy is also written with ``save_pretrained`` (safetensors) to ``<out>/policy``.
@@ -49,9 +49,10 @@ from .hardware import check_hardware, resolve_device
 from .judge_pool import judge_pool
 from .metrics_log import RunLog
 from .models import frozen_copy, load_model
-from .rollout import autocast_context, encode_prompts, eos_ids, response_logprobs, rollout
+from .rollout import autocast_context, eos_ids, response_logprobs, rollout
 from .rollout_batch import RolloutBatch, concat_rollouts
 from .scoring import score_responses
+from .sft import sft_warmup
 from .step_metrics import rollout_metrics
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -183,7 +184,7 @@ class Trainer:
             ckpt.delete_checkpoints(self.ckpt_dir)
             self.log.path.unlink(missing_ok=True)
         if not self.sft_done:
-            self.sft_warmup()
+            sft_warmup(self)
             self.sft_done = True
             self._emit("on_sft_end")
         if self.cfg.loss.kl_coef > 0:
@@ -213,29 +214,6 @@ class Trainer:
             out.append(self.train_set[perm[i]])
             self.cursor += 1
         return out
-
-    # ------------------------------------------------------------------ SFT warm-up
-    def sft_warmup(self) -> None:
-        """sft.steps AdamW steps of -mean log pi(answer + EOS | prompt) on random training records."""
-        s = self.cfg.sft
-        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=0.0)
-        rng = random.Random(self.cfg.train.seed + 1)
-        self.model.train()
-        for i in range(s.steps):
-            recs = [rng.choice(self.train_set) for _ in range(s.batch_size)]
-            ids, am = encode_prompts(self.tok, [r["prompt"] for r in recs], self.cfg.data.max_prompt_tokens, self.device)
-            ans = self.tok([r["answer"] + self.tok.eos_token for r in recs], add_special_tokens=False,
-                           padding="longest", padding_side="right", return_tensors="pt")
-            a_ids, a_mask = ans["input_ids"].to(self.device), ans["attention_mask"].to(self.device)
-            logp, _ = response_logprobs(self.model, torch.cat([ids, a_ids], 1), torch.cat([am, a_mask], 1),
-                                        ids.shape[1], 1.0, self.cfg.model.fused_head)
-            loss = -(logp * a_mask).sum() / a_mask.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i % 20 == 0 or i == s.steps - 1:
-                self.log.write({"kind": "sft", "sft_step": i, "sft/loss": float(loss.detach())})
-        self.model.eval()
 
     # ------------------------------------------------------------------ rollout + rewards
     def make_rollout(self, records: list[dict], group_size: int, temperature: float, top_p: float,
