@@ -143,3 +143,9 @@ def test_the_candidate_testbed_task_model_and_study():
     assert (s3.base["sft.steps"], s3.base["train.steps"], s3.base["train.log_update_norm"]) == (200, 200, False)
     assert {c: (pilot.staleness_k(s3.config(c, "DAPO", 0).to_dict()), s3.config(c, "DAPO", 0).optim.lr)
             for c in s3.cells} == {"K1-lr0.0006": (1, 6e-4), "K4-lr0.0006": (4, 6e-4), "K8-lr0.0006": (8, 6e-4)}
+    s4 = get_study("tiny6m-pilot4")
+    cfg4 = s4.config("K1-lr0.0003", "DAPO", 0)
+    assert (cfg4.sft.steps, cfg4.sft.target_accuracy, cfg4.train.steps, cfg4.train.eval_every) == (400, 0.30, 300, 25)
+    assert {c: pilot.staleness_k(s4.config(c, "DAPO", 0).to_dict()) for c in s4.cells} == \
+        {"K1-lr0.0003": 1, "K4-lr0.0003": 4, "K8-lr0.0003": 8, "K16-lr0.0003": 16}
+    assert "stopped once the sampled accuracy" in s4.description
