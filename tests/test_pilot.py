@@ -105,6 +105,13 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     assert table.splitlines()[2].startswith("| learns |") and "**met**" in table and "**not met**" in table
     prof = pilot.step_profile("p", tmp_path)
     assert prof["K1-lr0.001"]["time/step_s"] == 2.0 and prof["K1-lr0.001"]["wall_s"] == 100.0
+    md = tmp_path / "results.md"
+    md.write_text("# R\nkept\n<!-- pilot-report: p -->\nstale\n<!-- /pilot-report -->\nkept below\n")
+    assert pilot.refresh_pilot_blocks(md, tmp_path) == ["p"]
+    rep = pilot.pilot_report("p", tmp_path)
+    assert md.read_text() == "# R\nkept\n<!-- pilot-report: p -->\n" + rep + "<!-- /pilot-report -->\nkept below\n"
+    assert rep.startswith("Pilot `p` (") and "6 runs, 0.12 run-hours" in rep and table.rstrip("\n") in rep
+    assert "- K1-lr0.001: step_s 2, wall_s 100, steps 3" in rep
     with pytest.raises(ValueError, match="no cache"):
         pilot.pilot_criteria("absent", tmp_path)
     study.cells["K8-lr0.001"] = {"rollout.prompts_per_step": 16, "train.minibatch_prompts": 2}   # defined, not run

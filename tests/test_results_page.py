@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_study_report import _cache  # the toy study cache (tests/ is on the path)
 
-from ercref.study import report, results_page
+from ercref.study import pilot, report, results_page
 from ercref.study import verdict_rules as vr
 from ercref.study.__main__ import main
 
@@ -112,6 +112,11 @@ def test_committed_results_equal_the_committed_caches(tmp_path):
     for m in blocks:
         assert m.group(3) == report.study_report(m.group(2)), (
             f"docs/results.md's report of {m.group(2)} is not the report of its cache: run `make study-report`")
+    pilots = list(pilot.PILOT_BLOCK.finditer(page))
+    assert {m.group(2) for m in pilots} >= {"tiny6m-pilot4", "smollm2-pilot"}
+    for m in pilots:
+        assert m.group(3) == pilot.pilot_report(m.group(2)), (
+            f"docs/results.md's report of pilot {m.group(2)} is not the report of its cache: run `make study-report`")
     stored = results_page.read_figure_data(results_page.FIGURE)
     want = results_page.figure_data(rows)
     assert stored.keys() == want.keys() and all(

@@ -22,7 +22,8 @@ Each criterion is "met", "not met" (the cached runs already rule it out) or "inc
 still missing could decide it either way), with the numbers per seed. K is read from each run's saved
 config: rollout.prompts_per_step / train.minibatch_prompts.
 
-    python -m ercref.study.pilot tiny2-pilot           # the criteria table of the cache
+    python -m ercref.study.pilot tiny6m-pilot2         # the criteria table of the cache (pilot_report:
+                                                       # also the <!-- pilot-report: NAME --> blocks of docs/results.md)
 
 ``step_profile`` summarises the trainer's own step timings (time/generate_s, time/old_logprob_s,
 time/update_s, time/step_s) over the cached runs of each cell.
@@ -30,7 +31,9 @@ time/update_s, time/step_s) over the cached runs of each cell.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -265,6 +268,40 @@ def criteria_table(criteria: list[Criterion]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
+    """Markdown: what the pilot is (its study.json description and cache), the criteria table and each
+    cell's step profile. The block ``<!-- pilot-report: NAME -->`` of docs/results.md (refresh_pilot_blocks)."""
+    from .cache import read_study_json
+
+    root = study_dir(name, results_dir)
+    defined = read_study_json(root / "study.json") if (root / "study.json").is_file() else {}
+    runs, _ = finished_runs(root, tokens=False) if root.is_dir() else ([], [])
+    where = f"data/results/{name}" if results_dir is None else str(root)
+    lines = [f"Pilot `{name}` (cache `{where}`): {len(runs)} runs, "
+             f"{sum(float(r.meta['wall_s']) for r in runs) / 3600:.2f} run-hours. {defined.get('description', '')}", ""]
+    lines.append(criteria_table(pilot_criteria(name, results_dir, arm)).rstrip("\n"))
+    profile = step_profile(name, results_dir)
+    if profile:
+        lines += ["", "Seconds per RL step (mean over the cached runs' steps; one torch thread per run, other runs "
+                  "sharing the machine's cores, so only ratios within one sitting compare) and run wall time, per cell:", ""]
+        lines += [f"- {cell}: " + ", ".join(f"{k.removeprefix('time/')} {v:.3g}" for k, v in p.items()) for cell, p in
+                  profile.items()]
+    return "\n".join(lines) + "\n"
+
+
+PILOT_BLOCK = re.compile(r"(<!-- pilot-report: (\S+) -->\n)(.*?)(<!-- /pilot-report -->)", flags=re.S)
+
+
+def refresh_pilot_blocks(path, results_dir=None) -> list[str]:
+    """Replace every ``<!-- pilot-report: NAME -->`` ... ``<!-- /pilot-report -->`` block of the markdown
+    file ``path`` with pilot_report(NAME) of the current cache. Returns the names."""
+    path = Path(path)
+    text = path.read_text()
+    names = [m.group(2) for m in PILOT_BLOCK.finditer(text)]
+    path.write_text(PILOT_BLOCK.sub(lambda m: m.group(1) + pilot_report(m.group(2), results_dir) + m.group(4), text))
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -274,12 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="cache root (default data/results)")
     args = ap.parse_args(argv)
     try:
-        crit = pilot_criteria(args.study, args.results_dir, args.arm)
+        print(pilot_report(args.study, args.results_dir, args.arm), end="")
     except ValueError as e:
         ap.error(str(e))
-    print(criteria_table(crit), end="")
-    for cell, p in step_profile(args.study, args.results_dir).items():
-        print(f"{cell}: " + ", ".join(f"{k} {v:.3g}" for k, v in p.items()))
     return 0
 
 

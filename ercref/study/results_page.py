@@ -9,7 +9,8 @@ rewrites, and nothing else of those files:
     README.md          the block <!-- results-summary --> ... <!-- /results-summary -->  (summary_table)
     docs/results.md    every <!-- study-report: NAME --> ... <!-- /study-report --> block  (report.study_report),
                        and every <!-- branch-report: NAME --> block when the page has one
-                       (ercref.study.branch_report, imported only then)
+                       (ercref.study.branch_report, imported only then), and every
+                       <!-- pilot-report: NAME --> block (ercref.study.pilot.pilot_report)
     docs/img/results_summary.png                                                       (summary_figure)
 
 SUMMARY_STUDIES lists the table's rows in order: (name, kind, what it tests). kind "study": a study
@@ -36,7 +37,7 @@ import numpy as np
 
 from ercref.paths import REPO_ROOT
 
-from . import report
+from . import pilot, report
 from . import verdict_rules as vr
 from .cache import study_dir
 
@@ -224,6 +225,8 @@ def refresh_results(readme=None, page=None, figure=FIGURE, results_dir=None) -> 
         raise ValueError(f"{readme} has no <!-- results-summary --> ... <!-- /results-summary --> block")
     readme.write_text(SUMMARY_BLOCK.sub(lambda m: m.group(1) + summary_table(results_dir, rows) + m.group(3), text))
     names = ["results-summary"] + report.refresh_report_blocks(page, results_dir)
+    if pilot.PILOT_BLOCK.search(page.read_text()):
+        names += pilot.refresh_pilot_blocks(page, results_dir)
     if BRANCH_BLOCK.search(page.read_text()):
         from . import branch_report
 

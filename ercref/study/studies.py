@@ -342,7 +342,7 @@ def tiny6m_pilot(cells=PILOT_CELLS, seeds=SEEDS, steps: int = 80, sft_steps: int
     matched-step arm)."""
     stale = sorted({k for k, _ in cells if k > 1})
     base = {**TINY6M_BASE, "train.steps": steps, "sft.steps": sft_steps, **(base or {})}
-    warmup = (f"a warm-up of up to {sft_steps} steps stopped once the sampled accuracy on "
+    warmup = (f"A warm-up of up to {sft_steps} steps stopped once the sampled accuracy on "
               f"{base.get('sft.check_prompts', 128)} training prompts reaches {base['sft.target_accuracy']:g}"
               if base.get("sft.target_accuracy") else f"{sft_steps} warm-up steps")
     return Study(name, "cpu-tiny", base, dict(tiny_cell(k, lr) for k, lr in cells), {"DAPO": erc_arm("dapo", None)},
