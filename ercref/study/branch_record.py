@@ -58,9 +58,17 @@ def write_record(root: Path, record: dict) -> Path:
     return path
 
 
-def read_record(path: Path, expect: dict | None = None) -> dict:
+def required_keys(accuracy: str | None) -> tuple[str, ...]:
+    """Record keys beyond RECORD_KEYS that a study with held-out accuracy measure ``accuracy`` needs
+    (branch_study.ACCURACY_MEASURES; the study.json's "accuracy", None for a study written before it)."""
+    return ("heldout_judged",) if accuracy == "judged" else ()
+
+
+def read_record(path: Path, expect: dict | None = None, require: tuple[str, ...] = ()) -> dict:
     """The record at ``path``, checked (module doc); ValueError naming the file and what is wrong.
-    ``expect``: key -> value the record must hold (its study, seed, step, K, arm)."""
+    ``expect``: key -> value the record must hold (its study, seed, step, K, arm). ``require``: keys
+    beyond RECORD_KEYS its study needs (required_keys); a record without them was made before the study
+    measured them (damaged for this study: the runner sets it aside and runs it again)."""
     path = Path(path)
     raw = path.read_bytes()
     rec = json_object(path, raw, "a branch record")
@@ -71,25 +79,25 @@ def read_record(path: Path, expect: dict | None = None) -> dict:
     for k, v in (expect or {}).items():
         if rec.get(k) != v:
             raise ValueError(f"{path}: holds {k} = {rec.get(k)!r}, but its path says {v!r}")
+    lacks = [key for key in require if key not in rec]
+    if lacks:
+        raise ValueError(f"{path}: lacks {', '.join(lacks)}, which this study's report needs (made before it "
+                         "measured them; the runner sets it aside and runs it again)")
     return rec
 
 
 def check_record(root: Path, study: str, seed: int, step: int, k: int, arm: str,
                  require: tuple[str, ...] = ()) -> tuple[str, dict | str | None]:
-    """("finished", record) | ("missing", None) | ("damaged", reason) of one record. ``require``: keys
-    beyond RECORD_KEYS the study needs (BranchStudy.required_keys); a record without them is damaged
-    for this study (made before the study measured them) and is set aside and run again."""
+    """("finished", record) | ("missing", None) | ("damaged", reason) of one record (``require``: as
+    read_record's)."""
     path = record_path(root, seed, step, k, arm)
     if not path.is_file():
         return "missing", None
     try:
-        rec = read_record(path, {"study": study, "seed": seed, "branch_step": step, "K": k, "arm": arm})
+        return "finished", read_record(path, {"study": study, "seed": seed, "branch_step": step, "K": k, "arm": arm},
+                                       require)
     except (OSError, ValueError) as e:
         return "damaged", str(e)
-    lacks = [key for key in require if key not in rec]
-    if lacks:
-        return "damaged", f"{path}: lacks {lacks}, which this study's report needs (made before it measured them)"
-    return "finished", rec
 
 
 def set_aside(root: Path, path: Path) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .branch_record import HIST_EDGES as _EDGES
-from .branch_record import read_record
+from .branch_record import read_record, required_keys
 from .cache import study_dir, wall_seconds
 
 REGIONS = ("trained", "other", "heldout")
@@ -46,15 +46,12 @@ def column(region: str | None, metric: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reading the cache
-def _check(path: Path, rel: str, study: str, judged: bool = False) -> dict:
-    """One record, checked (module doc); ValueError naming the file. ``judged``: the study's accuracy
-    measure is the judged one, so the record must carry heldout_judged."""
+def _check(path: Path, rel: str, study: str, require: tuple[str, ...] = ()) -> dict:
+    """One record, checked (module doc; ``require``: branch_record.required_keys of the study's accuracy
+    measure); ValueError naming the file."""
     m = RECORD_PATH.match(rel)
     rec = read_record(path, {"study": study, "seed": int(m["seed"]), "branch_step": int(m["step"]), "K": int(m["K"]),
-                             "arm": m["arm"]})
-    if judged and not isinstance(rec.get("heldout_judged"), dict):
-        raise ValueError(f"{path}: lacks heldout_judged, the accuracy measure of this study (made before it was "
-                         "measured; the runner sets it aside and runs it again)")
+                             "arm": m["arm"]}, require)
     for region in HIST_REGIONS:
         h = (rec["hist"] or {}).get(region)
         if h is not None and (not isinstance(h, list) or len(h) not in (0, HIST_BINS)):
@@ -125,7 +122,7 @@ def load_branch(name: str, results_dir=None, warn: bool = True) -> pd.DataFrame:
             problems.append(f"{p}: stray file (not a record at trajN/stepT/KK/ARM.json)")
             continue
         try:
-            rows.append(_flat(_check(p, rel, name, judged), rel, judged))
+            rows.append(_flat(_check(p, rel, name, required_keys(definition.get("accuracy"))), rel, judged))
         except (OSError, ValueError) as e:
             problems.append(f"{e} (not counted)")
     if warn:

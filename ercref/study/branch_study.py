@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ercref.paths import DATA_DIR
 
+from .branch_record import required_keys
 from .studies import ARM_OR_CELL_NAME, BETAS, GPPO_EPS, SEEDS, TINY6M_BASE, erc_arm, smollm2_learns
 
 HYPOTHESES_FILE = DATA_DIR / "preregistration" / "branch_hypotheses.json"
@@ -122,7 +123,7 @@ class BranchStudy:
 
     def required_keys(self) -> tuple[str, ...]:
         """Record keys beyond branch_record.RECORD_KEYS that this study's report needs."""
-        return ("heldout_judged",) if self.accuracy == "judged" else ()
+        return required_keys(self.accuracy)
 
     def searched(self) -> set[str]:
         return set(self.matched) | set(self.tight_clip)
