@@ -99,6 +99,44 @@ def test_a_figure_without_its_data_is_refused(tmp_path):
         results_page.read_figure_data(tmp_path / "plain.png")
 
 
+def test_primary_verdicts_table_lists_each_primary_with_its_holm_verdict(tmp_path, monkeypatch):
+    from test_branch_report import NAME, write_branch
+
+    from ercref.study import branch_records, branch_report
+
+    monkeypatch.setattr(results_page, "SUMMARY_STUDIES", ((NAME, "branch", "toy branching study"), *TOY))
+    write_branch(tmp_path)
+    _cache(tmp_path)
+    table = results_page.primary_verdicts_table(tmp_path).splitlines()
+    df = branch_records.load_branch(NAME, tmp_path)
+    pt = branch_report.primary_table(df, df.attrs["definition"]).set_index("id")
+    # the toy cache: ERC's held-out p99 is half DAPO's (H1 supported), the trained one equal (H2 not supported),
+    # the matched step's held-out p99 lower than ERC's (H4 contradicted)
+    assert len(table) == 2 + 4 + 2            # header, 4 primaries, the branching study and the testbed not run
+    h1 = table[2]
+    assert h1.startswith(f"| `{NAME}` | H1 | p99 of per-token KL(pi_old \\|\\| pi_new) on held-out contexts: "
+                         "DAPO+ERC below DAPO (all K) | 5 | ")
+    assert h1.endswith(f"| {pt.loc['H1', 'p_holm']:.2g} | **supported** |")
+    assert f"{pt.loc['H1', 'mean']:+.3g} [{pt.loc['H1', 'low']:+.3g}, {pt.loc['H1', 'high']:+.3g}]" in h1
+    assert table[3].endswith("| **not supported** |") and "on the trained tokens" in table[3]
+    assert table[5].endswith("| **contradicted** |") and "below DAPO-matched-step" in table[5]
+    assert "toy" not in "".join(table[6:])    # a study without primaries has no row
+    assert table[6] == "| `later` | | | | | | | not run yet |"
+    assert table[7].startswith("| the testbed's confirmatory study |")
+    # fewer than 5 trajectories: no difference, no p, the rule's label
+    (tmp_path / NAME).rename(tmp_path / "full")
+    write_branch(tmp_path, seeds=(0, 1, 2))
+    few = results_page.primary_verdicts_table(tmp_path).splitlines()[2]
+    assert few.startswith(f"| `{NAME}` | H1 |") and few.endswith(" (all K) | 3 |  |  |  | **too few seeds (3)** |")
+    # refresh writes the block only where the README has one
+    readme, page = _files(tmp_path)
+    readme.write_text(readme.read_text() + "<!-- primary-verdicts -->\nstale\n<!-- /primary-verdicts -->\nend\n")
+    names = results_page.refresh_results(readme, page, None, results_dir=tmp_path)
+    assert names[:2] == ["results-summary", "primary-verdicts"]
+    assert readme.read_text().endswith("<!-- primary-verdicts -->\n" + results_page.primary_verdicts_table(tmp_path)
+                                       + "<!-- /primary-verdicts -->\nend\n")
+
+
 @pytest.mark.slow
 def test_committed_results_equal_the_committed_caches(tmp_path):
     readme, page = (ROOT / "README.md").read_text(), results_page.RESULTS_PAGE.read_text()
@@ -107,6 +145,10 @@ def test_committed_results_equal_the_committed_caches(tmp_path):
     rows = results_page.summary_rows()
     assert summary.group(2) == results_page.summary_table(rows=rows), \
         "README.md's results summary is not the summary of the committed caches: run `make study-report`"
+    primaries = results_page.PRIMARY_BLOCK.search(readme)
+    assert primaries, "README.md lacks the <!-- primary-verdicts --> ... <!-- /primary-verdicts --> block"
+    assert primaries.group(2) == results_page.primary_verdicts_table(rows=rows), \
+        "README.md's primary verdicts are not those of the committed caches: run `make study-report`"
     blocks = list(report.REPORT_BLOCK.finditer(page))
     assert {m.group(2) for m in blocks} >= {"tiny-stability-map", "tiny-controls", "smollm2-learns"}
     for m in blocks:

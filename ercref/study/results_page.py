@@ -7,6 +7,8 @@ study caches under the rules of ercref.study.verdict_rules, and tested equal to 
 
 rewrites, and nothing else of those files:
     README.md          the block <!-- results-summary --> ... <!-- /results-summary -->  (summary_table)
+                       and the block <!-- primary-verdicts --> ... <!-- /primary-verdicts -->
+                       (primary_verdicts_table) when the README has one
     docs/results.md    every <!-- study-report: NAME --> ... <!-- /study-report --> block  (report.study_report),
                        and every <!-- branch-report: NAME --> block when the page has one
                        (ercref.study.branch_report, imported only then), and every
@@ -44,6 +46,8 @@ from .cache import study_dir
 RESULTS_PAGE = REPO_ROOT / "docs" / "results.md"
 FIGURE = REPO_ROOT / "docs" / "img" / "results_summary.png"
 SUMMARY_BLOCK = re.compile(r"(<!-- results-summary -->\n)(.*?)(<!-- /results-summary -->)", flags=re.S)
+PRIMARY_BLOCK = re.compile(r"(<!-- primary-verdicts -->\n)(.*?)(<!-- /primary-verdicts -->)", flags=re.S)
+REGION_WORDS = {"heldout": "held-out contexts", "trained": "the trained tokens", "other": "the rollout's other minibatches"}
 BRANCH_BLOCK = re.compile(r"<!-- branch-report: (\S+) -->")
 TESTBED_PENDING = "the testbed's confirmatory study"
 SUMMARY_STUDIES = (
@@ -64,17 +68,23 @@ def _where(name: str, results_dir) -> str:
     return f"data/results/{name}" if results_dir is None else str(Path(results_dir) / name)
 
 
-def study_judgements(name: str, kind: str = "study", results_dir=None) -> list[vr.Judgement] | None:
-    """Every Judgement the report of study ``name`` lists (None when its cache does not exist)."""
+def _branch_tables(name: str, results_dir=None):
+    """(primary_table, exploratory_table) of branching study ``name``'s cache (ercref.study.branch_report)."""
+    from . import branch_report  # only for a cache that exists
+    from .branch_records import load_branch
+
+    df = load_branch(name, results_dir)
+    return (branch_report.primary_table(df, df.attrs["definition"]),
+            branch_report.exploratory_table(df, df.attrs["definition"]))
+
+
+def study_judgements(name: str, kind: str = "study", results_dir=None, tables=None) -> list[vr.Judgement] | None:
+    """Every Judgement the report of study ``name`` lists (None when its cache does not exist).
+    ``tables``: a branching study's _branch_tables, when already computed."""
     if kind == "testbed" or not (study_dir(name, results_dir) / "study.json").is_file():
         return None
     if kind == "branch":
-        from . import branch_report  # only for a cache that exists
-        from .branch_records import load_branch
-
-        df = load_branch(name, results_dir)
-        tables = (branch_report.primary_table(df, df.attrs["definition"]),
-                  branch_report.exploratory_table(df, df.attrs["definition"]))
+        tables = _branch_tables(name, results_dir) if tables is None else tables
         # a primary's label is the table's verdict (Holm-adjusted when the study says so)
         return [replace(j, label=v) if j.counted and v in vr.VERDICT_LABELS else j
                 for t in tables for j, v in zip(t["judgement"], t["verdict"]) if j is not None]
@@ -97,9 +107,16 @@ def _excluding_zero(js: list[vr.Judgement]) -> str:
 
 
 def summary_rows(results_dir=None) -> list[dict]:
-    """One dict per SUMMARY_STUDIES row: name, kind, what, judgements (None: not run yet)."""
-    return [{"name": name, "kind": kind, "what": what, "judgements": study_judgements(name, kind, results_dir)}
-            for name, kind, what in SUMMARY_STUDIES]
+    """One dict per SUMMARY_STUDIES row: name, kind, what, judgements (None: not run yet) and, for a
+    branching study whose cache exists, primaries (branch_report.primary_table)."""
+    rows = []
+    for name, kind, what in SUMMARY_STUDIES:
+        exists = kind != "testbed" and (study_dir(name, results_dir) / "study.json").is_file()
+        tables = _branch_tables(name, results_dir) if kind == "branch" and exists else None
+        rows.append({"name": name, "kind": kind, "what": what,
+                     "judgements": study_judgements(name, kind, results_dir, tables),
+                     "primaries": None if tables is None else tables[0]})
+    return rows
 
 
 def summary_table(results_dir=None, rows: list[dict] | None = None) -> str:
@@ -135,6 +152,40 @@ def summary_table(results_dir=None, rows: list[dict] | None = None) -> str:
                             if any(j.status == st for j in js)) or "none"
         lines.append(f"| {name} | {r['what']} | {len(tests)} ({role}) | {counts} | "
                      f"{vr.expected_by_chance(len(tests)):.2f} | {skipped} | {_excluding_zero(js)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _primary_what(r) -> str:
+    """A primary hypothesis in a few words, from its fields: measure, where, arm vs baseline, predicted side."""
+    where = REGION_WORDS.get(r.region, r.region or "all tokens")
+    side = "below" if r.direction < 0 else "above"
+    measure = r.metric.replace("drift/kl_old_new/p99", "p99 of per-token KL(pi_old \\|\\| pi_new)")
+    return f"{measure} on {where}: {r.arm} {side} {r.baseline}"
+
+
+def primary_verdicts_table(results_dir=None, rows: list[dict] | None = None) -> str:
+    """The README's table of the pre-registered primary hypotheses: one row per primary of each study
+    that names primaries (the branching studies), with the paired difference arm - baseline (one mean
+    per trajectory, 95 % t interval), the baseline's mean for scale, the Holm-adjusted p and the
+    verdict; a study not run yet, or with too few trajectories, says so in its verdict column."""
+    rows = summary_rows(results_dir) if rows is None else rows
+    lines = ["| study | hypothesis (pre-registered) | what is compared | trajectories | difference [95 % t] "
+             "| baseline's mean | Holm p | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["name"] if r["kind"] == "testbed" else f"`{r['name']}`"
+        if r["kind"] == "study":
+            continue                       # no pre-registered primaries: every verdict exploratory
+        pt = r.get("primaries")
+        if pt is None:
+            lines.append(f"| {name} | | | | | | | not run yet |")
+            continue
+        for h in pt.itertuples():
+            tested = math.isfinite(h.p)
+            diff = f"{h.mean:+.3g} [{h.low:+.3g}, {h.high:+.3g}]" if tested else ""
+            base = f"{h.base_mean:.3g}" if tested else ""     # a cache being filled: nothing that moves per run
+            ks = "all K" if h.K == "all" else f"K {h.K}"
+            lines.append(f"| {name} | {h.id} | {_primary_what(h)} ({ks}) | {h.n_traj} | {diff} | {base} | "
+                         f"{f'{h.p_holm:.2g}' if tested else ''} | **{h.verdict}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -223,8 +274,13 @@ def refresh_results(readme=None, page=None, figure=FIGURE, results_dir=None) -> 
     text = readme.read_text()
     if not SUMMARY_BLOCK.search(text):
         raise ValueError(f"{readme} has no <!-- results-summary --> ... <!-- /results-summary --> block")
-    readme.write_text(SUMMARY_BLOCK.sub(lambda m: m.group(1) + summary_table(results_dir, rows) + m.group(3), text))
-    names = ["results-summary"] + report.refresh_report_blocks(page, results_dir)
+    text = SUMMARY_BLOCK.sub(lambda m: m.group(1) + summary_table(results_dir, rows) + m.group(3), text)
+    names = ["results-summary"]
+    if PRIMARY_BLOCK.search(text):
+        text = PRIMARY_BLOCK.sub(lambda m: m.group(1) + primary_verdicts_table(results_dir, rows) + m.group(3), text)
+        names.append("primary-verdicts")
+    readme.write_text(text)
+    names += report.refresh_report_blocks(page, results_dir)
     if pilot.PILOT_BLOCK.search(page.read_text()):
         names += pilot.refresh_pilot_blocks(page, results_dir)
     if BRANCH_BLOCK.search(page.read_text()):
