@@ -160,6 +160,6 @@ def test_the_candidate_testbed_task_model_and_study():
     cfg_sp = sp.config("K1-lr1e-05", "DAPO", 0)
     assert (cfg_sp.data.level, cfg_sp.reward.judge, cfg_sp.train.steps, cfg_sp.train.minibatch_prompts) == (2, "math", 30, 8)
     assert {c: pilot.staleness_k(sp.config(c, "DAPO", 0).to_dict()) for c in sp.cells} == \
-        {"K1-lr1e-05": 1, "K8-lr1e-05": 8, "K8-lr3e-05": 8}
+        {"K1-lr1e-05": 1, "K8-lr1e-05": 8, "K8-lr3e-05": 8, "K8-lr0.0001": 8, "K8-lr0.0003": 8}
     held_out, overlap = pilot.eval_overlap(cfg_sp.to_dict())
     assert held_out >= pilot.MIN_EVAL_PROBLEMS and overlap == 0        # the criterion's eval set, checked up front

@@ -361,8 +361,9 @@ STUDIES["tiny6m-pilot3"] = functools.partial(tiny6m_pilot, cells=PILOT3_CELLS, s
 # of 300 generated held-out problems about 230 are not training prompts), math judge, where SmolLM2-135M-Instruct
 # starts low with room to rise (avg@2 0.20, pass@2 0.39 on 64 held-out problems, measured before this pilot), and
 # where on single-digit additions DAPO learned +65 points in 20 steps (smollm2-learns). 8 prompts x 8 answers per
-# step, 30 RL steps; K = 1 (on-policy) at lr 1e-5, K = 8 at lr 1e-5 (staleness alone) and 3e-5.
-SMOL_PILOT_CELLS = ((1, 1e-5), (8, 1e-5), (8, 3e-5))
+# step, 30 RL steps; K = 1 (on-policy) at lr 1e-5, K = 8 at lr 1e-5 (staleness alone) and 3e-5; then, since K = 8 at
+# 3e-5 learned as well as K = 1 without a drop, K = 8 at 1e-4 and 3e-4 (larger stale steps), added before their runs.
+SMOL_PILOT_CELLS = ((1, 1e-5), (8, 1e-5), (8, 3e-5), (8, 1e-4), (8, 3e-4))
 
 
 def smollm2_cell(k: int, lr: float, prompts: int = 8) -> tuple[str, dict]:
