@@ -49,7 +49,7 @@ from ercref import TokenDrift, drift_summary, token_drift, token_drift_from_hidd
 
 from .batching import token_budget_batches, trim_rows
 from .prompt_sharing import position_ids_from_mask
-from .rollout import SHARE_PROMPTS, autocast_context, fused_head_applies, response_hidden, rollout
+from .rollout import SHARE_PROMPTS, autocast_context, fused_head_applies, response_hidden
 from .rollout_batch import RolloutBatch
 from .trainer import Callback, Trainer
 
@@ -128,13 +128,8 @@ class DriftCallback(Callback):
             raise ValueError("DriftCallback(heldout_prompts=...) samples held-out contexts from the run's evaluation "
                              "prompts, but its eval set is empty: set data.num_eval (or an eval file) or pass "
                              "heldout_prompts=0 to measure no held-out contexts")
-        cfg, r = trainer.cfg, trainer.cfg.rollout
-        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
-            torch.manual_seed(heldout_seed(cfg.train.seed, trainer.step + 1))
-            return rollout(trainer.model, trainer.tok, [x["prompt"] for x in records], [x["answer"] for x in records],
-                           self.heldout_samples, r.max_new_tokens, r.temperature, r.top_p, cfg.data.max_prompt_tokens,
-                           r.generation_batch_size, cfg.model.fused_head, trainer.autocast, with_logprobs=False,
-                           max_tokens_per_generate=r.max_tokens_per_generate)
+        return trainer.sample_responses(records, self.heldout_samples,
+                                        heldout_seed(trainer.cfg.train.seed, trainer.step + 1))
 
     @torch.no_grad()
     def measure(self, trainer: Trainer, batch: RolloutBatch) -> tuple[TokenDrift, torch.Tensor]:

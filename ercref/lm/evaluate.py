@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from .rollout import rollout
-
 # request seeds of one evaluation: eval_request_seed(seed, step) + row, rows < SEED_STRIDE
 SEED_STRIDE = 1 << 20
 
@@ -78,13 +76,8 @@ def evaluate_policy(trainer) -> dict:
             engine.sync_weights(trainer.model)
         first_seed = eval_request_seed(t.seed, trainer.step)
         gen_fn = lambda ids, am: engine(ids, am, max_new, t.eval_temperature, t.eval_top_p, seed=first_seed)  # noqa: E731
-    with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
-        torch.manual_seed(eval_seed(t.seed, trainer.step))
-        batch = rollout(trainer.model, trainer.tok, [r["prompt"] for r in trainer.eval_set],
-                        [r["answer"] for r in trainer.eval_set], k, max_new, t.eval_temperature, t.eval_top_p,
-                        cfg.data.max_prompt_tokens, cfg.rollout.generation_batch_size, cfg.model.fused_head,
-                        trainer.autocast, gen_fn, with_logprobs=False,
-                        max_tokens_per_generate=cfg.rollout.max_tokens_per_generate)
+    batch = trainer.sample_responses(trainer.eval_set, k, eval_seed(t.seed, trainer.step), t.eval_temperature,
+                                     t.eval_top_p, max_new, gen_fn)
     rewards, correct = trainer.score(batch, max_new)
     avg, pas = pass_at_k(correct.view(-1, k))
     rec = {"kind": "eval", "step": trainer.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,

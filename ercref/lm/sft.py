@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from .rollout import encode_prompts, response_logprobs, rollout
+from .rollout import encode_prompts, response_logprobs
 from .scoring import score_responses
 
 
@@ -36,12 +36,7 @@ def training_accuracy(trainer, step: int) -> float:
     records = trainer.train_set[: cfg.sft.check_prompts]
     was = trainer.model.training
     trainer.model.eval()
-    with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
-        torch.manual_seed(check_seed(cfg.train.seed, step))
-        batch = rollout(trainer.model, trainer.tok, [x["prompt"] for x in records], [x["answer"] for x in records], 1,
-                        r.max_new_tokens, r.temperature, r.top_p, cfg.data.max_prompt_tokens, r.generation_batch_size,
-                        cfg.model.fused_head, trainer.autocast, with_logprobs=False,
-                        max_tokens_per_generate=r.max_tokens_per_generate)
+    batch = trainer.sample_responses(records, 1, check_seed(cfg.train.seed, step))
     trainer.model.train(was)
     _rewards, correct = score_responses(batch.texts, batch.answers, cfg.reward, batch.response_lengths.cpu(),
                                         r.max_new_tokens)

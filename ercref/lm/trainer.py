@@ -227,6 +227,23 @@ class Trainer:
                        ref_model=self.ref_model, max_tokens_per_generate=self.cfg.rollout.max_tokens_per_generate,
                        max_tokens_per_logprob=self.cfg.rollout.max_tokens_per_logprob or self.cfg.train.max_tokens_per_forward)
 
+    def sample_responses(self, records: list[dict], n: int, seed: int, temperature: float | None = None,
+                         top_p: float | None = None, max_new_tokens: int | None = None,
+                         generator_fn=None) -> RolloutBatch:
+        """``n`` responses per record from the current policy, without log-probs (evaluation, the drift
+        probe's held-out contexts, the warm-up's accuracy checks), under a torch RNG forked and seeded
+        with ``seed``: the training steps draw the same random numbers with or without this call.
+        Sampling settings default to the rollout's (cfg.rollout)."""
+        r = self.cfg.rollout
+        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+            torch.manual_seed(seed)
+            return rollout(self.model, self.tok, [x["prompt"] for x in records], [x["answer"] for x in records], n,
+                           r.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                           r.temperature if temperature is None else temperature, r.top_p if top_p is None else top_p,
+                           self.cfg.data.max_prompt_tokens, r.generation_batch_size, self.cfg.model.fused_head,
+                           self.autocast, generator_fn, with_logprobs=False,
+                           max_tokens_per_generate=r.max_tokens_per_generate)
+
     def score(self, batch: RolloutBatch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards, correct); the judge's counters (judge/timeouts, ...) accumulate until the next log line."""
         stats: dict = {}
