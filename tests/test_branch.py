@@ -196,8 +196,14 @@ def test_resume_skips_finished_and_reruns_a_damaged_record(study_run):
     st = branch.status(study, d)
     assert st["damaged"] == 1 and str(target) in st["problems"][0]
     files_before = {p for p in root.rglob("*") if p.is_file()}
+    # a run limited to other branch steps leaves it; the study's step, named, runs it again
+    two_steps = replace(study, branch_steps=[1, 2])
+    assert branch.branch_points_todo(two_steps, root, [0]) == [(1, 0), (2, 0)]
+    assert branch.branch_points_todo(two_steps, root, [0], steps=[1]) == [(1, 0)]
+    with pytest.raises(ValueError, match=r"steps \[3\] are not branch steps"):
+        branch.run_branch_study(study, d, require_registered=False, steps=[3])
     lines = []
-    third = branch.run_branch_study(study, d, require_registered=False, log=lines.append)
+    third = branch.run_branch_study(study, d, require_registered=False, log=lines.append, steps=[2])
     assert third["written"] == 1 and any("damaged" in x and "DAPO+random-mask" in x for x in lines)
     aside = list((root / branch_record.SET_ASIDE).rglob("DAPO+random-mask.json.*"))
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(raw)          # kept, not deleted

@@ -2,6 +2,7 @@
 
     python -m ercref.study.branch tiny-branch --hours 1      # fill the cache for 1 h, then stop
     python -m ercref.study.branch tiny-branch --status       # records finished / damaged / missing, run-hours
+    python -m ercref.study.branch tiny-branch --seeds 3 --steps 6   # one branch point (side by side with another run)
 
 Branch points run step-major (every trajectory's first branch step, then every trajectory's second, ...), so
 a budget that ends early leaves every trajectory with its earliest points. Each trajectory seed gets the
@@ -222,9 +223,21 @@ def _states(study: BranchStudy, root: Path, seed: int, step: int) -> list[str]:
             for a in study.arms]
 
 
+def branch_points_todo(study: BranchStudy, root: Path, seeds, steps=None) -> list[tuple[int, int]]:
+    """(step, seed) of every branch point of ``seeds`` (and ``steps``, default all the study's branch
+    steps) that lacks a finished record, step-major. ValueError for a step the study does not branch at."""
+    steps = list(study.branch_steps if steps is None else steps)
+    bad = [t for t in steps if t not in study.branch_steps]
+    if bad:
+        raise ValueError(f"steps {bad} are not branch steps of {study.name} (its branch steps: {list(study.branch_steps)})")
+    return [(step, seed) for step in study.branch_steps if step in steps for seed in seeds
+            if any(x != "finished" for x in _states(study, root, seed, step))]
+
+
 def run_branch_study(study: BranchStudy, results_dir=None, hours: float | None = None, seeds=None,
-                     require_registered: bool = True, log=print) -> dict:
-    """Fill the study's cache (module docstring). Returns {"written", "points", "not_started", "wall_s"}."""
+                     require_registered: bool = True, log=print, steps=None) -> dict:
+    """Fill the study's cache (module docstring); ``seeds`` / ``steps``: only these trajectories / branch
+    steps (a trajectory is still trained from its start). Returns {"written", "points", "not_started", "wall_s"}."""
     import torch
 
     from ercref.lm.config import make_config
@@ -232,22 +245,21 @@ def run_branch_study(study: BranchStudy, results_dir=None, hours: float | None =
 
     if hours is not None and not hours > 0:
         raise ValueError(f"hours must be > 0 (the time budget), got {hours}")
+    seeds = list(study.seeds if seeds is None else seeds)
+    root = study_dir(study.name, results_dir)
+    todo = branch_points_todo(study, root, seeds, steps)    # checks ``steps`` before anything is written
     registered = registered_commit()
     if registered is None and require_registered:
         raise ValueError(f"the pre-registered hypotheses ({HYPOTHESES_FILE}) are not committed as they are: commit "
                          "them before a real run (the report prints that commit)")
-    root = study_dir(study.name, results_dir)
     root.mkdir(parents=True, exist_ok=True)
     write_branch_study_json(study, root, registered)
-    seeds = list(study.seeds if seeds is None else seeds)
     budget = hours * 3600.0 if hours is not None else float("inf")
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
     written, points, not_started = 0, 0, []
     trainers: dict[int, tuple] = {}   # seed -> (Trainer, its temporary folder, provenance)
     try:
-        todo = [(step, seed) for step in study.branch_steps for seed in seeds
-                if any(x != "finished" for x in _states(study, root, seed, step))]
         for i, (step, seed) in enumerate(todo):   # step-major: every trajectory's first point first
             times = _branch_times(root)
             est = statistics.median(times) if times else study.est_branch_s
@@ -311,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=float, default=None, help="time budget: start a branch point only if it is "
                     "estimated to end within this many hours (default: no limit)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="only these trajectory seeds")
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="only these branch steps (each trajectory is "
+                    "still trained from its start to them)")
     ap.add_argument("--status", action="store_true", help="records finished / damaged / missing and run-hours")
     ap.add_argument("--results-dir", default=None, help="cache root (default data/results)")
     args = ap.parse_args(argv)
@@ -324,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['missing']} missing; run-hours spent {s['spent_h']:.2f}, left ~{s['left_h']:.2f}")
             return 0
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        res = run_branch_study(study, args.results_dir, args.hours, args.seeds)
+        res = run_branch_study(study, args.results_dir, args.hours, args.seeds, steps=args.steps)
     except ValueError as e:
         ap.error(str(e))
     print(f"[{study.name}] {res['written']} record(s) at {res['points']} branch point(s) in {res['wall_s'] / 60:.1f} "
