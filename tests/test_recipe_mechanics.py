@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-import ercref.lm.evaluate as E
+import ercref.lm.trainer as trainer_module
 from ercref.lm.config import AUTHORS_EVAL_FILES, PRESETS, DataConfig, make_config
 from ercref.lm.data import FIXTURE_DIR, load_task, read_rows, write_jsonl
 from ercref.lm.metrics_log import read_log, strip_timing
@@ -235,13 +235,13 @@ def test_named_eval_sets_bare_prompts_and_per_set_metrics(tmp_path, monkeypatch)
     train_prompts = {r["prompt"][0]["content"] for r in tr.train_set}
     assert not train_prompts & {r["prompt"][0]["content"] for r in tr.eval_set} and len(tr.train_set) == 25
     seen = []
-    real = E.rollout
+    real = trainer_module.rollout
 
     def spy(model, tok, prompts, *a, **kw):
         seen.extend(prompts)
         return real(model, tok, prompts, *a, **kw)
 
-    monkeypatch.setattr(E, "rollout", spy)          # the evaluation's generation (ercref.lm.evaluate)
+    monkeypatch.setattr(trainer_module, "rollout", spy)   # the evaluation's generation (Trainer.sample_responses)
     # correct: every sample of "How many positive divisors..." (aime) and of "9+9=" (held)
     monkeypatch.setattr(Trainer, "score", lambda self, b, n: (torch.tensor([float(a in ("24", "18")) for a in b.answers]),
                                                               torch.tensor([a in ("24", "18") for a in b.answers])))
