@@ -120,7 +120,8 @@ class Trainer:
         no_decay = [p for p in self.model.parameters() if p.requires_grad and not decayed(p)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)
+                                     lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps,
+                                     **({"fused": True} if o.fused else {"foreach": True}))
         warm = o.warmup_steps
         shift = 0 if o.warmup_from_zero else 1
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + shift) / warm) if warm else 1.0)

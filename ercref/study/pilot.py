@@ -53,8 +53,8 @@ TIMING_KEYS = ("time/generate_s", "time/old_logprob_s", "time/update_s", "time/s
 @dataclass(frozen=True)
 class RunFacts:
     """What the criteria read from one run: evaluations as (step, accuracy), the collapse step, K, lr,
-    the size of the smallest evaluation and how many evaluation prompts were training prompts
-    (None: not checked)."""
+    the size of the smallest evaluation (distinct problems, when the overlap is checked) and how many
+    evaluation prompts were training prompts (None: not checked)."""
     k: int
     lr: float
     evals: tuple[tuple[int, float], ...]
@@ -119,14 +119,15 @@ def staleness_k(config: dict) -> int:
 
 
 def eval_overlap(config: dict) -> tuple[int, int]:
-    """(evaluation prompts, how many of them are also training prompts) of a run's saved config, by
-    regenerating both sets (ercref.lm.data.load_task)."""
+    """(distinct evaluation problems, how many evaluation prompts are also training prompts) of a run's
+    saved config, by regenerating both sets (ercref.lm.data.load_task). A generated evaluation set can
+    ask one problem twice (arith level 3 has 720): those count once."""
     from ercref.lm.config import config_from_dict
     from ercref.lm.data import load_task
 
     train, eval_ = load_task(config_from_dict(config).data)
     seen = {str(r["prompt"]) for r in train}
-    return len(eval_), sum(str(r["prompt"]) in seen for r in eval_)
+    return len({str(r["prompt"]) for r in eval_}), sum(str(r["prompt"]) in seen for r in eval_)
 
 
 def _accuracy_key(evals: list[dict]) -> str:
@@ -147,7 +148,10 @@ def run_facts(rows: list[dict], config: dict, check_overlap: bool = True) -> Run
     if any(not math.isfinite(a) for _, a in pts):
         raise ValueError(f"an evaluation's {key} is not finite: {[a for _, a in pts]}")
     sizes = [int(r["eval/prompts"]) for r in evals if "eval/prompts" in r]
-    overlap = eval_overlap(config)[1] if check_overlap else None
+    overlap = None
+    if check_overlap:           # the distinct problems too: an evaluation can ask one problem twice
+        distinct, overlap = eval_overlap(config)
+        sizes.append(distinct)
     return RunFacts(k=staleness_k(config), lr=float(config["optim"]["lr"]), evals=pts, collapse=collapse_step(rows),
                     eval_problems=min(sizes) if sizes else 0, overlap=overlap)
 

@@ -373,24 +373,37 @@ def smollm2_cell(k: int, lr: float, prompts: int = 8) -> tuple[str, dict]:
     return f"K{k}-lr{lr:g}", {"train.minibatch_prompts": prompts // k, "optim.lr": float(lr)}
 
 
-def smollm2_pilot(cells=SMOL_PILOT_CELLS, seeds=SEEDS, steps: int = 30) -> Study:
-    """The SmolLM2 testbed pilot (above): DAPO alone at each cell, 5 seeds; ``python -m ercref.study.pilot
-    smollm2-pilot`` says which criterion the cache meets."""
+def smollm2_pilot(cells=SMOL_PILOT_CELLS, seeds=SEEDS, steps: int = 30, name: str = "smollm2-pilot", level: int = 2,
+                  num_train: int = 2000, num_eval: int = 300, base: dict | None = None) -> Study:
+    """A SmolLM2 testbed pilot (above): DAPO alone at each cell, 5 seeds, ``steps`` RL steps on arith
+    ``level`` (``num_train`` training and ``num_eval`` generated evaluation problems, those that are not
+    training prompts kept); ``python -m ercref.study.pilot NAME`` says which criterion the cache meets."""
     base = {"train.threads": 1, "train.progress": False, "train.plot": False, "train.steps": steps,
-            "data.task": "arith", "data.level": 2, "data.style": "instruct", "data.num_train": 2000,
-            "data.num_eval": 300, "reward.judge": "math", "reward.scheme": "binary", "reward.judge_workers": 1,
+            "data.task": "arith", "data.level": level, "data.style": "instruct", "data.num_train": num_train,
+            "data.num_eval": num_eval, "reward.judge": "math", "reward.scheme": "binary", "reward.judge_workers": 1,
             "rollout.prompts_per_step": 8, "rollout.group_size": 8, "rollout.max_new_tokens": 16,
             "train.eval_every": 10, "train.eval_k": 1, "train.save_checkpoints": False, "train.save_policy": False,
-            "train.log_update_norm": False}
+            "train.log_update_norm": False, **(base or {})}
     stale = sorted({k for k, _ in cells if k > 1})
-    return Study("smollm2-pilot", "cpu-smollm2", base, dict(smollm2_cell(k, lr) for k, lr in cells),
+    return Study(name, "cpu-smollm2", base, dict(smollm2_cell(k, lr) for k, lr in cells),
                  {"DAPO": erc_arm("dapo", None)}, list(seeds), est_run_s=900.0,
-                 description=f"Testbed pilot on SmolLM2-135M: does DAPO learn two-digit addition / subtraction at "
-                             f"K = 1 (>= +0.20 in every seed, >= 200 held-out problems), and does it degrade at K in "
-                             f"{stale} (>= 3 of 5 seeds)? {steps} RL steps, 5 seeds.")
+                 description=f"Testbed pilot on SmolLM2-135M: does DAPO learn arith level {level} at K = 1 (>= +0.20 in "
+                             f"every seed, >= 200 held-out problems), and does it degrade at K in {stale} (>= 3 of 5 "
+                             f"seeds)? {steps} RL steps, 5 seeds.")
+
+
+# smollm2-pilot2: two-digit x one-digit multiplication (arith level 3), a skill SmolLM2-135M has to learn rather than
+# a format it has to find (level 2 reached 0.99 held-out within 10 RL steps at every cell, which leaves no room to
+# degrade). Level 3 has only 720 distinct problems, so the training stream is 320 prompts (40 steps x 8 prompts, each
+# seen once) and 500 evaluation problems are generated, of which those not in training are kept (~300 rows, ~210
+# distinct problems). 40 RL steps; AdamW's
+# fused kernel (optim.fused). Cells: K = 1 at lr 1e-5 (does it learn?), K = 8 at lr 1e-4 and 3e-4 (does it degrade?).
+SMOL_PILOT2_CELLS = ((1, 1e-5), (8, 1e-4), (8, 3e-4))
 
 
 STUDIES["smollm2-pilot"] = smollm2_pilot
+STUDIES["smollm2-pilot2"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT2_CELLS, steps=40, name="smollm2-pilot2",
+                                              level=3, num_train=320, num_eval=500, base={"optim.fused": True})
 STUDIES["tiny6m-pilot4"] = functools.partial(tiny6m_pilot, cells=PILOT4_CELLS, steps=300, sft_steps=400,
                                              name="tiny6m-pilot4", base={"train.log_update_norm": False,
                                                                          "train.eval_every": 25, **PILOT4_SFT})
