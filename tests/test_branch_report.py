@@ -274,9 +274,9 @@ def test_holm_can_leave_a_nominally_significant_primary_unsupported():
     # p between 0.05 / 4 and 0.05: each excludes 0 on its own, none after Holm over the 4 primaries
     adjusted = branch_stats.holm([0.02, 0.03, 0.04, 0.045])
     assert all(a >= 0.05 for a in adjusted)
-    assert branch_report._holm_label(adjusted[0], -1.0, -1) == branch_report.NOT_SUPPORTED
-    assert branch_report._holm_label(0.01, -1.0, -1) == branch_report.SUPPORTED
-    assert branch_report._holm_label(0.01, +1.0, -1) == branch_report.CONTRADICTED
+    assert vr.holm_label(adjusted[0], -1.0, -1) == branch_report.NOT_SUPPORTED
+    assert vr.holm_label(0.01, -1.0, -1) == branch_report.SUPPORTED
+    assert vr.holm_label(0.01, +1.0, -1) == branch_report.CONTRADICTED
 
 
 def test_too_few_trajectories_give_no_verdict(tmp_path):

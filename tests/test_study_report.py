@@ -171,15 +171,16 @@ def test_empty_cache_and_a_broken_log(tmp_path):
         report.run_table("toy", tmp_path)
 
 
-def _one_cell(tmp_path: Path, cell: str, arms: dict, runs, primary=None) -> Path:
+def _one_cell(tmp_path: Path, cell: str, arms: dict, runs, hypotheses=None) -> Path:
     """Study "toy" with one cell; ``runs``: {arm: fn(seed) -> rows}, seeds 0-4."""
     study = Study("toy", "cpu-tiny", {}, {cell: {}}, arms, [0, 1, 2, 3, 4])
     root = study_dir("toy", tmp_path)
     root.mkdir(parents=True)
     write_study_json(study, root)
-    if primary is not None:                      # a confirmatory study's saved primaries
+    if hypotheses is not None:                   # a confirmatory study's saved primaries
         d = json.loads((root / "study.json").read_text())
-        (root / "study.json").write_text(json.dumps({**d, "primary": primary}))
+        (root / "study.json").write_text(json.dumps({**d, "hypotheses": hypotheses, "holm": True,
+                                                     "registered_commit": None}))
     for arm, fn in runs.items():
         for s in range(5):
             _write_run(root, cell, arm, s, fn(s))
@@ -245,14 +246,21 @@ def test_accuracy_verdict_where_dapo_learned_and_primaries_from_the_definition(t
     _one_cell(tmp_path, "K4", {"DAPO": {}, "DAPO+ERC": {}},
               {"DAPO": lambda s: _rows(s, False, True, 10 + s, 0.5 + 0.01 * s),
                "DAPO+ERC": lambda s: _rows(s, True, False, None, 0.6 + 0.01 * s)},
-              primary=[["K4", "DAPO+ERC", "DAPO", "final_accuracy"]])
+              hypotheses=[{"id": "H1", "cell": "K4", "arm": "DAPO+ERC", "baseline": "DAPO",
+                           "measure": "final_accuracy", "direction": "higher", "text": "ERC ends higher"}])
     vt = report.verdict_table("toy", tmp_path)
     acc = _row(vt, "K4", "DAPO+ERC", "DAPO", "final_accuracy")
-    assert acc["gain"] == pytest.approx(0.32) and acc["verdict"] == claims.SUPPORTED and acc["role"] == vr.PRIMARY
+    # the registered comparison is judged in the primaries' table (Holm), not again among the exploratory ones
+    assert acc["status"] == report.REGISTERED and acc["role"] == vr.PRIMARY and not acc["counted"]
     assert (vt.loc[vt["measure"] != "final_accuracy", "role"] == vr.EXPLORATORY).all()
+    pt = report.primary_table("toy", tmp_path)
+    h1 = pt.iloc[0]
+    assert (h1["id"], h1["verdict"], h1["n"]) == ("H1", claims.SUPPORTED, 5) and h1["mean"] == pytest.approx(0.1)
+    assert h1["p_holm"] == h1["p"] < 0.05            # one test: Holm leaves its p as it is
     text = report.study_report("toy", tmp_path)
-    assert "**primary**: +0.1 [+0.1, +0.1] supported" in text and "Of 4 tests (1 primary, 3 exploratory)" in text
-    assert "comparisons marked **primary** are the study's pre-registered endpoints" in text
+    assert "| **H1** | ERC ends higher | K4 | DAPO+ERC - DAPO | 5 (unverified pairing) |" in text
+    assert "Of 3 tests (0 primary, 3 exploratory)" in text and "primary H1 (Holm-corrected" in text
+    assert "no registered_commit in study.json" in text
 
 
 def test_kl_cov_spike_verdict_carries_its_caveat(tmp_path):

@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,28 +35,14 @@ from .branch_arms import BranchPoint, bracket_secant, capture, restore
 from .branch_record import check_record, record_path, set_aside, write_record
 from .branch_study import HYPOTHESES_FILE, BranchStudy, get_branch_study
 from .cache import read_study_json, study_dir, write_atomic
+from .preregistration import registered_commit as first_commit_holding
 from .runner import git_commit, machine
 
 
 # ----------------------------------------------------------------------------- pre-registration
 def registered_commit(path: Path = HYPOTHESES_FILE) -> str | None:
-    """The first commit that holds ``path`` with exactly its current content (as JSON); None when the
-    current content is not committed (or outside a git checkout)."""
-    from ercref.paths import REPO_ROOT
-
-    try:
-        want = json.loads(Path(path).read_text())
-        rel = Path(path).resolve().relative_to(REPO_ROOT)
-        commits = subprocess.run(["git", "log", "--reverse", "--format=%H", "--", str(rel)], cwd=REPO_ROOT,
-                                 capture_output=True, text=True, timeout=30, check=True).stdout.split()
-        for c in commits:
-            shown = subprocess.run(["git", "show", f"{c}:{rel}"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                   timeout=30)
-            if shown.returncode == 0 and json.loads(shown.stdout) == want:
-                return c
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
-    return None
+    """preregistration.registered_commit of the branching hypotheses file (by default)."""
+    return first_commit_holding(path)
 
 
 def write_branch_study_json(study: BranchStudy, root: Path, registered: str | None) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from .branch_plots import branch_figures
 from .branch_records import ACC_DELTA, column, hypotheses, load_branch
 from .branch_stats import cluster_bootstrap, cluster_means, holm, t_pvalue
 from .cache import RESULTS_DIR
+from .preregistration import after_registration, registration_text  # noqa: F401 (after_registration: re-exported)
 from .report import arm_pairs
 
 ALPHA = vr.ALPHA
@@ -142,18 +142,10 @@ def compare(df: pd.DataFrame, arm: str, baseline: str, region: str | None, metri
     return row
 
 
-def _holm_label(p_adj: float, mean: float, direction: int) -> str:
-    """The verdict of a primary from its (Holm-adjusted) p: below ALPHA on the predicted side supported,
-    on the other contradicted, else not supported."""
-    if not p_adj < ALPHA:
-        return NOT_SUPPORTED
-    return SUPPORTED if math.copysign(1, mean) == direction else CONTRADICTED
-
-
 def primary_table(df: pd.DataFrame, definition: dict) -> pd.DataFrame:
     """One row per pre-registered hypothesis: id, text, compare(...)'s fields, p_holm (Holm over the
     primaries that are tests, when the definition says holm; else p) and verdict (for a test from p_holm,
-    _holm_label; otherwise the judgement's label, e.g. "too few seeds (4)")."""
+    verdict_rules.holm_label; otherwise the judgement's label, e.g. "too few seeds (4)")."""
     gain = trajectory_gain(df)
     rows = [{"id": h["id"], "text": h["text"],
              **compare(df, h["arm"], h["baseline"], h["region"], h["metric"], h["direction"], h["K"], True, gain)}
@@ -163,7 +155,7 @@ def primary_table(df: pd.DataFrame, definition: dict) -> pd.DataFrame:
     out["p_holm"] = out["p"]
     if definition.get("holm", False) and tested.any():
         out.loc[tested, "p_holm"] = holm(out.loc[tested, "p"].tolist())
-    out["verdict"] = [_holm_label(r.p_holm, r.mean, r.direction) if t else r.verdict
+    out["verdict"] = [vr.holm_label(r.p_holm, r.mean, r.direction) if t else r.verdict
                       for t, r in zip(tested, out.itertuples())]
     return out
 
@@ -234,40 +226,10 @@ def figure_paths(name: str, figures_dir) -> dict[str, Path]:
     return {k: Path(figures_dir) / f"branch_{stem}_{k}.png" for k in ("ecdf", "forest", "drift_vs_k")}
 
 
-def after_registration(registered: str, commits) -> dict[str, bool | None]:
-    """{commit: True when ``registered`` is an ancestor of it (or it itself), False when not, None when
-    git cannot tell (a commit unknown to this repository, no git)}; a "-dirty" suffix is ignored."""
-    out: dict[str, bool | None] = {}
-    for c in sorted(set(commits)):
-        try:
-            rc = subprocess.run(["git", "merge-base", "--is-ancestor", registered, str(c).removesuffix("-dirty")],
-                                cwd=REPO_ROOT, capture_output=True, timeout=30).returncode
-        except (OSError, subprocess.SubprocessError):
-            rc = None
-        out[c] = {0: True, 1: False}.get(rc)
-    return out
-
-
-def _registration(reg: str | None, df: pd.DataFrame) -> str:
-    if not reg:
-        return "**no registered_commit in study.json: the hypotheses are not shown to precede the runs**"
-    txt = f"primary hypotheses registered at commit `{reg}`"
-    if df.empty:
-        return txt
-    commits = df["git_commit"].fillna("unknown").tolist()
-    found = after_registration(reg, commits)
-    n = {state: sum(found[c] is state for c in commits) for state in (True, False, None)}
-    parts = [f"{n[True]} records made at commits that contain it"]
-    if n[False]:
-        parts.append(f"**{n[False]} records made at commits that do not contain it**")
-    if n[None]:
-        parts.append(f"{n[None]} at commits git cannot place")
-    return txt + " (" + ", ".join(parts) + ")"
-
-
 def _provenance(name: str, df: pd.DataFrame, definition: dict, results_dir) -> str:
     where = f"data/results/{name}" if results_dir is None else str(Path(results_dir) / name)
-    reg_txt = _registration(definition.get("registered_commit"), df)
+    reg_txt = registration_text(definition.get("registered_commit"),
+                                [] if df.empty else df["git_commit"].fillna("unknown").tolist())
     head = f"Branching study `{name}` (cache `{where}`): {len(df)} records"
     if df.empty:
         return head + f"; nothing to report yet; {reg_txt}."

@@ -208,18 +208,27 @@ def write_run(root: Path, cell: str, arm: str, seed: int, meta: dict, log_rows: 
     return meta_path
 
 
-def write_study_json(study, root: Path) -> None:
-    """study.json = the definition. Refuses (ValueError) when a cached definition gives an existing
-    cell or arm other overrides, or another preset / base: its cached runs would not be this study's."""
+def write_study_json(study, root: Path, registered_commit: str | None = None) -> None:
+    """study.json = the definition (with ``registered_commit`` for a study with pre-registered
+    hypotheses). Refuses (ValueError) when a cached definition gives an existing cell or arm other
+    overrides, or another preset / base / hypotheses, or records another registered commit: its
+    cached runs would not be this study's."""
     path = Path(root) / "study.json"
     new = study.to_dict()
+    if new.get("hypotheses"):
+        new["registered_commit"] = registered_commit
     if path.is_file():
         old = read_study_json(path)
         clash = [k for k in ("preset", "base") if old.get(k) != json.loads(json.dumps(new[k]))]
         clash += ["capture_steps"] * (old.get("capture_steps", []) != new["capture_steps"])
+        clash += [k for k in ("hypotheses", "holm") if json.loads(json.dumps(new.get(k))) != old.get(k)]
         for kind in ("cells", "arms"):
             clash += [f"{kind[:-1]} {n!r}" for n, v in old.get(kind, {}).items()
                       if n in new[kind] and json.loads(json.dumps(new[kind][n])) != v]
+        if old.get("registered_commit") and old["registered_commit"] != new.get("registered_commit"):
+            raise ValueError(f"{path} records registered_commit {old['registered_commit']}, but the hypotheses now were "
+                             f"first committed in {new.get('registered_commit')}: the pre-registration changed after "
+                             "runs began")
         if clash:
             raise ValueError(f"{path} was written by a different definition of study {study.name!r} "
                              f"({', '.join(clash)} changed): its cached runs are not this study's. Move that folder "

@@ -31,8 +31,9 @@ The rules (verdict_rules.judge): a cell whose runs never had a stale minibatch (
 test (identical by construction)"; a (cell, pair) with fewer than MIN_SEEDS paired seeds is "too
 few seeds (n)"; final accuracy gets no verdict unless the reference arm learned (its seed-mean
 held-out accuracy rose >= 0.10 from the first to the best evaluation); every comparison is
-exploratory unless the study's saved definition (study.json) lists it under "primary" as
-[cell, ERC arm, other arm, measure]; the tally beside the table gives the count expected by chance.
+exploratory, except those a confirmatory study pre-registered (study.json "hypotheses",
+learning_primaries): they are judged there, with Holm's correction, shown first and marked in the
+table; the tally beside the table gives the count expected by chance.
 
 Token captures (a study with capture_steps, e.g. tiny-token-captures): the paper's claim 2 per cell and
 ERC arm, token_claim_table: the share of ERC-clipped tokens whose old entropy is below the median of
@@ -49,8 +50,10 @@ import numpy as np
 import pandas as pd
 
 from . import claims, stability
+from . import learning_primaries as lp
 from . import verdict_rules as vr
 from .cache import finished_runs, load_tokens, read_study_json, study_dir, wall_seconds
+from .preregistration import registration_text
 from .token_view import token_table
 
 MIN_SEEDS = vr.MIN_PAIRED_SEEDS      # paired seeds a verdict needs
@@ -62,6 +65,7 @@ MEASURES = (("entropy_volatility", -1, "entropy volatility (hypothesis: ERC lowe
             ("steps_to_collapse", +1, "steps to collapse, never = steps + 1 (hypothesis: ERC later)"),
             ("final_accuracy", +1, "final held-out accuracy (hypothesis: ERC higher)"))
 ACCURACY = "final_accuracy"
+REGISTERED = "registered"    # verdict_table status of a comparison that is a pre-registered primary
 CLIP = "erc_clip_frac"
 # (other arm, measure) -> why that verdict is not comparable (printed beside it)
 NOT_COMPARABLE = {("KL-Cov", "grad_spikes"): "not comparable: KL-Cov's penalty keeps a tiny gradient after a "
@@ -122,7 +126,7 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
         collapse = summary["collapse_step"]
         rows.append({"cell": run.cell, "arm": run.arm, "seed": run.seed, "wall_s": wall_seconds(meta),
                      "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
-                     "finished": meta.get("finished"), **summary,
+                     "finished": meta.get("finished"), "start_policy": meta.get("start_policy"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
                      CLIP: float(np.mean(clip)) if clip else math.nan,
                      "max_staleness": max((int(r.get("staleness", 0)) for r in run.rows if r.get("kind") == "minibatch"),
@@ -150,15 +154,6 @@ def learning_gains(runs: pd.DataFrame) -> dict[tuple[str, str], float]:
     return out
 
 
-def _primaries(d: dict) -> set[tuple[str, str, str, str]]:
-    """The study definition's "primary" entries, [cell, ERC arm, other arm, measure] each."""
-    prim = d.get("primary") or []
-    bad = [p for p in prim if not (isinstance(p, (list, tuple)) and len(p) == 4)]
-    if bad:
-        raise ValueError(f"study.json 'primary' entries must be [cell, ERC arm, other arm, measure], got {bad}")
-    return {tuple(p) for p in prim}
-
-
 def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (cell, ERC arm, other arm, measure) with a cached run of both arms, judged by
     verdict_rules.judge (module doc): n paired seeds, the arms' means, the tested quantity's mean /
@@ -166,7 +161,9 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
     a verdict), the hypothesis' direction (0: a band), verdict (the label: supported / not supported
     / contradicted, or why there is none), status and role (verdict_rules), counted (a test for the
     chance count), mde, detail (str of the Judgement), gain (the reference arm's learning gain, for
-    accuracy rows) and note (NOT_COMPARABLE). ``.attrs["judgements"]``: the Judgements in row order."""
+    accuracy rows) and note (NOT_COMPARABLE). A comparison that is a pre-registered hypothesis of the
+    study (learning_primaries) has status REGISTERED and no judgement here: its verdict is the primaries'
+    table's, Holm-corrected. ``.attrs["judgements"]``: the Judgements of the other rows, in row order."""
     root = study_dir(name, results_dir)
     d = _definition(name, root)
     runs = run_table(name, results_dir) if runs is None else runs
@@ -174,7 +171,9 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
             "high", "verdict", "status", "role", "counted", "mde", "detail", "gain", "note"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    primaries, gains = _primaries(d), learning_gains(runs)
+    gains = learning_gains(runs)
+    registered = {(h["cell"], h["arm"], h["baseline"], h["measure"]): h["id"]
+                  for h in (lp.check_hypotheses(d) if d.get("hypotheses") else [])}
     cells = list(d["cells"]) + sorted(set(runs["cell"]) - set(d["cells"]))
     out, judgements = [], []
     for cell in cells:
@@ -186,6 +185,13 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
             acts = vr.erc_can_act(int(sub["max_staleness"].max())) if len(sub) else True
             ref = reference_arm(erc, other, arms)
             for col, direction, _ in (*MEASURES, (CLIP, 0, "")):
+                if (cell, erc, other, col) in registered:     # judged with Holm in the primaries' table
+                    hid = registered[(cell, erc, other, col)]
+                    out.append({**dict.fromkeys(cols, math.nan), "cell": cell, "erc_arm": erc, "other_arm": other,
+                                "measure": col, "direction": direction, "n": len(both), "verdict": f"primary {hid} "
+                                "(Holm-corrected, in the primaries' table)", "status": REGISTERED, "role": vr.PRIMARY,
+                                "counted": False, "detail": "", "gain": math.nan, "note": ""})
+                    continue
                 a = {s: x for s, x in _per_seed(runs, cell, erc, col).items() if s in both}
                 b = {s: x for s, x in _per_seed(runs, cell, other, col).items() if s in a}
                 seeds = sorted(a) if col == CLIP else sorted(b)      # the clip rate is the ERC arm's alone
@@ -199,7 +205,6 @@ def verdict_table(name: str, results_dir=None, runs: pd.DataFrame | None = None)
                              name=f"{col} at {cell}: {erc} - {other}" + (" (not comparable)" if note else ""),
                              erc_can_act=acts, accuracy=col == ACCURACY,
                              learning_gain=gain if col == ACCURACY else None, reference=ref,
-                             primary=(cell, erc, other, col) in primaries,
                              band=claims.CLIP_RATE_BAND if col == CLIP else None)
                 v = j.verdict
                 judgements.append(j)
@@ -285,8 +290,6 @@ def _cell_text(r, runs: pd.DataFrame) -> str:
             s += " (no run collapsed)"
     if r.note:
         s += f" ({r.note})"
-    if r.role == vr.PRIMARY:
-        s = f"**primary**: {s}"
     return s
 
 
@@ -307,6 +310,27 @@ def _provenance(name: str, runs: pd.DataFrame, d: dict, results_dir) -> str:
             + (f"; machine {', '.join(cpus)}" if cpus else "") + ".")
 
 
+def primary_table(name: str, results_dir=None, runs: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """learning_primaries.primary_table of study ``name``'s cache; None when its definition names no
+    pre-registered hypotheses."""
+    d = _definition(name, study_dir(name, results_dir))
+    if not d.get("hypotheses"):
+        return None
+    runs = run_table(name, results_dir) if runs is None else runs
+    return lp.primary_table(runs, d, learning_gains(runs) if not runs.empty else {})
+
+
+def _primary_section(name: str, d: dict, runs: pd.DataFrame, results_dir) -> list[str]:
+    """The report's lines on the pre-registered hypotheses of study.json ``d`` (learning_primaries)."""
+    commits = [] if runs.empty else runs["git_commit"].fillna("unknown").tolist()
+    lines = lp.primary_lines(primary_table(name, results_dir, runs), d,
+                             registration_text(d.get("registered_commit"), commits, "runs"))
+    for key, label in (("analysis", "Analysis"), ("power", "Power")):
+        if d.get(key):
+            lines += ["", f"{label} (pre-registered): {d[key]}"]
+    return lines
+
+
 def study_report(name: str, results_dir=None) -> str:
     """The markdown report of what the cache of study ``name`` holds (module doc): provenance, the
     tally of the rules (verdict_rules.tally), one table row per (cell, pair) with a verdict, and the
@@ -318,12 +342,14 @@ def study_report(name: str, results_dir=None) -> str:
     if runs.attrs.get("problems"):
         lines += ["", "Not counted (damaged or incomplete files; `python -m ercref.study "
                   f"{name}` reruns them): " + "; ".join(runs.attrs["problems"]) + "."]
+    if d.get("hypotheses"):
+        lines += _primary_section(name, d, runs, results_dir)
     vt = verdict_table(name, results_dir, runs)
     if vt.empty:
         return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
-    role = ("comparisons marked **primary** are the study's pre-registered endpoints, every other one is exploratory"
-            if (vt["role"] == vr.PRIMARY).any() else "every comparison here is exploratory (the study named no "
-            "primary endpoint)")
+    role = ("every comparison below is exploratory except those marked primary, which the primaries' table above "
+            "judges" if (vt["status"] == REGISTERED).any() else "every comparison here is exploratory (the study "
+            "named no primary endpoint)")
     lines += ["", "Paired by seed, ERC arm - other arm, 95 % Student-t interval over seeds (`ercref.study.claims`), "
               "under the rules of `ercref.study.verdict_rules`; each column's hypothesis is this study's, taken from "
               "a claim of the paper: **supported** = the interval excludes 0 in the hypothesis' direction, "

@@ -34,6 +34,8 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import check_run, compact, finished_runs, read_run, study_dir, wall_seconds, write_run, write_study_json
+from .learning_primaries import PREREGISTRATION_DIR
+from .preregistration import registered_commit
 from .studies import Study
 
 DEFAULT_WORKERS = 2
@@ -180,9 +182,11 @@ def _worker_init() -> None:
 
 
 def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None, hours: float | None = None,
-              workers: int = DEFAULT_WORKERS, log=print) -> dict:
+              workers: int = DEFAULT_WORKERS, log=print, require_registered: bool = True) -> dict:
     """Run every selected run of ``study`` not in the cache, ``workers`` processes at a time, starting
-    a run only while its estimated end is within ``hours`` (None: no limit). Returns
+    a run only while its estimated end is within ``hours`` (None: no limit). A study with pre-registered
+    hypotheses (``Study.preregistration``) runs only once its hypotheses file is committed as it is
+    (tests pass require_registered=False); that commit is saved in study.json. Returns
     {"done": [...], "skipped_cached": n, "not_started": [...], "waiting": [...], "failed": [...], "wall_s": s}
     (a failed run is reported and leaves nothing in the cache; the others go on)."""
     if workers < 1:
@@ -191,7 +195,13 @@ def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None,
         raise ValueError(f"hours must be > 0 (the time budget), got {hours}")
     root = study_dir(study.name, results_dir)
     root.mkdir(parents=True, exist_ok=True)
-    write_study_json(study, root)
+    registered = None
+    if study.preregistration is not None:
+        registered = registered_commit(PREREGISTRATION_DIR / study.preregistration)
+        if registered is None and require_registered:
+            raise ValueError(f"the pre-registered hypotheses of {study.name!r} ({PREREGISTRATION_DIR / study.preregistration}) "
+                             "are not committed as they are: commit them before the first run")
+    write_study_json(study, root, registered)
     states = {u: check_run(root, *u) for u in study.runs(cells, arms, seeds)}
     todo = [u for u, st in states.items() if st.state != "finished"]
     for (cell, arm, seed), st in states.items():

@@ -78,6 +78,7 @@ class Study:
     est_run_s: float = 60.0                            # prior for one run's wall time until the cache has some
     description: str = ""
     capture_steps: list[int] = field(default_factory=list)  # RL steps whose tokens are captured (runner: seedK.tokens.gz)
+    preregistration: str | None = None                 # hypotheses file (data/preregistration/): a confirmatory study
 
     def __post_init__(self) -> None:
         for kind, names in (("cell", self.cells), ("arm", self.arms)):
@@ -95,6 +96,21 @@ class Study:
         for a, (target, ref) in self.matched.items():
             if a not in self.arms or target not in self.arms or ref not in self.arms:
                 raise ValueError(f"study {self.name!r}: matched arm {a!r} -> ({target!r}, {ref!r}) names an unknown arm")
+        for h in self.registered().get("hypotheses", []):
+            if h["cell"] not in self.cells or h["arm"] not in self.arms or h["baseline"] not in self.arms:
+                raise ValueError(f"study {self.name!r}: hypothesis {h['id']!r} ({h['cell']}: {h['arm']} - "
+                                 f"{h['baseline']}) names a cell or arm the study does not have")
+
+    def registered(self) -> dict:
+        """The pre-registered hypotheses, correction, analysis and power of ``preregistration``
+        (learning_primaries.load_preregistration), or {} for an exploratory study."""
+        if self.preregistration is None:
+            return {}
+        from .learning_primaries import load_preregistration
+
+        d = load_preregistration(self.preregistration)
+        return {"preregistration": self.preregistration,
+                **{k: d[k] for k in ("hypotheses", "holm", "analysis", "power") if k in d}}
 
     def arms_at(self, cell: str) -> list[str]:
         return list(self.cell_arms.get(cell, self.arms))
@@ -135,7 +151,7 @@ class Study:
         return {"name": self.name, "preset": self.preset, "base": self.base, "cells": self.cells, "arms": self.arms,
                 "seeds": self.seeds, "default_cells": self.default_cells, "cell_arms": self.cell_arms,
                 "matched": {k: list(v) for k, v in self.matched.items()}, "est_run_s": self.est_run_s,
-                "description": self.description, "capture_steps": list(self.capture_steps)}
+                "description": self.description, "capture_steps": list(self.capture_steps), **self.registered()}
 
 
 # ----------------------------------------------------------------------------- tiny LM

@@ -267,6 +267,15 @@ def ruled_claims_table(steps, minibatches, evals, tokens, erc: str, base: str, a
     return df, n
 
 
+def holm_label(p_adj: float, mean: float, direction: int) -> str:
+    """The verdict of a primary from its (Holm-adjusted) p-value: below ALPHA with the mean on the
+    predicted side (the sign of ``direction``) SUPPORTED, on the other side CONTRADICTED, else
+    NOT_SUPPORTED (rule 5)."""
+    if not p_adj < ALPHA:
+        return NOT_SUPPORTED
+    return SUPPORTED if math.copysign(1, mean) == direction else CONTRADICTED
+
+
 def tally(judgements: Iterable[Judgement], alpha: float = ALPHA) -> str:
     """Rule 6's line for a list of judgements: the counted tests by role and label, how many would
     exclude 0 by chance alone (expected_by_chance), and what was not counted and why."""
