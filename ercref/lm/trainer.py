@@ -80,6 +80,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_adamw(model: torch.nn.Module, o) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters as the OptimConfig ``o`` says: weight decay on the
+    matrices (and on 1-D parameters too with ``o.decay_1d_params``), the foreach kernel (bit-identical
+    to torch's per-tensor loop, its CPU default) or, with ``o.fused``, the fused one."""
+    decayed = (lambda p: True) if o.decay_1d_params else (lambda p: p.dim() >= 2)
+    decay = [p for p in model.parameters() if p.requires_grad and decayed(p)]
+    no_decay = [p for p in model.parameters() if p.requires_grad and not decayed(p)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps,
+                             **({"fused": True} if o.fused else {"foreach": True}))
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  callbacks: list[Callback] | tuple = ()):
@@ -115,13 +128,7 @@ class Trainer:
         if not self.train_set:
             raise ValueError("the training set is empty")
         o = cfg.optim
-        decayed = (lambda p: True) if o.decay_1d_params else (lambda p: p.dim() >= 2)
-        decay = [p for p in self.model.parameters() if p.requires_grad and decayed(p)]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and not decayed(p)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps,
-                                     **({"fused": True} if o.fused else {"foreach": True}))
+        self.opt = build_adamw(self.model, o)
         warm = o.warmup_steps
         shift = 0 if o.warmup_from_zero else 1
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + shift) / warm) if warm else 1.0)
