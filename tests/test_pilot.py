@@ -176,3 +176,17 @@ def test_the_candidate_testbed_task_model_and_study():
         {"K1-lr1e-05": 1, "K8-lr1e-05": 8, "K8-lr3e-05": 8, "K8-lr0.0001": 8, "K8-lr0.0003": 8}
     held_out, overlap = pilot.eval_overlap(cfg_sp.to_dict())
     assert held_out >= pilot.MIN_EVAL_PROBLEMS and overlap == 0        # the criterion's eval set, checked up front
+
+
+def test_a_collapse_onto_right_answers_is_a_solved_task_not_a_degradation():
+    """Collapse after learning counts, unless the run ends at >= SOLVED within DROP of its peak: a
+    policy that solved the task may turn deterministic. A fall of DROP still counts at any level."""
+    solved = facts([0.2, 1.0, 0.99], collapse=40, k=8)
+    assert solved.learned_before_collapse and solved.solved_collapse and not solved.degraded
+    assert facts([0.2, 0.9, 0.89], collapse=40, k=8).degraded            # collapsed below SOLVED
+    assert facts([0.2, 1.0, 0.96], collapse=None, k=8).degraded is False   # no collapse, no fall
+    fell = facts([0.2, 1.0, 0.9], collapse=40, k=8)
+    assert fell.degraded and not fell.solved_collapse
+    c = degrades({"K8-lr0.0003": {s: solved for s in SEEDS}}, SEEDS)
+    assert c.state == NOT_MET and "0 of 5 cached seeds degraded" in c.detail
+    assert "(collapse on a solved task: not counted)" in c.detail

@@ -18,6 +18,12 @@ counts as degraded. The numbers also say how many degraded seeds had learned fir
 above the first evaluation): a testbed whose stale runs only ever fall tests "ERC keeps a policy from
 falling", not "ERC keeps a learning policy from being destabilised", and the report says which it is.
 
+A collapse onto answers that are right is not a degradation: a run whose final accuracy is >= SOLVED
+(0.95) and within DROP of its peak has solved the task, and a policy that solved it may turn
+deterministic (the SmolLM2 pilot's stale runs did, at held-out accuracy 0.99-1.00). Such a collapse is
+shown per seed ("collapse on a solved task") and not counted. This reading was added after the first
+SmolLM2 stale runs showed it, and it can only make the criterion harder to meet.
+
 Each criterion is "met", "not met" (the cached runs already rule it out) or "incomplete" (the seeds
 still missing could decide it either way), with the numbers per seed. K is read from each run's saved
 config: rollout.prompts_per_step / train.minibatch_prompts.
@@ -45,6 +51,7 @@ MIN_EVAL_PROBLEMS = 200  # evaluation problems of each evaluation
 DROP = 0.10             # peak - final accuracy of a degraded run
 LEARNED_MIN = 0.10      # gain over the first evaluation that counts as "it had learned" before a collapse
 DEGRADED_SEEDS = 3      # degraded seeds needed at one stale cell
+SOLVED = 0.95           # final accuracy at which a collapse within DROP of the peak is a solved task's
 EPS = 1e-9              # thresholds are met within rounding (logged accuracies have 6 digits)
 MET, NOT_MET, INCOMPLETE = "met", "not met", "incomplete"
 TIMING_KEYS = ("time/generate_s", "time/old_logprob_s", "time/update_s", "time/step_s")
@@ -93,8 +100,13 @@ class RunFacts:
         return self.peak - self.start >= LEARNED_MIN - EPS
 
     @property
+    def solved_collapse(self) -> bool:
+        """It collapsed after learning, but onto right answers: final >= SOLVED, within DROP of its peak."""
+        return self.learned_before_collapse and self.final >= SOLVED - EPS and self.drop < DROP - EPS
+
+    @property
     def degraded(self) -> bool:
-        return self.drop >= DROP - EPS or self.learned_before_collapse
+        return self.drop >= DROP - EPS or (self.learned_before_collapse and not self.solved_collapse)
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,7 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
         parts.append(f"{cell}: {n_bad} of {len(have)} cached seeds degraded ({n_after} after learning)"
                      + (f" (missing {missing})" if missing else "")
                      + "".join(f"; {_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}"
+                               f"{' (collapse on a solved task: not counted)' if f.solved_collapse else ''}"
                                for s, f in sorted(have.items())))
     state = MET if MET in states else INCOMPLETE if INCOMPLETE in states else NOT_MET
     return Criterion("degrades", rule, state, " | ".join(parts) if parts else "no stale cell cached")
