@@ -107,9 +107,9 @@ def _definition(name: str, root: Path) -> dict:
 
 def run_table(name: str, results_dir=None) -> pd.DataFrame:
     """One row per finished run in the cache of study ``name`` whose files check out
-    (cache.finished_runs): cell, arm, seed, its provenance (wall_s, git_commit, cpu, finished) and
-    stability.run_summary of its log, plus steps_to_collapse (collapse_step, never -> steps + 1),
-    erc_clip_frac (NaN without ERC), max_staleness (the largest minibatch staleness k: 0 at K = 1)
+    (cache.finished_runs): cell, arm, seed, its provenance (wall_s, git_commit, cpu, threads of its
+    config, finished, start_policy) and stability.run_summary of its log, plus steps_to_collapse
+    (collapse_step, never -> steps + 1), erc_clip_frac (NaN without ERC), max_staleness (the largest minibatch staleness k: 0 at K = 1)
     and eval_curve (held-out accuracy per evaluation, in step order).
     ``.attrs["problems"]``: the damaged runs and stray files left out."""
     root = study_dir(name, results_dir)
@@ -126,6 +126,7 @@ def run_table(name: str, results_dir=None) -> pd.DataFrame:
         collapse = summary["collapse_step"]
         rows.append({"cell": run.cell, "arm": run.arm, "seed": run.seed, "wall_s": wall_seconds(meta),
                      "git_commit": meta.get("git_commit"), "cpu": (meta.get("machine") or {}).get("cpu"),
+                     "threads": ((meta.get("config") or {}).get("train") or {}).get("threads"),
                      "finished": meta.get("finished"), "start_policy": meta.get("start_policy"), **summary,
                      "steps_to_collapse": summary["steps"] + 1 if collapse is None else collapse,
                      CLIP: float(np.mean(clip)) if clip else math.nan,

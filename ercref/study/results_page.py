@@ -12,7 +12,9 @@ rewrites, and nothing else of those files:
     docs/results.md    every <!-- study-report: NAME --> ... <!-- /study-report --> block  (report.study_report),
                        and every <!-- branch-report: NAME --> block when the page has one
                        (ercref.study.branch_report, imported only then), and every
-                       <!-- pilot-report: NAME --> block (ercref.study.pilot.pilot_report)
+                       <!-- pilot-report: NAME --> block (ercref.study.pilot.pilot_report), and every
+                       <!-- replication-report: NAME --> block (ercref.study.replicate: the replica
+                       cache under data/replications/ against the study's)
     docs/img/results_summary.png                                                       (summary_figure)
 
 SUMMARY_STUDIES lists the table's rows in order: (name, kind, what it tests). kind "study": a study
@@ -39,7 +41,7 @@ import numpy as np
 
 from ercref.paths import REPO_ROOT
 
-from . import pilot, report
+from . import pilot, replicate, report
 from . import verdict_rules as vr
 from .cache import study_dir
 
@@ -283,6 +285,8 @@ def refresh_results(readme=None, page=None, figure=FIGURE, results_dir=None) -> 
     names += report.refresh_report_blocks(page, results_dir)
     if pilot.PILOT_BLOCK.search(page.read_text()):
         names += pilot.refresh_pilot_blocks(page, results_dir)
+    if replicate.REPLICATION_BLOCK.search(page.read_text()):
+        names += replicate.refresh_replication_blocks(page, None, results_dir)
     if BRANCH_BLOCK.search(page.read_text()):
         from . import branch_report
 
