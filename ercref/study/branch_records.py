@@ -28,6 +28,7 @@ import pandas as pd
 from .branch_record import HIST_EDGES as _EDGES
 from .branch_record import read_record, required_keys
 from .cache import study_dir, wall_seconds
+from .preregistration import checked_hypotheses
 
 REGIONS = ("trained", "other", "heldout")
 HIST_REGIONS = ("trained", "heldout")
@@ -36,7 +37,6 @@ HIST_BINS = len(HIST_EDGES)
 ACC_DELTA = "heldout_acc_delta"        # heldout_acc_after - heldout_acc_before, a column of load_branch
 RECORD_PATH = re.compile(r"^traj(?P<seed>0|[1-9]\d*)/step(?P<step>0|[1-9]\d*)/K(?P<K>[1-9]\d*)/(?P<arm>[^/]+)\.json$")
 HYPOTHESIS_KEYS = ("id", "arm", "baseline", "region", "metric", "direction", "text")
-DIRECTIONS = {"lower": -1, "higher": 1, -1: -1, 1: 1}     # a hypothesis' direction: arm - baseline < 0 / > 0
 
 
 def column(region: str | None, metric: str) -> str:
@@ -138,33 +138,17 @@ def load_branch(name: str, results_dir=None, warn: bool = True) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- hypotheses
 def hypotheses(definition: dict, where: str = "study.json") -> list[dict]:
-    """The pre-registered primaries of a study definition, checked: each needs HYPOTHESIS_KEYS with
-    region one of REGIONS (or null for a column of the record's own), direction "lower" / "higher" (or
-    -1 / +1; returned as -1 / +1), optional K (int or list of ints; returned as a list, None = every K).
-    ValueError naming ``where``, the hypothesis and the field."""
-    hs = definition.get("hypotheses", [])
-    if not isinstance(hs, list):
-        raise ValueError(f"{where}: hypotheses must be a list of objects, got {type(hs).__name__}")
-    out, ids = [], set()
-    for i, h in enumerate(hs):
-        tag = f"{where}: hypotheses[{i}]"
-        if not isinstance(h, dict):
-            raise ValueError(f"{tag} must be an object with keys {list(HYPOTHESIS_KEYS)}")
-        missing = [k for k in HYPOTHESIS_KEYS if k not in h]
-        if missing:
-            raise ValueError(f"{tag} lacks {missing} (a hypothesis needs {list(HYPOTHESIS_KEYS)})")
+    """The pre-registered primaries of a study definition, checked (preregistration.checked_hypotheses):
+    each needs HYPOTHESIS_KEYS with region one of REGIONS (or null for a column of the record's own),
+    direction "lower" / "higher" (or -1 / +1; returned as -1 / +1), optional K (int or list of ints;
+    returned as a list, None = every K). ValueError naming ``where``, the hypothesis and the field."""
+    def check(h: dict, tag: str) -> dict:
         if h["region"] is not None and h["region"] not in REGIONS:
             raise ValueError(f"{tag}.region is {h['region']!r}; valid: {list(REGIONS)} or null")
-        if not isinstance(h["direction"], (str, int)) or isinstance(h["direction"], bool) \
-                or h["direction"] not in DIRECTIONS:
-            raise ValueError(f"{tag}.direction is {h['direction']!r}; valid: 'lower' or -1 (arm - baseline < 0), "
-                             "'higher' or 1 (> 0)")
         ks = h.get("K")
         ks = None if ks is None else ([ks] if isinstance(ks, int) else ks)
         if ks is not None and not (isinstance(ks, list) and ks and all(isinstance(k, int) and k > 0 for k in ks)):
             raise ValueError(f"{tag}.K is {h.get('K')!r}; valid: a positive int, a list of them, or absent (every K)")
-        if h["id"] in ids:
-            raise ValueError(f"{tag}.id {h['id']!r} is used twice")
-        ids.add(h["id"])
-        out.append({**h, "direction": DIRECTIONS[h["direction"]], "K": ks})
-    return out
+        return {"K": ks}
+
+    return checked_hypotheses(definition, HYPOTHESIS_KEYS, where, check)

@@ -42,11 +42,11 @@ from ercref.paths import DATA_DIR
 from . import verdict_rules as vr
 from .branch_stats import holm, t_pvalue
 from .pairing import paired_seeds
+from .preregistration import checked_hypotheses
 
 PREREGISTRATION_DIR = DATA_DIR / "preregistration"
 MEASURES = ("final_accuracy", "drop", "steps_to_collapse")
 ACCURACY_MEASURES = ("final_accuracy", "drop")
-DIRECTIONS = {"lower": -1, "higher": 1, -1: -1, 1: 1}
 HYPOTHESIS_KEYS = ("id", "cell", "arm", "baseline", "measure", "direction", "text")
 RUN_COLUMNS = ["cell", "arm", "seed", "max_staleness", "eval_curve", "final_accuracy", "steps_to_collapse",
                "start_policy"]   # what it reads of report.run_table
@@ -70,30 +70,14 @@ def load_preregistration(path: str | Path) -> dict:
 
 
 def check_hypotheses(definition: dict, where: str = "study.json") -> list[dict]:
-    """The hypotheses of ``definition`` with direction as -1 / +1. Each needs HYPOTHESIS_KEYS, a measure
-    of MEASURES and direction "lower" / "higher" (or -1 / +1); ids unique; at least one. ValueError
-    naming ``where``, the hypothesis and the field."""
-    hs = definition.get("hypotheses")
-    if not isinstance(hs, list) or not hs:
-        raise ValueError(f"{where}: 'hypotheses' must be a non-empty list of objects")
-    out, ids = [], set()
-    for i, h in enumerate(hs):
-        tag = f"{where}: hypotheses[{i}]"
-        if not isinstance(h, dict):
-            raise ValueError(f"{tag} must be an object with keys {list(HYPOTHESIS_KEYS)}")
-        missing = [k for k in HYPOTHESIS_KEYS if k not in h]
-        if missing:
-            raise ValueError(f"{tag} lacks {missing} (a hypothesis needs {list(HYPOTHESIS_KEYS)})")
+    """The hypotheses of ``definition`` with direction as -1 / +1 (preregistration.checked_hypotheses):
+    at least one, each with HYPOTHESIS_KEYS and a measure of MEASURES. ValueError naming ``where``, the
+    hypothesis and the field."""
+    def check(h: dict, tag: str) -> None:
         if h["measure"] not in MEASURES:
             raise ValueError(f"{tag}.measure is {h['measure']!r}; valid: {list(MEASURES)}")
-        d = h["direction"]
-        if isinstance(d, bool) or not isinstance(d, (str, int)) or d not in DIRECTIONS:
-            raise ValueError(f"{tag}.direction is {d!r}; valid: 'lower' or -1 (arm - baseline < 0), 'higher' or 1")
-        if h["id"] in ids:
-            raise ValueError(f"{tag}.id {h['id']!r} is used twice")
-        ids.add(h["id"])
-        out.append({**h, "direction": DIRECTIONS[d]})
-    return out
+
+    return checked_hypotheses(definition, HYPOTHESIS_KEYS, where, check, required=True)
 
 
 def measure_column(runs: pd.DataFrame, measure: str) -> pd.Series:

@@ -197,7 +197,8 @@ def learns(facts: dict[int, RunFacts], seeds: list[int], cell: str = "K1") -> Cr
 def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criterion:
     """The staleness criterion over the stale cells' runs {cell: {seed: RunFacts}} (K > 1 only)."""
     rule = (f"DAPO at some K > 1: >= {DEGRADED_SEEDS} of {len(seeds)} seeds end >= {DROP:.2f} below their own peak "
-            f"or collapse after learning (>= +{LEARNED_MIN:.2f})")
+            f"or collapse after learning (>= +{LEARNED_MIN:.2f}), not onto right answers (final >= {SOLVED:.2f} within "
+            f"{DROP:.2f} of its peak)")
     if not seeds:
         raise ValueError("seeds must name the pilot's seeds (at least one)")
     states, parts = [], []

@@ -9,15 +9,48 @@ commit against it (``registration_text``: runs made at commits that do not conta
     c = registered_commit(path)                  # first commit holding path's current JSON, or None
     after_registration(c, ["abc123", ...])       # {commit: True / False / None (git cannot tell)}
     registration_text(c, commits, "runs")        # the report's sentence
+    checked_hypotheses(definition, keys, where, check)   # a hypotheses list, checked (each kind adds
+                                                         # its own fields' checks)
 """
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ercref.paths import REPO_ROOT
+
+DIRECTIONS = {"lower": -1, "higher": 1, -1: -1, 1: 1}     # a hypothesis' direction: arm - baseline < 0 / > 0
+
+
+def checked_hypotheses(definition: dict, keys: tuple[str, ...], where: str = "study.json",
+                       check: Callable[[dict, str], dict | None] | None = None, required: bool = False) -> list[dict]:
+    """``definition``'s "hypotheses", checked: a list (non-empty when ``required``) of objects, each
+    with ``keys``, a direction "lower" / "higher" (or -1 / +1; returned as -1 / +1) and a unique id;
+    ``check(h, tag)`` checks a kind's own fields and may return fields to replace. ValueError naming
+    ``where``, the hypothesis and the field."""
+    hs = definition.get("hypotheses", [])
+    if not isinstance(hs, list) or (required and not hs):
+        raise ValueError(f"{where}: hypotheses must be a {'non-empty ' if required else ''}list of objects, "
+                         f"got {hs if isinstance(hs, list) else type(hs).__name__!r}")
+    out, ids = [], set()
+    for i, h in enumerate(hs):
+        tag = f"{where}: hypotheses[{i}]"
+        if not isinstance(h, dict):
+            raise ValueError(f"{tag} must be an object with keys {list(keys)}")
+        missing = [k for k in keys if k not in h]
+        if missing:
+            raise ValueError(f"{tag} lacks {missing} (a hypothesis needs {list(keys)})")
+        extra = check(h, tag) if check is not None else None
+        d = h["direction"]
+        if isinstance(d, bool) or not isinstance(d, (str, int)) or d not in DIRECTIONS:
+            raise ValueError(f"{tag}.direction is {d!r}; valid: 'lower' or -1 (arm - baseline < 0), 'higher' or 1 (> 0)")
+        if h["id"] in ids:
+            raise ValueError(f"{tag}.id {h['id']!r} is used twice")
+        ids.add(h["id"])
+        out.append({**h, **(extra or {}), "direction": DIRECTIONS[d]})
+    return out
 
 
 def registered_commit(path: Path) -> str | None:
