@@ -14,9 +14,8 @@ x 2 samples. Arms alternate step by step (rows, shared, shared+fused-adam, rows,
 drifting machine slows them alike; every phase is reported as wall seconds and as CPU seconds of
 this process (with 1 thread, CPU time is what the step costs on an idle core; wall time includes
 waiting for a busy machine). "rows" and "shared" use the trainer's AdamW as configured (optim.fused
-false: the foreach kernel); "shared+fused-adam" swaps in the optimizer optim.fused=true builds
-(torch's fused kernel, same groups and hyper-parameters). The table below was measured when the
-engine's AdamW still used torch's per-tensor CPU loop (same numbers as foreach, slower).
+false: torch's per-tensor CPU loop); "shared+fused-adam" swaps in the optimizer optim.fused=true
+builds (torch's fused kernel, same groups and hyper-parameters).
 
 Measured 2026-11-29 on this 2-core machine (AMD EPYC, AVX2, SmolLM2-135M fp32), shared with other
 jobs (load 2-12: wall times are inflated, CPU seconds are not), median of 2 steps per arm after a

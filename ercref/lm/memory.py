@@ -42,8 +42,8 @@ What it counts (bytes; P parameters, in the model's dtype):
                 gradients. Gradients are freed after each optimizer step, so with one micro-batch per
                 minibatch the peak is the larger of the backward's start (activations) and its end
                 (gradients + the embedding's gradient); with several, activations and gradients add up;
-                the optimizer step holds the gradients and AdamW's foreach temporaries (one more P;
-                none with optim.fused) and, with train.log_update_norm, a copy of the weights.
+                the optimizer step holds the gradients, on CUDA AdamW's foreach temporaries (one
+                more P; none with optim.fused) and, with train.log_update_norm, a copy of the weights.
 
 The update, old-log-prob and generation phases never overlap, so the planned peak is the largest
 phase plus the persistent memory. Token budgets set to 0 mean "no limit": the planner then assumes
@@ -484,9 +484,11 @@ def plan_memory(cfg, device_bytes: int | None = None, device_name: str | None = 
         phases["update"] = batch + grads + act + bwd + emb
     else:
         phases["update"] = batch + max(act + bwd, grads + emb + layer)
-    # the optimizer step: gradients, AdamW's foreach kernel's sqrt(v) for all weights at once (the fused
-    # kernel works tensor by tensor in place) and, with optim/update_norm, a copy of the weights
-    step = 0 if cfg.optim.fused else add(f"update: AdamW foreach temporaries ({m.dtype})", P * wb, "update")
+    # the optimizer step: gradients, on CUDA AdamW's foreach kernel's sqrt(v) for all weights at once
+    # (torch's CPU loop and the fused kernel work tensor by tensor) and, with optim/update_norm, a copy
+    # of the weights
+    foreach = on_cuda and not cfg.optim.fused
+    step = add(f"update: AdamW foreach temporaries ({m.dtype})", P * wb, "update") if foreach else 0
     if t.log_update_norm:
         step += add(f"update: weight copy for optim/update_norm ({m.dtype})", P * wb, "update")
     phases["update"] = max(phases["update"], batch + grads + step)
