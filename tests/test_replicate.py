@@ -50,6 +50,7 @@ def test_a_replica_that_reverses_an_arm_changes_its_verdicts_and_only_compared_p
     cache(rep, "toy", {"DAPO": False, "DAPO+ERC": True}, range(5), "cpu B")
     t = replicate.replication_table("toy", rep, orig)
     assert set(t.loc[t["measure"] != "erc_clip_frac", "other_arm"]) == {"DAPO"}   # ERC's own clip rate: any pair
+    assert (t["measure"] == "erc_clip_frac").sum() == 1                          # shown once per ERC arm
     assert (t["seeds"].map(tuple) == (0, 1, 2, 3, 4)).all()
     vol = t[t["measure"] == "entropy_volatility"].iloc[0]
     assert (vol["original"], vol["replica"], vol["same"]) == (vr.SUPPORTED, vr.CONTRADICTED, False)

@@ -82,13 +82,16 @@ def replication_table(name: str, into=None, results_dir=None) -> pd.DataFrame:
     before = report.verdict_table(name, results_dir, original)
     after = report.verdict_table(name, results_dir, merged)
     after = {(a.cell, a.erc_arm, a.other_arm, a.measure): a for a in after.itertuples()}
-    rows = []
+    rows, clip_done = [], set()
     for b in before.itertuples():
         a = after.get((b.cell, b.erc_arm, b.other_arm, b.measure))
         if a is None:
             continue
         seeds = redone.get((b.cell, b.erc_arm), set()) & redone.get((b.cell, b.other_arm), set())
-        if b.measure == report.CLIP:       # the ERC arm's own clip rate: its reruns suffice
+        if b.measure == report.CLIP:       # the ERC arm's own clip rate: its reruns suffice, shown once
+            if (b.cell, b.erc_arm) in clip_done:
+                continue
+            clip_done.add((b.cell, b.erc_arm))
             seeds = redone.get((b.cell, b.erc_arm), set())
         elif redone.get((b.cell, b.erc_arm), set()) != redone.get((b.cell, b.other_arm), set()):
             continue                       # one arm rerun for other seeds: pairs would cross machines
@@ -111,13 +114,14 @@ def replication_report(name: str, into=None, results_dir=None) -> str:
         return (f"No replication of `{name}` yet (run `python -m ercref.study.replicate {name} --cells ... --arms ... "
                 "--seeds ...`).\n")
     (cpus_o, cpus_r), (thr_o, thr_r) = t.attrs["cpus"], t.attrs["threads"]
-    counted = t[t["original"].isin(vr.VERDICT_LABELS) & t["replica"].isin(vr.VERDICT_LABELS)]
+    counted = t[t["original"].isin(vr.VERDICT_LABELS) & t["replica"].isin(vr.VERDICT_LABELS)
+                & (t["measure"] != report.CLIP)]
     lines = [f"Replication of `{name}`: {len(t)} comparisons whose arms were both rerun (seeds "
              f"{sorted({s for x in t['seeds'] for s in x})}) on {', '.join(cpus_r) or 'an unrecorded CPU'}, "
              f"torch threads {thr_r} (the original runs: {', '.join(cpus_o) or 'unrecorded'}, threads {thr_o}); the "
              "verdicts recomputed with the reruns in "
              f"place of the originals. **{int(t['same'].sum())} of {len(t)} verdicts the same** "
-             f"({int(counted['same'].sum())} of {len(counted)} among those that are verdicts in both).", "",
+             f"({int(counted['same'].sum())} of {len(counted)} among the tests: verdicts on a direction in both).", "",
              "| cell | ERC arm vs other | measure | original | replica | same |", "|---|---|---|---|---|---|"]
     for r in t.itertuples():
         o = f"{r.original_interval} {r.original}".strip()
