@@ -13,8 +13,9 @@ atomic file per run, its own stored starting policies (a seed's warm-up is run o
 by its arms, so the replica's pairs are pairs of one machine).
 
 The comparison (``replication_table``): for every (cell, ERC arm, other arm) both of whose arms were
-rerun, with the same seeds, the study's verdict_table on the original cache and on the original with
-those runs replaced by the reruns (report.verdict_table's rules on both). A verdict "replicates" when
+rerun, the study's verdict_table (its rules) on the original cache and on the original with the
+reruns in place of the originals, for the seeds every rerun arm of that cell has (so no pair crosses
+machines); the ERC arm's clip rate (a band, not a test) once per ERC arm. A verdict "replicates" when
 its label is the same; the table also gives both intervals and the CPUs of both.
 """
 from __future__ import annotations
@@ -72,12 +73,16 @@ def replication_table(name: str, into=None, results_dir=None) -> pd.DataFrame:
     rerun = report.run_table(name, into)
     if original.empty or rerun.empty:
         return pd.DataFrame(columns=COLUMNS)
-    redone = {(c, a): set(g["seed"].astype(int)) for (c, a), g in rerun.groupby(["cell", "arm"])}
-    key = list(zip(original["cell"], original["arm"], original["seed"].astype(int)))
-    replaced = [(c, a, s) for c, a, s in key if s in redone.get((c, a), set())]
-    merged = pd.concat([original[[k not in set(replaced) for k in key]],
-                        rerun[[(c, a, int(s)) in set(replaced)
-                               for c, a, s in zip(rerun["cell"], rerun["arm"], rerun["seed"])]]],
+    arms_rerun = {c: set(g["arm"]) for c, g in rerun.groupby("cell")}
+    # a seed counts as rerun at a cell once every arm rerun there has it: pairs never cross machines
+    seeds_rerun = {c: set.intersection(*(set(g.loc[g["arm"] == a, "seed"].astype(int)) for a in arms))
+                   for c, arms in arms_rerun.items() for g in [rerun[rerun["cell"] == c]]}
+    def rerun_here(c, a, s) -> bool:
+        return a in arms_rerun.get(c, ()) and int(s) in seeds_rerun.get(c, ())
+
+    merged = pd.concat([original[[not rerun_here(c, a, s) for c, a, s in zip(original["cell"], original["arm"],
+                                                                              original["seed"])]],
+                        rerun[[rerun_here(c, a, s) for c, a, s in zip(rerun["cell"], rerun["arm"], rerun["seed"])]]],
                        ignore_index=True)
     before = report.verdict_table(name, results_dir, original)
     after = report.verdict_table(name, results_dir, merged)
@@ -85,17 +90,15 @@ def replication_table(name: str, into=None, results_dir=None) -> pd.DataFrame:
     rows, clip_done = [], set()
     for b in before.itertuples():
         a = after.get((b.cell, b.erc_arm, b.other_arm, b.measure))
-        if a is None:
+        arms = arms_rerun.get(b.cell, set())
+        seeds = seeds_rerun.get(b.cell, set())
+        if a is None or not seeds or b.erc_arm not in arms:
             continue
-        seeds = redone.get((b.cell, b.erc_arm), set()) & redone.get((b.cell, b.other_arm), set())
-        if b.measure == report.CLIP:       # the ERC arm's own clip rate: its reruns suffice, shown once
+        if b.measure == report.CLIP:       # the ERC arm's own clip rate (its reruns suffice), shown once
             if (b.cell, b.erc_arm) in clip_done:
                 continue
             clip_done.add((b.cell, b.erc_arm))
-            seeds = redone.get((b.cell, b.erc_arm), set())
-        elif redone.get((b.cell, b.erc_arm), set()) != redone.get((b.cell, b.other_arm), set()):
-            continue                       # one arm rerun for other seeds: pairs would cross machines
-        if not seeds:
+        elif b.other_arm not in arms:
             continue
         rows.append({"cell": b.cell, "erc_arm": b.erc_arm, "other_arm": b.other_arm, "measure": b.measure,
                      "seeds": sorted(seeds), "original": b.verdict, "original_interval": _interval(b),
