@@ -132,6 +132,17 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     c_deg = pilot.pilot_criteria("p", tmp_path)[1]
     assert c_deg.state == INCOMPLETE and "K8-lr0.001: 0 of 0 cached seeds degraded (0 after learning) (missing [0, 1, 2])" \
         in c_deg.detail
+    # a second K = 1 cell (on-policy at another learning rate) is a control: shown, not a criterion's input
+    study.cells["K1-lr0.01"] = {"optim.lr": 0.01}
+    cache.write_study_json(study, root)
+    for s in (0, 1):
+        cache.write_run(root, "K1-lr0.01", "DAPO", s, {"config": config(k=1), "wall_s": 10.0}, log([0.1, 0.5, 0.2]))
+    c_learn2, c_deg2 = pilot.pilot_criteria("p", tmp_path)
+    assert (c_learn2, c_deg2) == (c_learn, c_deg) and "K1-lr0.01" not in c_learn2.detail + c_deg2.detail
+    assert list(pilot.on_policy_controls("p", tmp_path)) == ["K1-lr0.01"]
+    assert "On-policy control K1-lr0.01 (K = 1 at another learning rate" in pilot.pilot_report("p", tmp_path)
+    assert "seed 1: 0.100 -> peak 0.500 -> final 0.200 (gain +0.100, drop 0.300), collapse never DEGRADED" \
+        in pilot.pilot_report("p", tmp_path)
 
 
 def test_the_candidate_testbed_task_model_and_study():

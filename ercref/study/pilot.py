@@ -218,47 +218,70 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
     return Criterion("degrades", rule, state, " | ".join(parts) if parts else "no stale cell cached")
 
 
-def pilot_facts(name: str, results_dir=None, arm: str = "DAPO",
-                check_overlap: bool = True) -> tuple[tuple[str, dict[int, RunFacts]], dict[str, dict[int, RunFacts]]]:
-    """((K = 1 cell, {seed: RunFacts}), {stale cell: {seed: RunFacts}}) of the cached study ``name``'s
-    runs of ``arm``. ValueError when the study has no cache or several K = 1 cells."""
+def facts_by_cell(name: str, results_dir=None, arm: str = "DAPO",
+                  check_overlap: bool = True) -> dict[str, dict[int, RunFacts]]:
+    """{cell: {seed: RunFacts}} of the cached study ``name``'s runs of ``arm``, cells in the order of
+    its study.json. ValueError when the study has no cache."""
+    from .cache import read_study_json
+
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"study {name!r} has no cache at {root} (no study.json): run it first")
+    order = list(read_study_json(root / "study.json")["cells"])
     runs, _ = finished_runs(root, tokens=False)
-    on_policy: dict[int, RunFacts] = {}
-    stale: dict[str, dict[int, RunFacts]] = {}
-    on_cells = set()
-    for r in runs:
-        if r.arm != arm:
-            continue
-        f = run_facts(r.rows, r.meta["config"], check_overlap)
-        if f.k == 1:
-            on_policy[r.seed] = f
-            on_cells.add(r.cell)
-        else:
-            stale.setdefault(r.cell, {})[r.seed] = f
-    if len(on_cells) > 1:
-        raise ValueError(f"study {name!r} has several K = 1 cells {sorted(on_cells)}; the learning criterion reads one")
-    return (next(iter(on_cells), "K1"), on_policy), stale
+    out: dict[str, dict[int, RunFacts]] = {}
+    for r in sorted(runs, key=lambda r: (order.index(r.cell) if r.cell in order else len(order), r.cell)):
+        if r.arm == arm:
+            out.setdefault(r.cell, {})[r.seed] = run_facts(r.rows, r.meta["config"], check_overlap)
+    return out
+
+
+def cell_k(name: str, cells: dict[str, dict[int, RunFacts]], results_dir=None, arm: str = "DAPO") -> dict[str, int]:
+    """{cell: K} of every cell the cached study.json of ``name`` defines for ``arm``, in its order: K
+    of the cell's cached runs (``cells``, facts_by_cell), else of its definition; then cached cells the
+    definition lacks."""
+    from ercref.lm.config import make_config
+
+    from .cache import read_study_json
+
+    d = read_study_json(study_dir(name, results_dir) / "study.json")
+    out = {c: (next(iter(cells[c].values())).k if cells.get(c) else
+               staleness_k(make_config(d["preset"], overrides={**d["base"], **over}).to_dict()))
+           for c, over in d.get("cells", {}).items() if arm in (d.get("cell_arms") or {}).get(c, d["arms"])}
+    return {**out, **{c: next(iter(f.values())).k for c, f in cells.items() if c not in out and f}}
+
+
+def pilot_facts(name: str, results_dir=None, arm: str = "DAPO",
+                check_overlap: bool = True) -> tuple[tuple[str, dict[int, RunFacts]], dict[str, dict[int, RunFacts]]]:
+    """((K = 1 cell, {seed: RunFacts}), {stale cell: {seed: RunFacts}}) of the cached study ``name``'s
+    runs of ``arm``; every defined stale cell is there, with no seeds when none is cached. The learning
+    criterion's K = 1 cell is the first one the study defines; other K = 1 cells (on-policy controls at
+    another learning rate: on_policy_controls) are in neither."""
+    cells = facts_by_cell(name, results_dir, arm, check_overlap)
+    ks = cell_k(name, cells, results_dir, arm)
+    on = [c for c, k in ks.items() if k == 1]
+    stale = {c: cells.get(c, {}) for c, k in ks.items() if k > 1}
+    return (on[0], cells.get(on[0], {})) if on else ("K1", {}), stale
+
+
+def on_policy_controls(name: str, results_dir=None, arm: str = "DAPO") -> dict[str, dict[int, RunFacts]]:
+    """The K = 1 cells after the first the study defines (pilot_facts), with their cached runs: on-policy
+    DAPO at another learning rate, which says whether a stale cell's fall is the staleness or the
+    learning rate. Described, not a criterion."""
+    cells = facts_by_cell(name, results_dir, arm, check_overlap=False)
+    on = [c for c, k in cell_k(name, cells, results_dir, arm).items() if k == 1]
+    return {c: cells[c] for c in on[1:] if c in cells}
 
 
 def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[int] | None = None,
                    check_overlap: bool = True) -> list[Criterion]:
     """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
     ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
-    from ercref.lm.config import make_config
-
     from .cache import read_study_json
 
     (on_cell, on_policy), stale = pilot_facts(name, results_dir, arm, check_overlap)
     defined = read_study_json(study_dir(name, results_dir) / "study.json")
     seeds = list(seeds) if seeds is not None else [int(s) for s in defined["seeds"]]
-    for cell, over in defined.get("cells", {}).items():   # a defined stale cell with no run yet: all seeds missing
-        if cell not in stale and cell != on_cell and arm in (defined.get("cell_arms") or {}).get(cell, defined["arms"]):
-            cfg = make_config(defined["preset"], overrides={**defined["base"], **over}).to_dict()
-            if staleness_k(cfg) > 1:
-                stale[cell] = {}
     return [learns(on_policy, seeds, on_cell), degrades(stale, seeds)]
 
 
@@ -298,6 +321,10 @@ def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
     lines = [f"Pilot `{name}` (cache `{where}`): {len(runs)} runs, "
              f"{sum(float(r.meta['wall_s']) for r in runs) / 3600:.2f} run-hours. {defined.get('description', '')}", ""]
     lines.append(criteria_table(pilot_criteria(name, results_dir, arm)).rstrip("\n"))
+    for cell, facts in (on_policy_controls(name, results_dir, arm) if runs else {}).items():
+        lines += ["", f"On-policy control {cell} (K = 1 at another learning rate: does DAPO fall there without "
+                  "staleness? described, not a criterion): " + "; ".join(
+                      f"{_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}" for s, f in sorted(facts.items()))]
     profile = step_profile(name, results_dir)
     if profile:
         lines += ["", "Seconds per RL step (mean over the cached runs' steps; one torch thread per run, other runs "

@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         _, stale = pilot_facts(args.study, args.results_dir, args.arm, check_overlap=False)
+        stale = {c: f for c, f in stale.items() if f}          # cached cells only
         cell = args.cell or destabilising_cell(stale)
         if cell not in stale:
             raise ValueError(f"--cell {cell!r} is not a cached stale cell of {args.study!r}: {sorted(stale)}")
