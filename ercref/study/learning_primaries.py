@@ -133,10 +133,6 @@ def primary_table(runs: pd.DataFrame, definition: dict, gains: dict) -> pd.DataF
     return out
 
 
-def _g(x: float) -> str:
-    return f"{x:+.3g}" if math.isfinite(x) else ""
-
-
 def primary_lines(pt: pd.DataFrame, definition: dict, registration: str) -> list[str]:
     """Markdown: the primaries' heading sentence (the correction, the count of tests and how many would
     exclude 0 by chance) and one table row per hypothesis."""
@@ -152,7 +148,7 @@ def primary_lines(pt: pd.DataFrame, definition: dict, registration: str) -> list
              "", "| | hypothesis | cell | arm - baseline | seeds | baseline mean | difference [95 % t] | p / Holm p "
              "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in pt.itertuples():
-        diff = f"{_g(r.mean)} [{_g(r.low)}, {_g(r.high)}]" if math.isfinite(r.mean) else ""
+        diff = f"{r.mean:+.3g} [{r.low:+.3g}, {r.high:+.3g}]" if math.isfinite(r.mean) else ""
         p = f"{r.p:.2g} / {r.p_holm:.2g}" if math.isfinite(r.p) else ""
         base = f"{r.baseline_mean:.3g}" if math.isfinite(r.baseline_mean) else ""
         text = str(r.text).replace("|", "\\|")

@@ -64,8 +64,8 @@ def _interval(r) -> str:
 
 def replication_table(name: str, into=None, results_dir=None) -> pd.DataFrame:
     """COLUMNS, one row per verdict_table row of a (cell, ERC arm, other arm) whose two arms were both
-    rerun with the same seeds (module doc); ``seeds``: those seeds. Empty when nothing comparable was
-    rerun."""
+    rerun (module doc); ``seeds``: the seeds every rerun arm of that cell has, whose runs replaced the
+    originals. Empty when nothing comparable was rerun."""
     into = Path(into or REPLICATIONS_DIR)
     if not (study_dir(name, into) / "study.json").is_file():
         return pd.DataFrame(columns=COLUMNS)
