@@ -83,9 +83,8 @@ def seed_everything(seed: int) -> None:
 def build_adamw(model: torch.nn.Module, o) -> torch.optim.AdamW:
     """AdamW over ``model``'s trainable parameters as the OptimConfig ``o`` says: weight decay on the
     matrices (and on 1-D parameters too with ``o.decay_1d_params``), torch's default kernel for the
-    device (CPU: a loop over tensors; CUDA: foreach) or, with ``o.fused``, the fused one
-    (benchmarks/bench_adamw.py: on CPU ~5x faster than the loop, while foreach, the same numbers as
-    the loop, was slower than it on this machine)."""
+    device (CPU: a loop over tensors; CUDA: foreach) or, with ``o.fused``, the fused one (its speed
+    against the others: benchmarks/bench_adamw.py)."""
     decayed = (lambda p: True) if o.decay_1d_params else (lambda p: p.dim() >= 2)
     decay = [p for p in model.parameters() if p.requires_grad and decayed(p)]
     no_decay = [p for p in model.parameters() if p.requires_grad and not decayed(p)]

@@ -20,9 +20,8 @@ falling", not "ERC keeps a learning policy from being destabilised", and the rep
 
 A collapse onto answers that are right is not a degradation: a run whose final accuracy is >= SOLVED
 (0.95) and within DROP of its peak has solved the task, and a policy that solved it may turn
-deterministic (the SmolLM2 pilot's stale runs did, at held-out accuracy 0.99-1.00). Such a collapse is
-shown per seed ("collapse on a solved task") and not counted. This reading was added after the first
-SmolLM2 stale runs showed it, and it can only make the criterion harder to meet.
+deterministic. Such a collapse is shown per seed ("collapse on a solved task") and not counted; the
+exception can only make the criterion harder to meet.
 
 Each criterion is "met", "not met" (the cached runs already rule it out) or "incomplete" (the seeds
 still missing could decide it either way), with the numbers per seed. K is read from each run's saved
