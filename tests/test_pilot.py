@@ -201,3 +201,15 @@ def test_a_collapse_onto_right_answers_is_a_solved_task_not_a_degradation():
     c = degrades({"K8-lr0.0003": {s: solved for s in SEEDS}}, SEEDS)
     assert c.state == NOT_MET and "0 of 5 cached seeds degraded" in c.detail
     assert "(collapse on a solved task: not counted)" in c.detail
+
+
+def test_two_operation_pilot_holds_out_distinct_problems_none_in_training():
+    """arith level 4 has 259,200 problems: the 300 generated evaluation problems are distinct and
+    none is one of the 320 training prompts, so the >= 200 criterion does not depend on the filter."""
+    from ercref.study.studies import STUDIES
+
+    study = STUDIES["smollm2-pilot3"]()
+    cfg = study.config("K8-lr0.0003", "DAPO", 0).to_dict()
+    assert (cfg["data"]["level"], cfg["rollout"]["max_new_tokens"], cfg["train"]["steps"]) == (4, 24, 40)
+    assert pilot.eval_overlap(cfg) == (300, 0)
+    assert {"K1-lr1e-05", "K8-lr0.0003", "K1-lr0.0003"} == set(study.cells)
