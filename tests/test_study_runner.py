@@ -301,6 +301,76 @@ def test_a_killed_study_leaves_no_partial_run(tmp_path):
     assert cache.load_study("t", tmp_path / "res").steps.empty
 
 
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = {int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()}
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out |= kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_long_study(tmp_path):
+    """The runner of a 400-step study in a new session, once its worker has logged an RL step:
+    (process, the runner's descendants)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT.format(tests=str(REPO / "tests")), str(tmp_path / "res")],
+                            cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 90
+    logs = []
+    while time.time() < deadline and proc.poll() is None:
+        logs = list((tmp_path / "tmp").glob("ercref-t-*/run/metrics.jsonl"))
+        if logs and '"kind": "step"' in logs[0].read_text():
+            break
+        time.sleep(0.5)
+    if proc.poll() is not None or not logs:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run never started: " + proc.stdout.read().decode()[-2000:])
+    return proc, _descendants(proc.pid)
+
+
+def _wait_gone(pids, seconds: float) -> set[int]:
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    return {p for p in pids if _alive(p)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_runner_stops_its_workers_and_their_runs(tmp_path, how):
+    """``kill PID`` of the runner (not of its process group) stops the worker and its run too: on
+    SIGTERM the runner stops it and says so; after SIGKILL the orphaned worker stops itself. Either
+    way the run's temporary folder is removed and nothing of it is cached."""
+    proc, workers = _start_long_study(tmp_path)
+    assert workers, "the runner has no worker process"
+    try:
+        os.kill(proc.pid, getattr(signal, how))
+        out = proc.communicate(timeout=60)[0].decode()
+        left = _wait_gone(workers, runner.ORPHAN_POLL_S + runner.ORPHAN_GRACE_S + 20)
+        assert not left, f"worker(s) {sorted(left)} still running after the runner got {how}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    if how == "SIGTERM":
+        assert "stopped: 0 run(s) finished and cached" in out and "run the same command again" in out, out[-2000:]
+    assert not list((tmp_path / "tmp").glob("ercref-t-*")), "the stopped run's temporary folder was left behind"
+    assert not cache.is_cached(cache.study_dir("t", tmp_path / "res"), "K2-lr0.001", "DAPO", 0)
+
+
 @pytest.mark.slow
 def test_cli_list_and_status(two_runs, capsys):
     d, _ = two_runs

@@ -17,6 +17,10 @@ and it is run again. With ``--hours`` the runner starts a run only if, by its es
 wall time of cached runs of the same arm and cell, else of the arm, else of the study, else the
 study's prior), it ends within the budget. Workers are separate processes with one torch thread
 each (two one-thread runs side by side beat one run at a time with two threads on a small machine).
+
+Stopping: Ctrl-C or SIGTERM to the runner stops its workers too (the runs in progress leave nothing in
+the cache, only their temporary folders are removed; finished runs stay), and a worker whose runner
+died without stopping it (SIGKILL) stops itself within a few seconds. The same command resumes.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -174,11 +180,88 @@ def estimate_run_s(times: list[dict], cell: str, arm: str, prior: float) -> floa
 
 
 # ----------------------------------------------------------------------------- the study loop
+ORPHAN_POLL_S = 2.0     # how often a worker checks that its runner is alive
+STOP_GRACE_S = 30.0     # how long a worker stopped by its runner may take to clean up before it is killed
+ORPHAN_GRACE_S = 5.0    # the same for an orphaned worker (its run's cleanup takes well under a second)
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _exit_when_orphaned(runner_pid: int) -> None:
+    """A worker's watchdog thread: once its runner is gone (the worker was re-parented), stop the run
+    as SIGTERM would (its temporary folder is removed), and exit outright ORPHAN_GRACE_S later."""
+    while os.getppid() == runner_pid:
+        time.sleep(ORPHAN_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
 def _worker_init() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
+    signal.signal(signal.SIGTERM, _raise_system_exit)      # a stopped run cleans up (run_unit's finally)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)            # Ctrl-C reaches the whole group: the runner stops us
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     import torch
 
     torch.set_num_threads(1)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and stop the running ones (SIGTERM, then SIGKILL after STOP_GRACE_S)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    children = multiprocessing.active_children()
+    for p in children:
+        p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _fill(pool, study: Study, root: Path, todo: list, workers: int, times: list, budget: float, t0: float,
+          done: list, not_started: list, waiting: list, failed: list, log) -> None:
+    """run_study's loop: keep ``workers`` runs going until the queue is empty (or over budget); the
+    result lists are filled in place, so a stopped loop leaves what it finished."""
+    running: dict[cf.Future, tuple] = {}
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < workers:
+            cell, arm, seed = unit = queue[0]
+            extra = None
+            if arm in study.matched:
+                extra = matched_overrides(study, root, cell, arm)
+                if extra is None:
+                    if running:       # its inputs may be among the running runs: wait for them
+                        break
+                    waiting.append(queue.pop(0))
+                    continue
+            est = estimate_run_s(times, cell, arm, study.est_run_s)
+            if time.perf_counter() - t0 + est > budget:
+                not_started.append(queue.pop(0))
+                continue
+            queue.pop(0)
+            running[pool.submit(run_unit, study, str(root), cell, arm, seed, extra)] = unit
+        if not running:
+            break
+        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            unit = running.pop(fut)
+            try:
+                res = fut.result()
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - one failed (or one stopped) run must not stop
+                # the others (nothing of it is cached)
+                failed.append((*unit, f"{type(e).__name__}: {e}"))
+                log(f"[{study.name}] {unit[0]} {unit[1]} seed {unit[2]} FAILED: {type(e).__name__}: {e}")
+                continue
+            done.append(res)
+            times.append(res)
+            log(f"[{study.name}] {unit[0]} {unit[1]} seed {unit[2]}: {res['wall_s']:.0f} s "
+                f"({len(done)}/{len(todo)}, {(time.perf_counter() - t0) / 60:.1f} min)")
 
 
 def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None, hours: float | None = None,
@@ -219,41 +302,20 @@ def run_study(study: Study, results_dir=None, cells=None, arms=None, seeds=None,
         + (f", budget {hours:g} h" if hours is not None else ""))
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the workers before they import torch
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        running: dict[cf.Future, tuple] = {}
-        queue = list(todo)
-        while queue or running:
-            while queue and len(running) < workers:
-                cell, arm, seed = unit = queue[0]
-                extra = None
-                if arm in study.matched:
-                    extra = matched_overrides(study, root, cell, arm)
-                    if extra is None:
-                        if running:       # its inputs may be among the running runs: wait for them
-                            break
-                        waiting.append(queue.pop(0))
-                        continue
-                est = estimate_run_s(times, cell, arm, study.est_run_s)
-                if time.perf_counter() - t0 + est > budget:
-                    not_started.append(queue.pop(0))
-                    continue
-                queue.pop(0)
-                running[pool.submit(run_unit, study, str(root), cell, arm, seed, extra)] = unit
-            if not running:
-                break
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                unit = running.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as e:  # noqa: BLE001 - one failed run must not stop the others (nothing of it is cached)
-                    failed.append((*unit, f"{type(e).__name__}: {e}"))
-                    log(f"[{study.name}] {unit[0]} {unit[1]} seed {unit[2]} FAILED: {type(e).__name__}: {e}")
-                    continue
-                done.append(res)
-                times.append(res)
-                log(f"[{study.name}] {unit[0]} {unit[1]} seed {unit[2]}: {res['wall_s']:.0f} s "
-                    f"({len(done)}/{len(todo)}, {(time.perf_counter() - t0) / 60:.1f} min)")
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_system_exit) if on_main_thread else None
+    try:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+            try:
+                _fill(pool, study, root, todo, workers, times, budget, t0, done, not_started, waiting, failed, log)
+            except BaseException:
+                _stop_workers(pool)
+                log(f"[{study.name}] stopped: {len(done)} run(s) finished and cached; the runs in progress were "
+                    "stopped and left nothing; run the same command again to continue")
+                raise
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t0
     if not_started:
         log(f"[{study.name}] budget: {len(not_started)} run(s) not started; run the same command again to continue")
