@@ -380,3 +380,30 @@ def test_cli_list_and_status(two_runs, capsys):
     assert "cached 2 / 2 runs" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         study_main(["t", "--cells", "nope", "--status"], studies={"t": small_study})
+
+
+def test_testbed_study_takes_the_pilots_setting_and_adds_the_controls(tmp_path):
+    from ercref.study.studies import testbed_study
+
+    t = testbed_study("tb", "smollm2-pilot2", "K8-lr0.0003", "K1-lr1e-05", range(10), None)
+    pilot = get_study("smollm2-pilot2")
+    assert set(t.cells) == {"K8-lr0.0003", "K1-lr1e-05"} and t.seeds == list(range(10)) and t.preset == pilot.preset
+    assert set(t.arms) == {"DAPO", "DAPO+ERC", "DAPO+random-mask", "DAPO-matched-step"}
+    assert t.matched == {"DAPO-matched-step": ("DAPO+ERC", "DAPO")}
+    dapo, erc = t.config("K8-lr0.0003", "DAPO", 3), t.config("K8-lr0.0003", "DAPO+ERC", 3)
+    same = pilot.config("K8-lr0.0003", "DAPO", 3).to_dict()
+    same["train"]["log_update_norm"] = True          # the matched step reads the update norms: the one difference
+    assert dapo.to_dict() == same
+    assert (erc.loss.erc, erc.loss.beta_low, t.config("K8-lr0.0003", "DAPO+random-mask", 0).loss.erc_mask) == \
+        (True, 0.05, "random")
+    assert [u for u in t.runs() if u[1] == "DAPO-matched-step"] == t.runs()[-20:]   # matched arms run last
+    with pytest.raises(ValueError, match="not cells of the pilot"):
+        testbed_study("tb", "smollm2-pilot2", "K16-lr0.0003", "K1-lr1e-05", range(10), None)
+    with pytest.raises(ValueError, match=">= 5 distinct seeds"):
+        testbed_study("tb", "smollm2-pilot2", "K8-lr0.0003", "K1-lr1e-05", [0, 1, 1, 2], None)
+    bad = tmp_path / "h.json"
+    bad.write_text(json.dumps({"study_kind": "learning", "holm": True, "hypotheses": [
+        {"id": "H1", "cell": "K8-lr0.001", "arm": "DAPO+ERC", "baseline": "DAPO", "measure": "final_accuracy",
+         "direction": "higher", "text": "a cell the study does not have"}]}))
+    with pytest.raises(ValueError, match="names a cell or arm"):
+        testbed_study("tb", "smollm2-pilot2", "K8-lr0.0003", "K1-lr1e-05", range(10), str(bad))

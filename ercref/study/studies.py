@@ -433,6 +433,33 @@ SMOL_PILOT3_CELLS = ((1, 1e-5), (8, 3e-4), (1, 3e-4))
 STUDIES["smollm2-pilot3"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT3_CELLS, steps=40, name="smollm2-pilot3",
                                               level=4, num_train=320, num_eval=300,
                                               base={"optim.fused": True, "rollout.max_new_tokens": 24})
+
+
+def testbed_study(name: str, pilot: str, cell: str, check_cell: str, seeds, preregistration: str | None,
+                  beta: float = 0.05) -> Study:
+    """The confirmatory study at a pilot's destabilising ``cell``, with one cell where DAPO is stable
+    (``check_cell``) as a check: the pilot's model, task and run length, arms DAPO, DAPO+ERC (``beta``),
+    DAPO+random-mask (as many tokens stopped as ERC, at random) and DAPO-matched-step (DAPO at the
+    learning rate whose mean update norm matches DAPO+ERC's, set by the runner), ``seeds`` from the
+    power calculation (``python -m ercref.study.power PILOT --cell CELL``), the hypotheses in
+    ``preregistration`` (data/preregistration/, committed before the first run)."""
+    source = get_study(pilot)
+    missing = [c for c in (cell, check_cell) if c not in source.cells]
+    if missing:
+        raise ValueError(f"cells {missing} are not cells of the pilot {pilot!r}: {list(source.cells)}")
+    if len(set(int(s) for s in seeds)) < 5:
+        raise ValueError(f"a confirmatory study needs >= 5 distinct seeds (verdict_rules), got {list(seeds)}")
+    arms = {"DAPO": erc_arm("dapo", None), "DAPO+ERC": erc_arm("dapo", beta),
+            "DAPO+random-mask": erc_arm("dapo", beta, **{"loss.erc_mask": "random"}),
+            "DAPO-matched-step": erc_arm("dapo", None)}
+    return Study(name, source.preset, {**source.base, "train.log_update_norm": True},
+                 {c: source.cells[c] for c in (cell, check_cell)}, arms, [int(s) for s in seeds],
+                 matched={"DAPO-matched-step": ("DAPO+ERC", "DAPO")}, est_run_s=source.est_run_s,
+                 preregistration=preregistration,
+                 description=f"Confirmatory study on the {pilot} testbed: DAPO+ERC (beta {beta:g}) vs DAPO, the "
+                             f"random mask and the matched step at {cell} (where DAPO degraded in the pilot) and "
+                             f"{check_cell} (a check), {len(seeds)} seeds.")
+
 STUDIES["tiny6m-pilot4"] = functools.partial(tiny6m_pilot, cells=PILOT4_CELLS, steps=300, sft_steps=400,
                                              name="tiny6m-pilot4", base={"train.log_update_norm": False,
                                                                          "train.eval_every": 25, **PILOT4_SFT})
