@@ -218,16 +218,17 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
 
 
 def facts_by_cell(name: str, results_dir=None, arm: str = "DAPO",
-                  check_overlap: bool = True) -> dict[str, dict[int, RunFacts]]:
-    """{cell: {seed: RunFacts}} of the cached study ``name``'s runs of ``arm``, cells in the order of
-    its study.json. ValueError when the study has no cache."""
+                  check_overlap: bool = True, runs=None) -> dict[str, dict[int, RunFacts]]:
+    """{cell: {seed: RunFacts}} of the cached study ``name``'s runs of ``arm`` (``runs``: its
+    cache.finished_runs when already read), cells in the order of its study.json. ValueError when the
+    study has no cache."""
     from .cache import read_study_json
 
     root = study_dir(name, results_dir)
     if not (root / "study.json").is_file():
         raise ValueError(f"study {name!r} has no cache at {root} (no study.json): run it first")
     order = list(read_study_json(root / "study.json")["cells"])
-    runs, _ = finished_runs(root, tokens=False)
+    runs = finished_runs(root, tokens=False)[0] if runs is None else runs
     out: dict[str, dict[int, RunFacts]] = {}
     for r in sorted(runs, key=lambda r: (order.index(r.cell) if r.cell in order else len(order), r.cell)):
         if r.arm == arm:
@@ -250,44 +251,49 @@ def cell_k(name: str, cells: dict[str, dict[int, RunFacts]], results_dir=None, a
     return {**out, **{c: next(iter(f.values())).k for c, f in cells.items() if c not in out and f}}
 
 
-def pilot_facts(name: str, results_dir=None, arm: str = "DAPO",
-                check_overlap: bool = True) -> tuple[tuple[str, dict[int, RunFacts]], dict[str, dict[int, RunFacts]]]:
+def pilot_facts(name: str, results_dir=None, arm: str = "DAPO", check_overlap: bool = True,
+                cells: dict[str, dict[int, RunFacts]] | None = None,
+                ) -> tuple[tuple[str, dict[int, RunFacts]], dict[str, dict[int, RunFacts]]]:
     """((K = 1 cell, {seed: RunFacts}), {stale cell: {seed: RunFacts}}) of the cached study ``name``'s
     runs of ``arm``; every defined stale cell is there, with no seeds when none is cached. The learning
     criterion's K = 1 cell is the first one the study defines; other K = 1 cells (on-policy controls at
-    another learning rate: on_policy_controls) are in neither."""
-    cells = facts_by_cell(name, results_dir, arm, check_overlap)
+    another learning rate: on_policy_controls) are in neither. ``cells``: facts_by_cell's, when
+    already computed."""
+    cells = facts_by_cell(name, results_dir, arm, check_overlap) if cells is None else cells
     ks = cell_k(name, cells, results_dir, arm)
     on = [c for c, k in ks.items() if k == 1]
     stale = {c: cells.get(c, {}) for c, k in ks.items() if k > 1}
     return (on[0], cells.get(on[0], {})) if on else ("K1", {}), stale
 
 
-def on_policy_controls(name: str, results_dir=None, arm: str = "DAPO") -> dict[str, dict[int, RunFacts]]:
+def on_policy_controls(name: str, results_dir=None, arm: str = "DAPO",
+                       cells: dict[str, dict[int, RunFacts]] | None = None) -> dict[str, dict[int, RunFacts]]:
     """The K = 1 cells after the first the study defines (pilot_facts), with their cached runs: on-policy
     DAPO at another learning rate, which says whether a stale cell's fall is the staleness or the
-    learning rate. Described, not a criterion."""
-    cells = facts_by_cell(name, results_dir, arm, check_overlap=False)
+    learning rate. Described, not a criterion. ``cells``: facts_by_cell's, when already computed."""
+    cells = facts_by_cell(name, results_dir, arm, check_overlap=False) if cells is None else cells
     on = [c for c, k in cell_k(name, cells, results_dir, arm).items() if k == 1]
     return {c: cells[c] for c in on[1:] if c in cells}
 
 
 def pilot_criteria(name: str, results_dir=None, arm: str = "DAPO", seeds: list[int] | None = None,
-                   check_overlap: bool = True) -> list[Criterion]:
+                   check_overlap: bool = True, cells: dict[str, dict[int, RunFacts]] | None = None) -> list[Criterion]:
     """[learns, degrades] of the cached study ``name``, read from its runs of ``arm`` (the seeds:
-    ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades"."""
+    ``seeds``, else the study.json's). K = 1 cells feed "learns", K > 1 cells "degrades". ``cells``:
+    facts_by_cell's (with the overlap check), when already computed."""
     from .cache import read_study_json
 
-    (on_cell, on_policy), stale = pilot_facts(name, results_dir, arm, check_overlap)
+    (on_cell, on_policy), stale = pilot_facts(name, results_dir, arm, check_overlap, cells)
     defined = read_study_json(study_dir(name, results_dir) / "study.json")
     seeds = list(seeds) if seeds is not None else [int(s) for s in defined["seeds"]]
     return [learns(on_policy, seeds, on_cell), degrades(stale, seeds)]
 
 
-def step_profile(name: str, results_dir=None) -> dict[str, dict[str, float]]:
+def step_profile(name: str, results_dir=None, runs=None) -> dict[str, dict[str, float]]:
     """{cell: {timing key: mean seconds per RL step, "steps": steps averaged, "wall_s": mean run wall
-    time}} over every cached run of the study (the trainer's time/* metrics)."""
-    runs, _ = finished_runs(study_dir(name, results_dir), tokens=False)
+    time}} over every cached run of the study (the trainer's time/* metrics; ``runs``: its
+    cache.finished_runs when already read)."""
+    runs = finished_runs(study_dir(name, results_dir), tokens=False)[0] if runs is None else runs
     out: dict[str, dict[str, list]] = {}
     for r in runs:
         d = out.setdefault(r.cell, {k: [] for k in TIMING_KEYS + ("wall_s",)})
@@ -319,12 +325,13 @@ def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
     where = f"data/results/{name}" if results_dir is None else str(root)
     lines = [f"Pilot `{name}` (cache `{where}`): {len(runs)} runs, "
              f"{sum(float(r.meta['wall_s']) for r in runs) / 3600:.2f} run-hours. {defined.get('description', '')}", ""]
-    lines.append(criteria_table(pilot_criteria(name, results_dir, arm)).rstrip("\n"))
-    for cell, facts in (on_policy_controls(name, results_dir, arm) if runs else {}).items():
+    cells = facts_by_cell(name, results_dir, arm, runs=runs) if defined else None   # the cache, read once
+    lines.append(criteria_table(pilot_criteria(name, results_dir, arm, cells=cells)).rstrip("\n"))
+    for cell, facts in (on_policy_controls(name, results_dir, arm, cells) if runs else {}).items():
         lines += ["", f"On-policy control {cell} (K = 1 at another learning rate: does DAPO fall there without "
                   "staleness? described, not a criterion): " + "; ".join(
                       f"{_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}" for s, f in sorted(facts.items()))]
-    profile = step_profile(name, results_dir)
+    profile = step_profile(name, results_dir, runs)
     if profile:
         lines += ["", "Seconds per RL step (mean over the cached runs' steps; one torch thread per run, other runs "
                   "sharing the machine's cores, so only ratios within one sitting compare) and run wall time, per cell:", ""]
