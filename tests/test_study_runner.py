@@ -301,6 +301,17 @@ def test_a_killed_study_leaves_no_partial_run(tmp_path):
     assert cache.load_study("t", tmp_path / "res").steps.empty
 
 
+_STOP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_study_runner import small_study
+from ercref.study.__main__ import main
+study = small_study(steps={after})
+study.arms["DAPO"] = {{**study.arms["DAPO"], "train.steps": 400}}
+raise SystemExit(main(["t", "--workers", "1", "--results-dir", sys.argv[1]], studies={{"t": lambda: study}}))
+"""
+
+
 def _descendants(pid: int) -> set[int]:
     out, todo = set(), [pid]
     while todo:
@@ -321,12 +332,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _start_long_study(tmp_path):
-    """The runner of a 400-step study in a new session, once its worker has logged an RL step:
-    (process, the runner's descendants)."""
+def _start_long_study(tmp_path, steps_after: int = 400):
+    """The runner of a study whose first run (DAPO) has 400 RL steps and the others ``steps_after``,
+    in a new session, once its worker has logged an RL step: (process, the runner's descendants)."""
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
     (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT.format(tests=str(REPO / "tests")), str(tmp_path / "res")],
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_SCRIPT.format(tests=str(REPO / "tests"), after=steps_after),
+                             str(tmp_path / "res")],
                             cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 90
     logs = []
@@ -407,3 +419,19 @@ def test_testbed_study_takes_the_pilots_setting_and_adds_the_controls(tmp_path):
          "direction": "higher", "text": "a cell the study does not have"}]}))
     with pytest.raises(ValueError, match="names a cell or arm"):
         testbed_study("tb", "smollm2-pilot2", "K8-lr0.0003", "K1-lr1e-05", range(10), str(bad))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_a_worker_stopped_alone_is_one_failed_run_and_the_runner_goes_on(tmp_path):
+    proc, workers = _start_long_study(tmp_path, steps_after=2)
+    try:
+        worker = [p for p in workers if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(worker) == 1, f"one spawned worker expected, got {worker}"
+        os.kill(worker[0], signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert "DAPO seed 0 FAILED: SystemExit" in out and "1 run(s) done" in out and "1 failed" in out, out[-2000:]
+    assert proc.returncode == 1
+    assert not list((tmp_path / "tmp").glob("ercref-t-*")), "the stopped run's temporary folder was left behind"
