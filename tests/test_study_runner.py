@@ -435,3 +435,16 @@ def test_a_worker_stopped_alone_is_one_failed_run_and_the_runner_goes_on(tmp_pat
     assert "DAPO seed 0 FAILED: SystemExit" in out and "1 run(s) done" in out and "1 failed" in out, out[-2000:]
     assert proc.returncode == 1
     assert not list((tmp_path / "tmp").glob("ercref-t-*")), "the stopped run's temporary folder was left behind"
+
+
+def test_a_run_records_the_commit_it_started_at(tmp_path, monkeypatch):
+    """A commit made while a run trains (the cache is committed as it fills) is not the run's code."""
+    calls = iter(["abc-at-start", "def-at-end"])
+    monkeypatch.setattr(runner, "git_commit", lambda: next(calls))
+    s = small_study(steps=1)
+    root = cache.study_dir("t", tmp_path)
+    root.mkdir(parents=True)
+    cache.write_study_json(s, root)
+    runner.run_unit(s, root, "K2-lr0.001", "DAPO", 0)
+    meta = json.loads(cache.run_paths(root, "K2-lr0.001", "DAPO", 0)[1].read_text())
+    assert meta["git_commit"] == "abc-at-start"

@@ -140,6 +140,7 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     cfg = study.config(cell, arm, seed, extra)
     work = Path(tempfile.mkdtemp(prefix=f"ercref-{study.name}-"))
     sft = SFTCache(root / START_DIR)
+    commit = git_commit()        # the code this run runs: a commit made while it trains is not it
     t0 = time.perf_counter()
     try:
         logs, toks = run_arm(cfg, work / "run", label=arm, seed=seed, checkpoints=False,
@@ -150,7 +151,7 @@ def run_unit(study: Study, root: str | os.PathLike, cell: str, arm: str, seed: i
     import ercref
 
     meta = {"study": study.name, "cell": cell, "arm": arm, "seed": seed, "config": cfg.to_dict(),
-            "overrides": study.overrides(cell, arm, seed, extra), "matched": matched, "git_commit": git_commit(),
+            "overrides": study.overrides(cell, arm, seed, extra), "matched": matched, "git_commit": commit,
             "ercref_version": ercref.__version__, "machine": machine(), "start_policy": sft.start, "wall_s": round(wall, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     untag = ("label", "seed")
