@@ -70,7 +70,8 @@ def test_degrades_counts_drops_of_010_and_collapses_after_learning():
     assert degrades({"K16-lr0.001": two}, SEEDS).state == NOT_MET
     assert degrades({"K16-lr0.001": {0: drop, 1: drop, 2: stable, 3: stable}}, SEEDS).state == INCOMPLETE
     both = degrades({"K16-lr0.001": two, "K16-lr0.003": met}, SEEDS)    # any one stale cell suffices
-    assert both.state == MET and "K16-lr0.003: 3 of 5 cached seeds degraded (3 after learning)" in both.detail
+    assert both.state == MET and "K16-lr0.003 (met): 3 of 5 cached seeds degraded (3 after learning)" in both.detail \
+        and "K16-lr0.001 (not met): 2 of 5" in both.detail
     assert degrades({}, SEEDS).state == NOT_MET
 
 
@@ -130,7 +131,7 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     study.cells["K8-lr0.001"] = {"rollout.prompts_per_step": 16, "train.minibatch_prompts": 2}   # defined, not run
     cache.write_study_json(study, root)
     c_deg = pilot.pilot_criteria("p", tmp_path)[1]
-    assert c_deg.state == INCOMPLETE and "K8-lr0.001: 0 of 0 cached seeds degraded (0 after learning) (missing [0, 1, 2])" \
+    assert c_deg.state == INCOMPLETE and "K8-lr0.001 (incomplete): 0 of 0 cached seeds degraded (0 after learning) (missing [0, 1, 2])" \
         in c_deg.detail
     # a second K = 1 cell (on-policy at another learning rate) is a control: shown, not a criterion's input
     study.cells["K1-lr0.01"] = {"optim.lr": 0.01}

@@ -100,3 +100,14 @@ def test_the_destabilising_cell_and_the_command_read_the_cache(tmp_path, capsys)
     with pytest.raises(SystemExit):
         power.main(["p", "--results-dir", str(tmp_path), "--cell", "K4-lr0.001"])
     assert "not a cached stale cell" in capsys.readouterr().err
+    # the docs block: the same table, with the seed range; refreshed in place; an uncached cell named
+    md = tmp_path / "page.md"
+    md.write_text("x\n<!-- power-report: p K8-lr0.001 -->\nold\n<!-- /power-report -->\ny\n")
+    assert power.refresh_power_blocks(md, tmp_path) == ["p K8-lr0.001"]
+    text = md.read_text()
+    rows = power.power_for_cell({s: f for s, f in power.pilot_facts("p", tmp_path, check_overlap=False)[1]
+                                 ["K8-lr0.001"].items()}, "K8-lr0.001")
+    assert power.power_table(rows) in text and "old" not in text and text.startswith("x\n") and text.endswith("y\n")
+    assert ("not reachable" in text) == any(r.seeds is None for r in rows)
+    with pytest.raises(ValueError, match="not a cached stale cell"):
+        power.power_report("p", "K4-lr0.001", tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_study_report import _cache  # the toy study cache (tests/ is on the path)
 
-from ercref.study import pilot, report, results_page
+from ercref.study import pilot, power, report, results_page
 from ercref.study import verdict_rules as vr
 from ercref.study.__main__ import main
 
@@ -159,6 +159,12 @@ def test_committed_results_equal_the_committed_caches(tmp_path):
     for m in pilots:
         assert m.group(3) == pilot.pilot_report(m.group(2)), (
             f"docs/results.md's report of pilot {m.group(2)} is not the report of its cache: run `make study-report`")
+    powers = list(power.POWER_BLOCK.finditer(page))
+    assert powers, "docs/results.md has no <!-- power-report: PILOT CELL --> block"
+    for m in powers:
+        assert m.group(4) == power.power_report(m.group(2), m.group(3)), (
+            f"docs/results.md's power calculation for {m.group(2)} {m.group(3)} is not that of its cache: "
+            "run `make study-report`")
     stored = results_page.read_figure_data(results_page.FIGURE)
     want = results_page.figure_data(rows)
     assert stored.keys() == want.keys() and all(

@@ -208,7 +208,7 @@ def degrades(cells: dict[str, dict[int, RunFacts]], seeds: list[int]) -> Criteri
         states.append(MET if n_bad >= DEGRADED_SEEDS else NOT_MET if n_bad + len(missing) < DEGRADED_SEEDS
                       else INCOMPLETE)
         n_after = sum(f.degraded and f.learned for f in have.values())
-        parts.append(f"{cell}: {n_bad} of {len(have)} cached seeds degraded ({n_after} after learning)"
+        parts.append(f"{cell} ({states[-1]}): {n_bad} of {len(have)} cached seeds degraded ({n_after} after learning)"
                      + (f" (missing {missing})" if missing else "")
                      + "".join(f"; {_seed_line(s, f)}{' DEGRADED' if f.degraded else ''}"
                                f"{' (collapse on a solved task: not counted)' if f.solved_collapse else ''}"

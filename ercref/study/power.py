@@ -29,7 +29,9 @@ the pilot, where the degradation of each endpoint is
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -148,6 +150,36 @@ def power_table(rows: list[EndpointPower]) -> str:
         lines.append(f"| {r.endpoint} | {r.cell} | {r.pilot_seeds} | {r.mean:.3g} | {r.sd:.3g} | {r.degradation:.3g} | "
                      f"{r.target:.3g} | {n} | {m} |")
     return "\n".join(lines) + "\n"
+
+
+POWER_BLOCK = re.compile(r"(<!-- power-report: (\S+) (\S+) -->\n)(.*?)(<!-- /power-report -->)", flags=re.S)
+
+
+def power_report(pilot: str, cell: str, results_dir=None, arm: str = "DAPO") -> str:
+    """Markdown: the seeds a confirmatory study at ``cell`` of the pilot ``pilot`` would need
+    (power_for_cell with the defaults: three primaries, alpha 0.05, power 0.80, no credit for pairing).
+    The block ``<!-- power-report: PILOT CELL -->`` of docs/results.md (refresh_power_blocks)."""
+    _, stale = pilot_facts(pilot, results_dir, arm, check_overlap=False)
+    if not stale.get(cell):
+        raise ValueError(f"{cell!r} is not a cached stale cell of the pilot {pilot!r}: {sorted(c for c, f in stale.items() if f)}")
+    rows = power_for_cell(stale[cell], cell)
+    reach = [r.seeds for r in rows if r.seeds is not None]
+    return (f"Seeds per arm for a confirmatory study at `{pilot}` {cell} (`python -m ercref.study.power {pilot} --cell "
+            f"{cell}`: {len(stale[cell])} pilot seeds of {arm}, {len(ENDPOINTS)} primaries under Holm, alpha 0.05, power "
+            f"0.80, no credit for pairing; the target is half of {arm}'s mean fall in the pilot): "
+            + (f"{min(reach)} to {max(reach)}." if reach else f"not reachable within {MAX_SEEDS}.") + "\n\n"
+            + power_table(rows))
+
+
+def refresh_power_blocks(path, results_dir=None) -> list[str]:
+    """Replace every ``<!-- power-report: PILOT CELL -->`` ... ``<!-- /power-report -->`` block of the
+    markdown file ``path`` with power_report(PILOT, CELL) of the current cache. Returns "PILOT CELL"s."""
+    path = Path(path)
+    text = path.read_text()
+    names = [f"{m.group(2)} {m.group(3)}" for m in POWER_BLOCK.finditer(text)]
+    path.write_text(POWER_BLOCK.sub(lambda m: m.group(1) + power_report(m.group(2), m.group(3), results_dir)
+                                    + m.group(5), text))
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
