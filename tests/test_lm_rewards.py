@@ -320,3 +320,48 @@ def test_judge_max_chars_must_be_a_positive_int():
             judge_pool(2).judge(["\\boxed{1}"], ["1"], max_chars=bad)
     ok, stats = judge_pool(2).judge(["\\boxed{1}"], ["1"], timeout_s=JP.MAX_TIMEOUT_S, max_chars=9)
     assert ok == [True] and stats.truncated == 0
+
+
+# ----------------------------------------------------------------------------- the number judge
+@pytest.mark.parametrize("response, answer, ok", [
+    ("(52-88)+8", "-28", False),                          # the question's expression restated: its last number is 8
+    ("The answer is (52-88)+8. This requires", "-28", False),
+    ("48+64 is a classic example of a mathematical construct", "112", False),
+    ("To calculate 31*9, we can break it down", "279", False),
+    ("48+64 = 112", "112", True),
+    ("-28", "-28", True), ("The answer is -28.", "-28", True), ("= −28", "-28", True),   # U+2212 minus
+    ("100-28", "-28", False), ("100 - 28", "72", False),   # a subtraction, not a negative number
+    ("3 - -5", "-5", True), ("(5)-3", "-3", False),
+    ("1,782", "1782", True), ("1,78", "178", False), ("The answer is 1.5.", "1.5", True),
+    ("\\boxed{279}", "279", True), ("\\boxed{-28} and 5 more", "-28", True), ("\\boxed{2+3}", "5", False),
+    ("x2", "2", False), ("I don't know", "0", False), ("<think>it is 7</think>8", "8", True),
+])
+def test_number_judge_reads_the_final_number_not_an_expression(response, answer, ok):
+    assert rewards.number_judge(response, answer) is ok
+
+
+def test_the_math_judge_credits_a_restated_question_and_the_number_judge_does_not():
+    """Why the number judge exists: on "What is (52-88)+8?" math-verify parses the restated
+    expression and finds it equal to the answer."""
+    assert math_judge("The answer is (52-88)+8.", "-28") is True
+    assert rewards.number_judge("The answer is (52-88)+8.", "-28") is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(-10**6, 10**6), b=st.integers(0, 10**6), op=st.sampled_from("+-*"),
+       lead=st.sampled_from(["", "The answer is ", "So ", "= "]), tail=st.sampled_from(["", ".", " ", "\n"]))
+def test_number_judge_properties(a, b, op, lead, tail):
+    assert rewards.number_judge(f"{lead}{a}{tail}", str(a))                      # the answer alone is right
+    assert rewards.number_judge(f"{lead}{a:,}{tail}", str(a))                    # grouped by commas too
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    restated = f"What is ({a}){op}{b}? It is ({a}){op}{b}{tail}"
+    assert rewards.number_judge(restated, str(value)) == (value == b)            # the last number read is b
+    assert rewards.number_judge(f"({a}){op}{b} = {value}{tail}", str(value))     # worked out: right
+
+
+def test_number_judge_needs_a_numeric_reference_and_format_scheme_reads_numerals():
+    with pytest.raises(ValueError, match="answer must be a number"):
+        rewards.number_judge("5", "\\frac{1}{2}")
+    cfg = RewardConfig(judge="number", scheme="format", correct=1.0, wrong=0.0, format_reward=0.2)
+    r, ok = score_responses(["12", "13.", "\\boxed{14}", "it is 15", "12 apples"], ["12"] * 5, cfg)
+    assert r.tolist() == pytest.approx([1.0, 0.2, 0.2, 0.0, 1.0]) and ok.tolist() == [True, False, False, False, True]

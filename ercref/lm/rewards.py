@@ -10,7 +10,16 @@ else, ``None`` included, is a TypeError naming the argument).
              expression, of the response is mathematically equal to the reference (fractions,
              decimals, LaTeX). Text after the last ``</think>`` is judged when there is one.
              ``math_verify_judge`` here is the judgement itself, unbounded; ``ercref.lm.judge_pool``
-             runs it in worker processes under a time budget (``math_judge``).
+             runs it in worker processes under a time budget (``math_judge``). On a task whose question
+             is an expression ("What is 48+64?") it credits restating the question, "48+64 is ...",
+             since the expression equals the answer: use ``number`` there.
+    number   numeric answers to computation questions: the response's final number, the content of its
+             last \\boxed{} when there is one, else its last numeral (after ``</think>``), equals the
+             numeric reference. A numeral is a run of digits (grouped by commas in threes or not,
+             with a decimal part or not); its minus sign counts only where it cannot be a subtraction
+             (not after a digit or closing bracket): "(52-88)+8" ends in the numeral 8, "is -28." in
+             -28. Restating the question's expression is therefore wrong unless its last
+             number is the answer.
 
 Every judge first normalises both texts (``normalize_text``): full-width ASCII forms (U+FF01-FF5E,
 the ideographic space) become ASCII, the Unicode minus U+2212 becomes '-', and digit-group
@@ -28,6 +37,7 @@ alone, by path (``ercref.lm.judge_worker``).
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 THINK_CLOSE = "</think>"
 _LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])|\(([abcd])\)")
@@ -102,13 +112,76 @@ def after_think(text: str) -> str:
 
 def well_formatted(response: str, judge: str) -> bool:
     """Has a response the form ``judge`` reads? choice: a single letter A-D; math: a \\boxed{}
-    (after </think>); exact: the first line is a (signed) integer."""
+    (after </think>); number: the response (after </think>) is one numeral, or has a \\boxed{} one;
+    exact: the first line is a (signed) integer."""
     check_text("response", response)
     if judge == "choice":
         return _LONE_LETTER.fullmatch(normalize_text(response)) is not None
     if judge == "math":
         return "\\boxed{" in after_think(response)
+    if judge == "number":
+        text = normalize_text(after_think(response)).strip().rstrip(".").strip()
+        boxed = _last_boxed(text)
+        return _numeral_value(boxed if boxed is not None else text) is not None
     return _INT.match(_first_line(response)) is not None
+
+
+# ----------------------------------------------------------------------------- the number judge
+_NUMERAL = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?")
+_BOXED = "\\boxed{"
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (braces balanced), or None."""
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def final_number(response: str) -> Fraction | None:
+    """The final number of a response (module doc, ``number``): its last \\boxed{} content read as one
+    numeral, else its last numeral; None when there is none."""
+    text = normalize_text(after_think(check_text("response", response)))
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _numeral_value(boxed.strip())
+    last = None
+    for m in _NUMERAL.finditer(text):
+        if m.start() and (text[m.start() - 1].isalnum() or text[m.start() - 1] in "._"):
+            continue                                  # part of a word or of a longer number ("x2", "1.5.3")
+        last = m
+    if last is None:
+        return None
+    value = Fraction(last.group().replace(",", ""))
+    before = text[:last.start()]
+    operand = before[:-1].rstrip()[-1:]               # what a subtraction would subtract from
+    if before.endswith("-") and not (operand.isdigit() or (operand and operand in ")]}")):
+        value = -value                                 # a minus sign, not a subtraction
+    return value
+
+
+def _numeral_value(text: str) -> Fraction | None:
+    """``text`` (spaces, $ and a trailing '.' ignored) as one signed numeral, else None."""
+    t = text.replace("$", "").strip().rstrip(".").replace(" ", "")
+    sign = -1 if t[:1] == "-" else 1
+    t = t[1:] if t[:1] in "+-" else t
+    return sign * Fraction(t.replace(",", "")) if _NUMERAL.fullmatch(t) else None
+
+
+def number_judge(response: str, answer: str) -> bool:
+    """The response's final number equals the numeric reference (module doc); ValueError when the
+    reference is not one numeral (the judge does not fit the task)."""
+    gold = _numeral_value(normalize_text(check_text("answer", answer)))
+    if gold is None:
+        raise ValueError(f"answer must be a number for the number judge, got {answer!r:.60}")
+    pred = final_number(response)
+    return pred is not None and pred == gold
 
 
 # ----------------------------------------------------------------------------- the math judgement

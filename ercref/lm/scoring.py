@@ -6,7 +6,8 @@ math judge bounded in ``ercref.lm.judge_pool``) under a RewardConfig.
              ``</think>`` tag (checked first: an unclosed thought is never judged)
     format   correct -> cfg.correct; wrong but well-formatted -> cfg.format_reward; else cfg.wrong.
              "Well-formatted" (``rewards.well_formatted``): choice judge: the response is a single
-             letter A-D; math: it has a \\boxed{}; exact: the first line is a (signed) integer.
+             letter A-D; math: it has a \\boxed{}; number: it is one numeral (or has a \\boxed{} one);
+             exact: the first line is a (signed) integer.
 DAPO overlong shaping (``ercref.overlong_reward``) is added when cfg.overlong_shaping is set.
 """
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from ercref import overlong_reward
 
 from .judge_pool import DEFAULT_MAX_CHARS, DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, check_texts, judge_pool, math_judge
-from .rewards import THINK_CLOSE, choice_judge, exact_judge, well_formatted
+from .rewards import THINK_CLOSE, choice_judge, exact_judge, number_judge, well_formatted
 
-JUDGES = {"exact": exact_judge, "choice": choice_judge, "math": math_judge}
+JUDGES = {"exact": exact_judge, "choice": choice_judge, "math": math_judge, "number": number_judge}
 SCHEMES = ("binary", "paper", "format")
 
 
