@@ -135,7 +135,7 @@ class RolloutConfig(Section):
 class RewardConfig(Section):
     """Rewards of the sampled responses."""
     _section: ClassVar[str] = "reward"
-    judge: Literal["exact", "choice", "math", "number"] = "exact"  # exact (string) | choice (A-D letter) | math (math-verify) | number (final number)
+    judge: Literal["exact", "choice", "math", "number"] = "exact"  # exact | choice (A-D) | math (math-verify) | number (final number)
     scheme: Literal["binary", "paper", "format"] = "binary"  # binary (correct/wrong) | paper (+1/-1/-0.5) | format
     correct: float = 1.0                # reward of a correct answer
     wrong: float = 0.0                  # reward of a wrong answer ("paper" scheme uses -1)
