@@ -211,6 +211,7 @@ def test_two_operation_pilot_holds_out_distinct_problems_none_in_training():
 
     study = STUDIES["smollm2-pilot3"]()
     cfg = study.config("K8-lr0.0003", "DAPO", 0).to_dict()
-    assert (cfg["data"]["level"], cfg["rollout"]["max_new_tokens"], cfg["train"]["steps"]) == (4, 24, 40)
+    assert (cfg["data"]["level"], cfg["rollout"]["max_new_tokens"], cfg["train"]["steps"], cfg["reward"]["judge"]) == \
+        (4, 24, 40, "number")
     assert pilot.eval_overlap(cfg) == (300, 0)
     assert {"K1-lr1e-05", "K8-lr0.0003", "K1-lr0.0003"} == set(study.cells)

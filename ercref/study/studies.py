@@ -264,8 +264,8 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
                    minibatch_prompts: int = 2, lr: float = 1e-5, max_new_tokens: int = 12) -> Study:
     """SmolLM2-135M-Instruct where DAPO learns: single-digit addition asked in a sentence ("What is
     3+5? Answer with just the number.", data.task=arith, level 1, style instruct), judged by the math
-    judge (math-verify reads the last number of the response, so "3 + 5 = 8" is right), binary
-    reward. DAPO, DAPO+ERC (beta 0.05) and the random-mask control; K = prompts_per_step /
+    judge (math-verify reads the last expression of the response, so "3 + 5 = 8" is right, and so is
+    the restated question "3+5": the number judge would not credit it), binary reward. DAPO, DAPO+ERC (beta 0.05) and the random-mask control; K = prompts_per_step /
     minibatch_prompts = 4 optimizer steps per rollout batch.
 
     Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy does not rise (notebook
@@ -424,15 +424,17 @@ STUDIES["smollm2-pilot"] = smollm2_pilot
 STUDIES["smollm2-pilot2"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT2_CELLS, steps=40, name="smollm2-pilot2",
                                               level=3, num_train=320, num_eval=500, base={"optim.fused": True})
 # smollm2-pilot3: two operations, "(a+b)*c" and the like (arith level 4: 259,200 problems, so 300 generated evaluation
-# problems are distinct and none is a training prompt), where SmolLM2-135M starts at avg@4 0.10 (pass@4 0.31, 128
-# held-out problems, 16 new tokens): harder than multiplication, on which most runs reached every held-out problem
-# right and left no room to fall back. 24 new tokens (16 cut most answers of the untrained model), 40 RL steps,
-# each training prompt seen once. Cells: K = 1 at lr 1e-5 (does it learn?), K = 8 at lr 3e-4 (the cell where
-# multiplication fell back once), K = 1 at lr 3e-4 (the on-policy control of that learning rate).
+# problems are distinct and none is a training prompt): harder than multiplication, on which most runs reached every
+# held-out problem right and left no room to fall back. Judged by the final number (reward.judge "number"):
+# math-verify credits restating the question's expression, which is what the policies of smollm2-pilot and
+# smollm2-pilot2 learned. 24 new tokens (16 cut most answers of the untrained model), 40 RL steps, each training
+# prompt seen once. Cells: K = 1 at lr 1e-5 (does it learn?), K = 8 at lr 3e-4 (the cell where multiplication fell
+# back in 2 of 5 seeds), K = 1 at lr 3e-4 (the on-policy control of that learning rate).
 SMOL_PILOT3_CELLS = ((1, 1e-5), (8, 3e-4), (1, 3e-4))
 STUDIES["smollm2-pilot3"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT3_CELLS, steps=40, name="smollm2-pilot3",
                                               level=4, num_train=320, num_eval=300,
-                                              base={"optim.fused": True, "rollout.max_new_tokens": 24})
+                                              base={"optim.fused": True, "rollout.max_new_tokens": 24,
+                                                    "reward.judge": "number"})
 
 
 def testbed_study(name: str, pilot: str, cell: str, check_cell: str, seeds, preregistration: str | None,
