@@ -265,8 +265,9 @@ def smollm2_learns(seeds=SEEDS, steps: int = 20, prompts_per_step: int = 8, grou
     """SmolLM2-135M-Instruct where DAPO learns: single-digit addition asked in a sentence ("What is
     3+5? Answer with just the number.", data.task=arith, level 1, style instruct), judged by the math
     judge (math-verify reads the last expression of the response, so "3 + 5 = 8" is right, and so is
-    the restated question "3+5": the number judge would not credit it), binary reward. DAPO, DAPO+ERC (beta 0.05) and the random-mask control; K = prompts_per_step /
-    minibatch_prompts = 4 optimizer steps per rollout batch.
+    the restated question "3+5": the number judge would not credit it), binary reward. DAPO, DAPO+ERC
+    (beta 0.05) and the random-mask control; K = prompts_per_step / minibatch_prompts = 4 optimizer
+    steps per rollout batch.
 
     Why this task: on cpu-smollm2's multiple-choice task the held-out accuracy does not rise (notebook
     04, part 1), so it tests no accuracy claim; on this task DAPO's held-out accuracy rises within a few
