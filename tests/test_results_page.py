@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_study_report import _cache  # the toy study cache (tests/ is on the path)
 
-from ercref.study import pilot, power, report, results_page
+from ercref.study import judge_audit, pilot, power, report, results_page
 from ercref.study import verdict_rules as vr
 from ercref.study.__main__ import main
 
@@ -159,6 +159,11 @@ def test_committed_results_equal_the_committed_caches(tmp_path):
     for m in pilots:
         assert m.group(3) == pilot.pilot_report(m.group(2)), (
             f"docs/results.md's report of pilot {m.group(2)} is not the report of its cache: run `make study-report`")
+    audits = list(judge_audit.AUDIT_BLOCK.finditer(page))
+    assert {m.group(2) for m in audits} >= {"smollm2-pilot", "smollm2-pilot2"}
+    for m in audits:
+        assert m.group(3) == judge_audit.audit_report(m.group(2)), (
+            f"docs/results.md's judge audit of {m.group(2)} is not that of its cache: run `make study-report`")
     powers = list(power.POWER_BLOCK.finditer(page))
     assert powers, "docs/results.md has no <!-- power-report: PILOT CELL --> block"
     for m in powers:

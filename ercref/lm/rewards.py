@@ -122,7 +122,7 @@ def well_formatted(response: str, judge: str) -> bool:
     if judge == "number":
         text = normalize_text(after_think(response)).strip().rstrip(".").strip()
         boxed = _last_boxed(text)
-        return _numeral_value(boxed if boxed is not None else text) is not None
+        return numeral_value(boxed if boxed is not None else text) is not None
     return _INT.match(_first_line(response)) is not None
 
 
@@ -150,7 +150,7 @@ def final_number(response: str) -> Fraction | None:
     text = normalize_text(after_think(check_text("response", response)))
     boxed = _last_boxed(text)
     if boxed is not None:
-        return _numeral_value(boxed.strip())
+        return numeral_value(boxed.strip())
     last = None
     for m in _NUMERAL.finditer(text):
         if m.start() and (text[m.start() - 1].isalnum() or text[m.start() - 1] in "._"):
@@ -166,7 +166,7 @@ def final_number(response: str) -> Fraction | None:
     return value
 
 
-def _numeral_value(text: str) -> Fraction | None:
+def numeral_value(text: str) -> Fraction | None:
     """``text`` (spaces, $ and a trailing '.' ignored) as one signed numeral, else None."""
     t = text.replace("$", "").strip().rstrip(".").replace(" ", "")
     sign = -1 if t[:1] == "-" else 1
@@ -177,7 +177,7 @@ def _numeral_value(text: str) -> Fraction | None:
 def number_judge(response: str, answer: str) -> bool:
     """The response's final number equals the numeric reference (module doc); ValueError when the
     reference is not one numeral (the judge does not fit the task)."""
-    gold = _numeral_value(normalize_text(check_text("answer", answer)))
+    gold = numeral_value(normalize_text(check_text("answer", answer)))
     if gold is None:
         raise ValueError(f"answer must be a number for the number judge, got {answer!r:.60}")
     pred = final_number(response)

@@ -41,7 +41,7 @@ import numpy as np
 
 from ercref.paths import REPO_ROOT
 
-from . import pilot, power, replicate, report
+from . import judge_audit, pilot, power, replicate, report
 from . import verdict_rules as vr
 from .cache import study_dir
 
@@ -285,6 +285,8 @@ def refresh_results(readme=None, page=None, figure=FIGURE, results_dir=None) -> 
     names += report.refresh_report_blocks(page, results_dir)
     if pilot.PILOT_BLOCK.search(page.read_text()):
         names += pilot.refresh_pilot_blocks(page, results_dir)
+    if judge_audit.AUDIT_BLOCK.search(page.read_text()):
+        names += judge_audit.refresh_audit_blocks(page, results_dir)
     if power.POWER_BLOCK.search(page.read_text()):
         names += power.refresh_power_blocks(page, results_dir)
     if replicate.REPLICATION_BLOCK.search(page.read_text()):
