@@ -94,7 +94,7 @@ def test_named_studies_are_well_formed():
     assert set(STUDIES) == {"tiny-stability-map", "tiny-controls", "tiny-token-captures", "smollm2-learns",
                             "smollm2-collapse", "smollm2-dapo-vs-erc", "tiny6m-pilot",
                             "tiny6m-pilot2", "tiny6m-pilot3", "tiny6m-pilot4", "smollm2-pilot", "smollm2-pilot2",
-                            "smollm2-pilot3"}
+                            "smollm2-pilot3", "smollm2-pilot4"}
     old = get_study("smollm2-dapo-vs-erc")        # notebook 04's 3-seed run: its committed cache is this definition
     assert cache.read_study_json(cache.study_dir(old.name) / "study.json") == json.loads(json.dumps(old.to_dict()))
     assert old.capture_steps == [3, 6, 9] and old.seeds == [0, 1, 2] and old.arms["DAPO+ERC"]["loss.beta_low"] == 0.05

@@ -438,6 +438,19 @@ STUDIES["smollm2-pilot3"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT3_C
                                                     "reward.judge": "number"})
 
 
+# smollm2-pilot4: smollm2-pilot2's multiplication (arith level 3, 320 training prompts, ~210 distinct held-out
+# problems) judged by the final number, 24 new tokens. Under that judge SmolLM2-135M starts at avg@4 0.04 (pass@4
+# 0.13) on level 3, 0.02 on level 2 and 0.007 on level 4 (smollm2-pilot3's first evaluation, where it was stopped):
+# multiplication is the level with the most room that the model can sometimes do. Cells: K = 1 at lr 3e-5 (does it
+# learn? a higher rate than the exploit needed, the reward being rarer), K = 8 at lr 3e-4, and the on-policy control
+# K = 1 at lr 3e-4.
+SMOL_PILOT4_CELLS = ((1, 3e-5), (8, 3e-4), (1, 3e-4))
+STUDIES["smollm2-pilot4"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT4_CELLS, steps=40, name="smollm2-pilot4",
+                                              level=3, num_train=320, num_eval=500,
+                                              base={"optim.fused": True, "rollout.max_new_tokens": 24,
+                                                    "reward.judge": "number"})
+
+
 def testbed_study(name: str, pilot: str, cell: str, check_cell: str, seeds, preregistration: str | None,
                   beta: float = 0.05) -> Study:
     """The confirmatory study at a pilot's destabilising ``cell``, with one cell where DAPO is stable
