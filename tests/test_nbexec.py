@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 import nbexec  # tools/nbexec.py (pytest pythonpath)
 import nbformat
@@ -160,6 +161,14 @@ def test_execute_notebook_quick_is_headless_and_interact_opens_no_widget(tmp_pat
     assert "widgets" not in shrink_outputs(nb).metadata
     assert path.read_bytes() == before, "execute_notebook must not write the file"
     assert "ERCREF_HEADLESS" not in os.environ and "ERCREF_QUICK" not in os.environ
+
+
+def test_the_notebooks_temporary_folders_are_removed(tmp_path):
+    cell = "import tempfile, pathlib\nd = pathlib.Path(tempfile.mkdtemp(prefix='nb-'))\n(d / 'x').write_text('1')\nprint(d)"
+    nb = execute_notebook(write(make_nb(cell), tmp_path / "nb.ipynb"), quick=True)
+    made = Path(outputs_text(nb.cells[1]).strip())
+    assert made.name.startswith("nb-") and made.parent.name.startswith("ercref-nbexec-")
+    assert not made.parent.exists(), "the kernel's TMPDIR outlived the execution"
 
 
 def test_execute_notebook_full_mode_drops_quick_and_captures_figures(tmp_path, monkeypatch):

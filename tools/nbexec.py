@@ -48,6 +48,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -268,7 +269,9 @@ def kernel_env(quick: bool) -> dict[str, str]:
 def execute_notebook(path, quick: bool, timeout_per_cell: float | None = None, retries: int = 2,
                      kernel_name: str = "python3"):
     """Execute a copy of the notebook at ``path`` (the file is not written) in a fresh kernel,
-    cwd = the notebook's folder, environment = kernel_env(quick); returns the executed NotebookNode.
+    cwd = the notebook's folder, environment = kernel_env(quick) with TMPDIR a fresh folder removed
+    afterwards (what the notebook puts in temporary folders does not pile up); returns the executed
+    NotebookNode.
 
     ``timeout_per_cell``: seconds (default TIMEOUT_S[mode]). A cell timeout or a dead kernel is
     retried up to ``retries`` times with a fresh kernel (each retry is printed to stderr); a cell
@@ -293,7 +296,9 @@ def execute_notebook(path, quick: bool, timeout_per_cell: float | None = None, r
                                 record_timing=False, on_cell_start=on_cell_start,
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         try:
-            client.execute(env=kernel_env(quick))
+            with tempfile.TemporaryDirectory(prefix="ercref-nbexec-") as scratch:
+                # the notebook's temporary folders (demo runs, throw-away caches) go here and are removed
+                client.execute(env={**kernel_env(quick), "TMPDIR": scratch})
             return nb
         except CellExecutionError as e:
             where = f"{path.name}: {_describe_cell(nb, current['index'])} raised {e.ename}: {e.evalue}"
