@@ -102,3 +102,15 @@ def test_a_data_file_given_with_a_synthetic_task_is_refused_not_ignored(field, v
         make_config("cpu-tiny", overrides={field: value})
     cfg = make_config("cpu-tiny", overrides={field: value, "data.task": "gsm8k", "data.path": "mine.jsonl"})
     assert cfg.data.task == "gsm8k"
+
+
+def test_the_math_judge_on_a_computation_task_is_warned_about_when_a_run_starts(tmp_path):
+    from ercref.lm.config_rules import judge_task_caveat
+    from ercref.lm.trainer import Trainer
+
+    math_arith = make_config("cpu-tiny", overrides={"reward.judge": "math", "data.task": "arith"})
+    assert "restates the question" in judge_task_caveat(math_arith) and "'number'" in judge_task_caveat(math_arith)
+    for judge in ("number", "exact"):
+        assert judge_task_caveat(make_config("cpu-tiny", overrides={"reward.judge": judge, "data.task": "arith"})) is None
+    with pytest.warns(UserWarning, match="credits a response that restates"):
+        Trainer(math_arith, tmp_path / "run")

@@ -62,8 +62,19 @@ def check_judge_task(cfg: Any) -> None:
     task, judge = cfg.data.task, cfg.reward.judge
     if judge == "choice" and task in NUMBER_TASKS:
         raise ValueError(f"reward.judge='choice' reads a letter A-D, but data.task={task!r} answers with a number, "
-                         "so every response would score as wrong; use reward.judge='exact' (or 'math') for it, or "
+                         "so every response would score as wrong; use reward.judge='exact' (or 'number') for it, or "
                          f"a multiple-choice task ({', '.join(LETTER_TASKS)})")
+
+
+def judge_task_caveat(cfg: Any) -> str | None:
+    """What the Trainer warns about (a config that is valid but rewards the wrong thing), or None: the
+    math judge on a synthetic computation task credits restating the question, since math-verify finds
+    the expression "48+64" equal to the answer 112."""
+    if cfg.reward.judge == "math" and cfg.data.task == "arith":
+        return (f"reward.judge='math' on data.task={cfg.data.task!r}: math-verify credits a response that restates "
+                "the question's expression ('48+64 is ...' equals 112), and RL learns to do that; "
+                "reward.judge='number' reads the response's final number instead")
+    return None
 
 
 def check_reward_order(cfg: Any) -> None:

@@ -43,6 +43,7 @@ from ercref import batch_counts, compute_policy_loss, dynamic_sampling_mask, gro
 
 from . import checkpoint as ckpt
 from .config import Config
+from .config_rules import judge_task_caveat
 from .data import load_task
 from .evaluate import evaluate_policy
 from .hardware import check_hardware, resolve_device
@@ -109,6 +110,8 @@ class Trainer:
                 f"{self.out} already holds {len(found)} checkpoint(s) of a run (newest: step {found[-1][0]}). "
                 "Continue it with --resume, or start over with --overwrite (deletes them), or pick another --out.")
         self.overwrite = overwrite
+        if (caveat := judge_task_caveat(cfg)) is not None:
+            warnings.warn(caveat, UserWarning, stacklevel=2)
         if cfg.reward.judge == "math":  # the judge's worker processes start in the background while the model loads
             judge_pool(cfg.reward.judge_workers).start()
         self.device = resolve_device(cfg)
