@@ -113,4 +113,7 @@ def test_the_math_judge_on_a_computation_task_is_warned_about_when_a_run_starts(
     for judge in ("number", "exact"):
         assert judge_task_caveat(make_config("cpu-tiny", overrides={"reward.judge": judge, "data.task": "arith"})) is None
     with pytest.warns(UserWarning, match="credits a response that restates"):
-        Trainer(math_arith, tmp_path / "run")
+        trainer = Trainer(math_arith, tmp_path / "run")
+    rec = trainer.evaluate()            # the evaluation logs the final-number accuracy beside the math judge's
+    k = math_arith.train.eval_k
+    assert 0 <= rec[f"eval/final_number_avg@{k}"] <= 1

@@ -365,3 +365,13 @@ def test_number_judge_needs_a_numeric_reference_and_format_scheme_reads_numerals
     cfg = RewardConfig(judge="number", scheme="format", correct=1.0, wrong=0.0, format_reward=0.2)
     r, ok = score_responses(["12", "13.", "\\boxed{14}", "it is 15", "12 apples"], ["12"] * 5, cfg)
     assert r.tolist() == pytest.approx([1.0, 0.2, 0.2, 0.0, 1.0]) and ok.tolist() == [True, False, False, False, True]
+
+
+def test_final_number_accuracy_is_the_number_judges_share_and_none_for_other_answers():
+    from ercref.lm.evaluate import final_number_accuracy
+
+    texts = ["48+64 is", "112", "It is 112.", "48+64"]          # k = 2 per answer
+    assert final_number_accuracy(texts, ["112", "112"], 2) == 0.5
+    assert final_number_accuracy(texts[:2], ["\\frac{1}{2}"], 2) is None
+    with pytest.raises(ValueError, match="k=2 responses per answer"):
+        final_number_accuracy(texts, ["112"], 2)

@@ -56,6 +56,20 @@ def eval_set_metrics(records: list[dict], correct: torch.Tensor) -> dict:
     return out
 
 
+def final_number_accuracy(texts: list[str], answers: list[str], k: int) -> float | None:
+    """The share of ``texts`` (k responses per answer, answer-major) whose final number is the answer
+    (rewards.number_judge), or None when some answer is not a number. Logged next to the math judge's
+    accuracy (eval/final_number_avg@k): a gap is the judge crediting something else, such as a restated
+    question."""
+    from .rewards import number_judge, numeral_value
+
+    if len(texts) != k * len(answers):
+        raise ValueError(f"texts must hold k={k} responses per answer ({k * len(answers)}), got {len(texts)}")
+    if not answers or any(numeral_value(a) is None for a in answers):
+        return None
+    return sum(number_judge(t, answers[i // k]) for i, t in enumerate(texts)) / len(texts)
+
+
 def eval_max_new_tokens(cfg) -> int:
     """The evaluation's response length limit: train.eval_max_new_tokens, or rollout.max_new_tokens for 0."""
     return cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens
@@ -64,8 +78,8 @@ def eval_max_new_tokens(cfg) -> int:
 def evaluate_policy(trainer) -> dict:
     """Evaluate ``trainer``'s policy on ``trainer.eval_set`` (module docstring); logs the record
     (kind "eval"), calls the callbacks' on_eval and returns the record: eval/avg@k, eval/pass@k,
-    eval/reward_mean, eval/len_mean, eval/prompts, eval/sample, per named set eval/<name>/..., and
-    the judge's counters."""
+    eval/reward_mean, eval/len_mean, eval/prompts, eval/sample, per named set eval/<name>/..., the
+    judge's counters, and under the math judge with numeric answers eval/final_number_avg@k."""
     cfg = trainer.cfg
     t, k = cfg.train, cfg.train.eval_k
     max_new = eval_max_new_tokens(cfg)
@@ -83,6 +97,10 @@ def evaluate_policy(trainer) -> dict:
     rec = {"kind": "eval", "step": trainer.step, f"eval/avg@{k}": avg, f"eval/pass@{k}": pas,
            "eval/reward_mean": float(rewards.mean()), "eval/len_mean": float(batch.response_lengths.float().mean()),
            "eval/prompts": len(trainer.eval_set), "eval/sample": batch.texts[0]}
+    if cfg.reward.judge == "math":
+        final = final_number_accuracy(batch.texts, [r["answer"] for r in trainer.eval_set], k)
+        if final is not None:
+            rec[f"eval/final_number_avg@{k}"] = final
     rec.update(eval_set_metrics(trainer.eval_set, correct.view(-1, k)))
     rec.update(trainer.drain_judge_stats(prefix="eval/"))
     trainer.log.write(rec)
