@@ -167,9 +167,8 @@ def test_committed_results_equal_the_committed_caches(tmp_path):
     powers = list(power.POWER_BLOCK.finditer(page))
     assert powers, "docs/results.md has no <!-- power-report: PILOT CELL --> block"
     for m in powers:
-        assert m.group(4) == power.power_report(m.group(2), m.group(3)), (
-            f"docs/results.md's power calculation for {m.group(2)} {m.group(3)} is not that of its cache: "
-            "run `make study-report`")
+        assert m.group(3) == power.power_report(*m.group(2).split()), (
+            f"docs/results.md's power calculation for {m.group(2)} is not that of its cache: run `make study-report`")
     stored = results_page.read_figure_data(results_page.FIGURE)
     want = results_page.figure_data(rows)
     assert stored.keys() == want.keys() and all(

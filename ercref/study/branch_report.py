@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import pandas as pd
 
 from ercref.paths import REPO_ROOT
 
+from . import doc_blocks
 from . import verdict_rules as vr
 from .branch_plots import branch_figures
 from .branch_records import ACC_DELTA, column, hypotheses, load_branch
@@ -353,19 +353,15 @@ def branch_report(name: str, results_dir=None, figures_dir=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BLOCK = re.compile(r"(<!-- branch-report: (\S+) -->\n)(.*?)(<!-- /branch-report -->)", flags=re.S)
+README_BLOCK = doc_blocks.pattern("branch-report")
 
 
 def refresh_readme(path=None, results_dir=None, figures_dir=None) -> list[str]:
     """Replace every ``<!-- branch-report: NAME -->`` ... ``<!-- /branch-report -->`` block of the file
     ``path`` (default README.md; results_page passes docs/results.md) with branch_report(NAME) of the
     current cache, drawing its figures into ``figures_dir`` when given. Returns the names."""
-    path = Path(path) if path is not None else REPO_ROOT / "README.md"
-    text = path.read_text()
-    names = [m.group(2) for m in README_BLOCK.finditer(text)]
-    text = README_BLOCK.sub(lambda m: m.group(1) + branch_report(m.group(2), results_dir, figures_dir) + m.group(4), text)
-    path.write_text(text)
-    return names
+    return doc_blocks.refresh(REPO_ROOT / "README.md" if path is None else path, README_BLOCK,
+                              lambda name: branch_report(name, results_dir, figures_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

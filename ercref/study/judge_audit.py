@@ -19,14 +19,13 @@ say whether the exploit is there, not how often it paid.
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 
 import pandas as pd
 
+from . import doc_blocks
 from .cache import finished_runs, study_dir
 
-AUDIT_BLOCK = re.compile(r"(<!-- judge-audit: (\S+) -->\n)(.*?)(<!-- /judge-audit -->)", flags=re.S)
+AUDIT_BLOCK = doc_blocks.pattern("judge-audit")
 COLUMNS = ["cell", "arm", "seed", "step", "answer", "sample", "credited", "confirmed"]
 
 
@@ -86,11 +85,7 @@ def audit_report(name: str, results_dir=None) -> str:
 def refresh_audit_blocks(path, results_dir=None) -> list[str]:
     """Replace every ``<!-- judge-audit: NAME -->`` ... ``<!-- /judge-audit -->`` block of the markdown
     file ``path`` with audit_report(NAME). Returns the names."""
-    path = Path(path)
-    text = path.read_text()
-    names = [m.group(2) for m in AUDIT_BLOCK.finditer(text)]
-    path.write_text(AUDIT_BLOCK.sub(lambda m: m.group(1) + audit_report(m.group(2), results_dir) + m.group(4), text))
-    return names
+    return doc_blocks.refresh(path, AUDIT_BLOCK, lambda name: audit_report(name, results_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,12 +36,11 @@ time/update_s, time/step_s) over the cached runs of each cell.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from . import doc_blocks
 from .cache import finished_runs, study_dir
 from .stability import collapse_step
 
@@ -340,17 +339,13 @@ def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
     return "\n".join(lines) + "\n"
 
 
-PILOT_BLOCK = re.compile(r"(<!-- pilot-report: (\S+) -->\n)(.*?)(<!-- /pilot-report -->)", flags=re.S)
+PILOT_BLOCK = doc_blocks.pattern("pilot-report")
 
 
 def refresh_pilot_blocks(path, results_dir=None) -> list[str]:
     """Replace every ``<!-- pilot-report: NAME -->`` ... ``<!-- /pilot-report -->`` block of the markdown
     file ``path`` with pilot_report(NAME) of the current cache. Returns the names."""
-    path = Path(path)
-    text = path.read_text()
-    names = [m.group(2) for m in PILOT_BLOCK.finditer(text)]
-    path.write_text(PILOT_BLOCK.sub(lambda m: m.group(1) + pilot_report(m.group(2), results_dir) + m.group(4), text))
-    return names
+    return doc_blocks.refresh(path, PILOT_BLOCK, lambda name: pilot_report(name, results_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

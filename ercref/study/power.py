@@ -29,12 +29,11 @@ the pilot, where the degradation of each endpoint is
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from . import doc_blocks
 from .claims import t_quantile
 from .pilot import RunFacts, pilot_facts
 
@@ -152,7 +151,7 @@ def power_table(rows: list[EndpointPower]) -> str:
     return "\n".join(lines) + "\n"
 
 
-POWER_BLOCK = re.compile(r"(<!-- power-report: (\S+) (\S+) -->\n)(.*?)(<!-- /power-report -->)", flags=re.S)
+POWER_BLOCK = doc_blocks.pattern("power-report")
 
 
 def power_report(pilot: str, cell: str, results_dir=None, arm: str = "DAPO") -> str:
@@ -174,12 +173,7 @@ def power_report(pilot: str, cell: str, results_dir=None, arm: str = "DAPO") -> 
 def refresh_power_blocks(path, results_dir=None) -> list[str]:
     """Replace every ``<!-- power-report: PILOT CELL -->`` ... ``<!-- /power-report -->`` block of the
     markdown file ``path`` with power_report(PILOT, CELL) of the current cache. Returns "PILOT CELL"s."""
-    path = Path(path)
-    text = path.read_text()
-    names = [f"{m.group(2)} {m.group(3)}" for m in POWER_BLOCK.finditer(text)]
-    path.write_text(POWER_BLOCK.sub(lambda m: m.group(1) + power_report(m.group(2), m.group(3), results_dir)
-                                    + m.group(5), text))
-    return names
+    return doc_blocks.refresh(path, POWER_BLOCK, lambda pilot, cell: power_report(pilot, cell, results_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

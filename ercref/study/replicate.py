@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pandas as pd
 
 from ercref.paths import DATA_DIR
 
-from . import report
+from . import doc_blocks, report
 from . import verdict_rules as vr
 from .cache import study_dir
 from .runner import DEFAULT_WORKERS, run_study
@@ -134,18 +133,13 @@ def replication_report(name: str, into=None, results_dir=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-REPLICATION_BLOCK = re.compile(r"(<!-- replication-report: (\S+) -->\n)(.*?)(<!-- /replication-report -->)", flags=re.S)
+REPLICATION_BLOCK = doc_blocks.pattern("replication-report")
 
 
 def refresh_replication_blocks(path, into=None, results_dir=None) -> list[str]:
     """Replace every ``<!-- replication-report: NAME -->`` ... ``<!-- /replication-report -->`` block of
     the markdown file ``path`` (docs/results.md) with replication_report(NAME). Returns the names."""
-    path = Path(path)
-    text = path.read_text()
-    names = [m.group(2) for m in REPLICATION_BLOCK.finditer(text)]
-    path.write_text(REPLICATION_BLOCK.sub(lambda m: m.group(1) + replication_report(m.group(2), into, results_dir)
-                                          + m.group(4), text))
-    return names
+    return doc_blocks.refresh(path, REPLICATION_BLOCK, lambda name: replication_report(name, into, results_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

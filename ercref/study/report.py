@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import claims, stability
+from . import claims, doc_blocks, stability
 from . import learning_primaries as lp
 from . import verdict_rules as vr
 from .cache import finished_runs, load_tokens, read_study_json, study_dir, wall_seconds
@@ -391,16 +391,11 @@ def study_report(name: str, results_dir=None) -> str:
     return "\n".join(lines + _token_claim_lines(name, results_dir)) + "\n"
 
 
-REPORT_BLOCK = re.compile(r"(<!-- study-report: (\S+) -->\n)(.*?)(<!-- /study-report -->)", flags=re.S)
+REPORT_BLOCK = doc_blocks.pattern("study-report")
 
 
 def refresh_report_blocks(path, results_dir=None) -> list[str]:
     """Replace every ``<!-- study-report: NAME -->`` ... ``<!-- /study-report -->`` block of the
     markdown file ``path`` (docs/results.md: results_page.refresh_results) with study_report(NAME)
     of the current cache. Returns the names."""
-    path = Path(path)
-    text = path.read_text()
-    names = [m.group(2) for m in REPORT_BLOCK.finditer(text)]
-    text = REPORT_BLOCK.sub(lambda m: m.group(1) + study_report(m.group(2), results_dir) + m.group(4), text)
-    path.write_text(text)
-    return names
+    return doc_blocks.refresh(path, REPORT_BLOCK, lambda name: study_report(name, results_dir))
