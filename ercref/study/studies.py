@@ -443,8 +443,9 @@ STUDIES["smollm2-pilot3"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT3_C
 # 0.13) on level 3, 0.02 on level 2 and 0.007 on level 4 (smollm2-pilot3's first evaluation, where it was stopped):
 # multiplication is the level with the most room that the model can sometimes do. Cells: K = 1 at lr 3e-5 (does it
 # learn? a higher rate than the exploit needed, the reward being rarer), K = 8 at lr 3e-4, and the on-policy control
-# K = 1 at lr 3e-4.
-SMOL_PILOT4_CELLS = ((1, 3e-5), (8, 3e-4), (1, 3e-4))
+# K = 1 at lr 3e-4; K = 8 at lr 3e-5 (staleness at the learning rate that learns on-policy) added before its runs,
+# when K = 8 at lr 3e-4 had answered nothing right from its second step on.
+SMOL_PILOT4_CELLS = ((1, 3e-5), (8, 3e-4), (1, 3e-4), (8, 3e-5))
 STUDIES["smollm2-pilot4"] = functools.partial(smollm2_pilot, cells=SMOL_PILOT4_CELLS, steps=40, name="smollm2-pilot4",
                                               level=3, num_train=320, num_eval=500,
                                               base={"optim.fused": True, "rollout.max_new_tokens": 24,
