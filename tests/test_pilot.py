@@ -125,7 +125,7 @@ def test_pilot_criteria_read_the_cache(tmp_path):
     rep = pilot.pilot_report("p", tmp_path)
     assert md.read_text() == "# R\nkept\n<!-- pilot-report: p -->\n" + rep + "<!-- /pilot-report -->\nkept below\n"
     assert rep.startswith("Pilot `p` (") and "6 runs, 0.12 run-hours" in rep and table.rstrip("\n") in rep
-    assert "- K1-lr0.001: step_s 2, wall_s 100, steps 3" in rep
+    assert "- K1-lr0.001: step_s 2, wall_s 100, steps 3" in rep and "Judge caveat" not in rep   # the exact judge
     with pytest.raises(ValueError, match="no cache"):
         pilot.pilot_criteria("absent", tmp_path)
     study.cells["K8-lr0.001"] = {"rollout.prompts_per_step": 16, "train.minibatch_prompts": 2}   # defined, not run
@@ -215,3 +215,14 @@ def test_two_operation_pilot_holds_out_distinct_problems_none_in_training():
         (4, 24, 40, "number")
     assert pilot.eval_overlap(cfg) == (300, 0)
     assert {"K1-lr1e-05", "K8-lr0.0003", "K1-lr0.0003"} == set(study.cells)
+
+
+def test_a_pilot_scored_by_the_math_judge_on_arithmetic_says_so(tmp_path):
+    study = Study("m", "cpu-tiny", HELD_OUT, {"K1-lr0.001": {}}, {"DAPO": {}}, [0])
+    root = cache.study_dir("m", tmp_path)
+    root.mkdir(parents=True)
+    cache.write_study_json(study, root)
+    cache.write_run(root, "K1-lr0.001", "DAPO", 0, {"config": config(**{"reward.judge": "math"}), "wall_s": 1.0},
+                    log([0.2, 0.5]))
+    rep = pilot.pilot_report("m", tmp_path)
+    assert "**Judge caveat**" in rep and "restates the question" in rep and "judge_audit m" in rep

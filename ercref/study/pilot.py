@@ -313,6 +313,14 @@ def criteria_table(criteria: list[Criterion]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _judge_caveat(runs) -> str | None:
+    """config_rules.judge_task_caveat of the first cached run's config (a pilot's runs share their judge)."""
+    from ercref.lm.config import config_from_dict
+    from ercref.lm.config_rules import judge_task_caveat
+
+    return judge_task_caveat(config_from_dict(runs[0].meta["config"])) if runs else None
+
+
 def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
     """Markdown: what the pilot is (its study.json description and cache), the criteria table and each
     cell's step profile. The block ``<!-- pilot-report: NAME -->`` of docs/results.md (refresh_pilot_blocks)."""
@@ -325,6 +333,10 @@ def pilot_report(name: str, results_dir=None, arm: str = "DAPO") -> str:
     lines = [f"Pilot `{name}` (cache `{where}`): {len(runs)} runs, "
              f"{sum(float(r.meta['wall_s']) for r in runs) / 3600:.2f} run-hours. {defined.get('description', '')}", ""]
     cells = facts_by_cell(name, results_dir, arm, runs=runs) if defined else None   # the cache, read once
+    caveat = _judge_caveat(runs)
+    if caveat:
+        lines += [f"**Judge caveat**: {caveat}; what these runs were credited for: `python -m ercref.study.judge_audit "
+                  f"{name}`.", ""]
     lines.append(criteria_table(pilot_criteria(name, results_dir, arm, cells=cells)).rstrip("\n"))
     for cell, facts in (on_policy_controls(name, results_dir, arm, cells) if runs else {}).items():
         lines += ["", f"On-policy control {cell} (K = 1 at another learning rate: does DAPO fall there without "
