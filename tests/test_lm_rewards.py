@@ -335,6 +335,7 @@ def test_judge_max_chars_must_be_a_positive_int():
     ("1,782", "1782", True), ("1,78", "178", False), ("The answer is 1.5.", "1.5", True),
     ("\\boxed{279}", "279", True), ("\\boxed{-28} and 5 more", "-28", True), ("\\boxed{2+3}", "5", False),
     ("x2", "2", False), ("I don't know", "0", False), ("<think>it is 7</think>8", "8", True),
+    ("9" * 5000, "9", False), ("\\boxed{" + "9" * 5000 + "}", "9", False),   # past the int-string limit: wrong
 ])
 def test_number_judge_reads_the_final_number_not_an_expression(response, answer, ok):
     assert rewards.number_judge(response, answer) is ok

@@ -158,7 +158,9 @@ def final_number(response: str) -> Fraction | None:
         last = m
     if last is None:
         return None
-    value = Fraction(last.group().replace(",", ""))
+    value = _fraction(last.group())
+    if value is None:
+        return None
     before = text[:last.start()]
     operand = before[:-1].rstrip()[-1:]               # what a subtraction would subtract from
     if before.endswith("-") and not (operand.isdigit() or (operand and operand in ")]}")):
@@ -166,12 +168,22 @@ def final_number(response: str) -> Fraction | None:
     return value
 
 
+def _fraction(numeral: str) -> Fraction | None:
+    """A numeral's value; None past Python's int-string limit (a response of thousands of digits is
+    wrong, not a crash of the judge)."""
+    try:
+        return Fraction(numeral.replace(",", ""))
+    except ValueError:
+        return None
+
+
 def numeral_value(text: str) -> Fraction | None:
     """``text`` (spaces, $ and a trailing '.' ignored) as one signed numeral, else None."""
     t = text.replace("$", "").strip().rstrip(".").replace(" ", "")
     sign = -1 if t[:1] == "-" else 1
     t = t[1:] if t[:1] in "+-" else t
-    return sign * Fraction(t.replace(",", "")) if _NUMERAL.fullmatch(t) else None
+    value = _fraction(t) if _NUMERAL.fullmatch(t) else None
+    return None if value is None else sign * value
 
 
 def number_judge(response: str, answer: str) -> bool:
